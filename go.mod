@@ -1,0 +1,3 @@
+module github.com/nodetask/nodetask-operator
+
+go 1.26
