@@ -1,0 +1,133 @@
+# NodeTask operator. `make help` lists the targets.
+
+# Image of the manager, for docker-build and deploy.
+IMG ?= nodetask-operator:dev
+# Kubernetes version of the control-plane binaries used by envtest, e2e and the demo.
+K8S_VERSION ?= 1.37.2
+
+# Tool versions, pinned; each is installed into ./bin on first use.
+CONTROLLER_TOOLS_VERSION ?= v0.23.0
+KUSTOMIZE_VERSION ?= v5.8.1
+KWOK_VERSION ?= v0.8.0
+
+LOCALBIN ?= $(shell pwd)/bin
+CONTROLLER_GEN ?= $(LOCALBIN)/controller-gen-$(CONTROLLER_TOOLS_VERSION)
+KUSTOMIZE ?= $(LOCALBIN)/kustomize-$(KUSTOMIZE_VERSION)
+KWOK ?= $(LOCALBIN)/kwok-$(KWOK_VERSION)
+K8S_ASSETS ?= $(LOCALBIN)/k8s/$(K8S_VERSION)
+
+# Tests print Ginkgo's progress; -p=1 keeps the envtest suites off each other's cores.
+GO_TEST_FLAGS ?= -count=1
+
+SHELL = /usr/bin/env bash -o pipefail
+.SHELLFLAGS = -ec
+
+.PHONY: all
+all: build
+
+##@ General
+
+.PHONY: help
+help: ## Display this help.
+	@awk 'BEGIN {FS = ":.*##"; printf "\nUsage:\n  make \033[36m<target>\033[0m\n"} /^[a-zA-Z_0-9-]+:.*?##/ { printf "  \033[36m%-18s\033[0m %s\n", $$1, $$2 } /^##@/ { printf "\n\033[1m%s\033[0m\n", substr($$0, 5) } ' $(MAKEFILE_LIST)
+
+##@ Development
+
+.PHONY: manifests
+manifests: controller-gen ## Generate the CRD and the RBAC ClusterRole from the markers in the code.
+	$(CONTROLLER_GEN) rbac:roleName=manager-role crd paths="./..." output:crd:artifacts:config=config/crd/bases
+
+.PHONY: generate
+generate: controller-gen ## Generate the DeepCopy methods of the API types.
+	$(CONTROLLER_GEN) object:headerFile="hack/boilerplate.go.txt" paths="./..."
+
+.PHONY: fmt
+fmt: ## Run go fmt.
+	go fmt ./...
+
+.PHONY: vet
+vet: ## Run go vet.
+	go vet ./...
+
+.PHONY: verify-generated
+verify-generated: controller-gen ## Fail if the generated CRD, RBAC or DeepCopy code is out of date.
+	hack/verify-generated.sh "$(CONTROLLER_GEN)"
+
+.PHONY: test
+test: verify-generated vet setup-envtest ## Run the unit and envtest integration tests (the CI test command).
+	KUBEBUILDER_ASSETS="$(K8S_ASSETS)" go test $(GO_TEST_FLAGS) $$(go list ./... | grep -v /test/e2e) -coverprofile cover.out
+
+.PHONY: test-e2e
+test-e2e: setup-envtest kwok ## Run the end-to-end suite against a simulated cluster (KWOK).
+	K8S_ASSETS="$(K8S_ASSETS)" KWOK="$(KWOK)" go test $(GO_TEST_FLAGS) -timeout 30m ./test/e2e/ -v -ginkgo.v
+
+.PHONY: bench
+bench: ## Run the planner and status benchmarks at 1000 and 5000 nodes.
+	go test -run '^$$' -bench . -benchmem ./controllers/
+
+##@ Build
+
+.PHONY: build
+build: ## Build the manager binary into bin/manager.
+	go build -o bin/manager ./cmd
+
+.PHONY: run
+run: manifests generate ## Run the manager from your host against the cluster in your kubeconfig.
+	go run ./cmd
+
+.PHONY: docker-build
+docker-build: ## Build the manager image (needs a Docker engine).
+	docker build -t $(IMG) .
+
+##@ Deployment
+
+.PHONY: install
+install: manifests kustomize ## Install the CRD into the cluster in your kubeconfig.
+	$(KUSTOMIZE) build config/crd | kubectl apply -f -
+
+.PHONY: uninstall
+uninstall: manifests kustomize ## Remove the CRD (and every NodeTask) from the cluster.
+	$(KUSTOMIZE) build config/crd | kubectl delete --ignore-not-found -f -
+
+.PHONY: deploy
+deploy: manifests kustomize ## Deploy the operator with image IMG into the cluster.
+	cd config/manager && $(KUSTOMIZE) edit set image controller=$(IMG)
+	$(KUSTOMIZE) build config/default | kubectl apply -f -
+
+.PHONY: undeploy
+undeploy: kustomize ## Remove the operator from the cluster.
+	$(KUSTOMIZE) build config/default | kubectl delete --ignore-not-found -f -
+
+##@ Dependencies
+
+.PHONY: setup-envtest
+setup-envtest: ## Provide kube-apiserver, etcd and kube-controller-manager in bin/k8s (builds them offline if needed).
+	K8S_VERSION=$(K8S_VERSION) K8S_ASSETS="$(K8S_ASSETS)" hack/setup-envtest.sh >/dev/null
+
+.PHONY: controller-gen
+controller-gen: $(CONTROLLER_GEN) ## Install controller-gen into bin/.
+$(CONTROLLER_GEN):
+	$(call go-install-tool,$(CONTROLLER_GEN),sigs.k8s.io/controller-tools/cmd/controller-gen,$(CONTROLLER_TOOLS_VERSION))
+
+.PHONY: kustomize
+kustomize: $(KUSTOMIZE) ## Install kustomize into bin/.
+$(KUSTOMIZE):
+	$(call go-install-tool,$(KUSTOMIZE),sigs.k8s.io/kustomize/kustomize/v5,$(KUSTOMIZE_VERSION))
+
+.PHONY: kwok
+kwok: $(KWOK) ## Install kwok into bin/ (about 5 minutes the first time).
+$(KWOK):
+	$(call go-install-tool,$(KWOK),sigs.k8s.io/kwok/cmd/kwok,$(KWOK_VERSION))
+
+# go-install-tool installs package $2 at version $3 as the file $1.
+define go-install-tool
+@[ -f "$(1)" ] || { \
+set -e; \
+echo "Installing $(2)@$(3)"; \
+mkdir -p $(LOCALBIN); \
+tmp=$$(mktemp -d); \
+GOBIN=$$tmp go install $(2)@$(3); \
+mv $$tmp/$$(basename $(2)) $(1); \
+rm -rf $$tmp; \
+}
+endef

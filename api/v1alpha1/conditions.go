@@ -1,0 +1,57 @@
+package v1alpha1
+
+// Condition types, following the kstatus conventions
+// (sigs.k8s.io/cli-utils/pkg/kstatus): Argo CD, Flux and `kubectl wait` read these.
+const (
+	// ConditionReady is True once every target of the current revision has a final result
+	// and the failures are within rollout.maxFailures.
+	ConditionReady = "Ready"
+	// ConditionReconciling is True while pods are running or nodes wait for a slot, a retry
+	// or a node to become Ready.
+	ConditionReconciling = "Reconciling"
+	// ConditionStalled is True when the task cannot go on without a person: the failure
+	// budget is spent, Pod Security admission rejects the pods, or the script's ConfigMap is missing.
+	ConditionStalled = "Stalled"
+)
+
+// Condition reasons.
+const (
+	// ReasonSucceeded: every target finished and failures are within the budget.
+	ReasonSucceeded = "Succeeded"
+	// ReasonProgressing: pods are running or nodes wait for a rollout slot.
+	ReasonProgressing = "Progressing"
+	// ReasonWaitingForNodes: the only unfinished targets wait for a node to become Ready.
+	ReasonWaitingForNodes = "WaitingForNodes"
+	// ReasonRetryBackoff: the only unfinished targets wait for a retry's backoff to end.
+	ReasonRetryBackoff = "RetryBackoff"
+	// ReasonSuspended: spec.suspend is true.
+	ReasonSuspended = "Suspended"
+	// ReasonNoTargets: no node matches the task.
+	ReasonNoTargets = "NoTargets"
+	// ReasonFailureBudgetExceeded: more nodes failed than rollout.maxFailures allows.
+	ReasonFailureBudgetExceeded = "FailureBudgetExceeded"
+	// ReasonPodSecurityRejected: Pod Security admission refused the pods in this namespace.
+	ReasonPodSecurityRejected = "PodSecurityRejected"
+	// ReasonConfigMapNotFound: the ConfigMap or key named by spec.script.configMapKeyRef is missing.
+	ReasonConfigMapNotFound = "ConfigMapNotFound"
+	// ReasonInvalidSpec: the spec passed validation but cannot be acted on (a bad label selector).
+	ReasonInvalidSpec = "InvalidSpec"
+	// ReasonPodCreateFailed: the API server refused the pods for another reason.
+	ReasonPodCreateFailed = "PodCreateFailed"
+)
+
+// Per-node reasons, in status.nodes[].reason.
+const (
+	// NodeReasonError: the attempt exited with a non-zero code.
+	NodeReasonError = "Error"
+	// NodeReasonTimeout: the attempt ran longer than timeoutSeconds and was stopped.
+	NodeReasonTimeout = "Timeout"
+	// NodeReasonNodeLost: the node was deleted while its pod ran.
+	NodeReasonNodeLost = "NodeLost"
+	// NodeReasonPodDeleted: someone else deleted the pod before it finished.
+	NodeReasonPodDeleted = "PodDeleted"
+	// NodeReasonNodeNotReady: the node is not Ready, so the task waits to start there.
+	NodeReasonNodeNotReady = "NodeNotReady"
+	// NodeReasonRetryBackoff: the last attempt failed and the next waits for its backoff.
+	NodeReasonRetryBackoff = "RetryBackoff"
+)

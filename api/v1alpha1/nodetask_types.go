@@ -1,0 +1,415 @@
+package v1alpha1
+
+import (
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/util/intstr"
+)
+
+// DefaultScriptImage is the image a script runs in unless spec.script.image or the manager's
+// --default-script-image flag names another. It is Microsoft's HostProcess base image: a few
+// kilobytes, it runs on every Windows Server version, and PowerShell comes from the host.
+const DefaultScriptImage = "mcr.microsoft.com/oss/kubernetes/windows-host-process-containers-base-image:v1.0.0"
+
+// DefaultRunAsUserName is the account a NodeTask's pods run as unless spec.runAsUserName says otherwise.
+const DefaultRunAsUserName = `NT AUTHORITY\SYSTEM`
+
+// NodeTaskSpec says what to run, on which Windows nodes, and how fast to roll it out.
+//
+// +kubebuilder:validation:XValidation:rule="has(self.script) != has(self.container)",message="set exactly one of spec.script (a script run by an interpreter on the host) or spec.container (an image with its own command)"
+type NodeTaskSpec struct {
+	// nodeSelector selects the nodes to run on by their labels. It is always combined with
+	// kubernetes.io/os=windows: Linux nodes are never targeted. Unset selects every Windows node.
+	// +optional
+	NodeSelector *metav1.LabelSelector `json:"nodeSelector,omitempty"`
+
+	// nodeNames, when set, limits the task to the nodes with these names (still only Windows
+	// nodes that match nodeSelector and tolerate their taints).
+	// +optional
+	// +listType=set
+	// +kubebuilder:validation:MaxItems=5000
+	// +kubebuilder:validation:items:MaxLength=253
+	NodeNames []string `json:"nodeNames,omitempty"`
+
+	// tolerations are copied to every pod. A node with a NoSchedule or NoExecute taint that
+	// these do not tolerate is not a target; many clusters taint Windows nodes with
+	// os=windows:NoSchedule, which then needs a toleration here.
+	// +optional
+	// +listType=atomic
+	Tolerations []corev1.Toleration `json:"tolerations,omitempty"`
+
+	// script runs a script on each node's host with an interpreter the host provides
+	// (Windows PowerShell 5.1 unless interpreter says otherwise). Set exactly one of script
+	// and container.
+	// +optional
+	Script *ScriptSpec `json:"script,omitempty"`
+
+	// container runs an image with its own command on each node, as a HostProcess container.
+	// Set exactly one of script and container.
+	// +optional
+	Container *ContainerSpec `json:"container,omitempty"`
+
+	// env sets environment variables for the script or container.
+	// +optional
+	// +listType=map
+	// +listMapKey=name
+	// +kubebuilder:validation:MaxItems=128
+	Env []corev1.EnvVar `json:"env,omitempty"`
+
+	// runAsUserName is the Windows account the process runs as: NT AUTHORITY\SYSTEM (full
+	// control of the node), NT AUTHORITY\Local service, NT AUTHORITY\NetworkService, or the
+	// name of a local group, in which case containerd (1.7 or later) creates a temporary user
+	// in that group for the run.
+	// +optional
+	// +kubebuilder:default="NT AUTHORITY\\SYSTEM"
+	// +kubebuilder:validation:MaxLength=256
+	// +kubebuilder:validation:XValidation:rule=`self in ['NT AUTHORITY\\SYSTEM', 'NT AUTHORITY\\Local service', 'NT AUTHORITY\\NetworkService'] || (self.matches('^[^"/\\\\\\[\\]:;|=,+*?<>@]+$') && !self.matches('^[. ]+$'))`,message="runAsUserName must be NT AUTHORITY\\SYSTEM, NT AUTHORITY\\Local service, NT AUTHORITY\\NetworkService, or a local group name (no backslash and none of \"/[]:;|=,+*?<>@)"
+	RunAsUserName string `json:"runAsUserName,omitempty"`
+
+	// resources are the pod's CPU and memory requests and limits. On Windows the limits
+	// become job-object limits for every process the task starts.
+	// +optional
+	Resources *corev1.ResourceRequirements `json:"resources,omitempty"`
+
+	// priorityClassName is the priority class of the pods.
+	// +optional
+	// +kubebuilder:validation:MaxLength=253
+	PriorityClassName string `json:"priorityClassName,omitempty"`
+
+	// serviceAccountName is the service account the pods run as. Unset, the pods mount no
+	// service account token at all: a task that does not talk to the API server needs none.
+	// +optional
+	// +kubebuilder:validation:MaxLength=253
+	ServiceAccountName string `json:"serviceAccountName,omitempty"`
+
+	// imagePullSecrets are the secrets used to pull the image.
+	// +optional
+	// +listType=atomic
+	ImagePullSecrets []corev1.LocalObjectReference `json:"imagePullSecrets,omitempty"`
+
+	// podLabels are added to the labels of every pod. Keys under nodetask.io/ are reserved
+	// for the operator.
+	// +optional
+	// +kubebuilder:validation:MaxProperties=64
+	// +kubebuilder:validation:XValidation:rule="self.all(k, !k.startsWith('nodetask.io/'))",message="podLabels must not use the nodetask.io/ prefix: the operator sets those labels itself"
+	PodLabels map[string]string `json:"podLabels,omitempty"`
+
+	// podAnnotations are added to the annotations of every pod.
+	// +optional
+	// +kubebuilder:validation:MaxProperties=64
+	PodAnnotations map[string]string `json:"podAnnotations,omitempty"`
+
+	// timeoutSeconds bounds one attempt on one node, from the pod's start, image pull
+	// included. A pod that runs longer is stopped and the attempt fails with reason Timeout.
+	// +optional
+	// +kubebuilder:default=600
+	// +kubebuilder:validation:XValidation:rule="self >= 1",message="timeoutSeconds must be at least 1 (it bounds one attempt on one node)"
+	// +kubebuilder:validation:XValidation:rule="self <= 604800",message="timeoutSeconds must be at most 604800 (one week)"
+	TimeoutSeconds *int32 `json:"timeoutSeconds,omitempty"`
+
+	// retries is how many more times a node whose attempt failed is tried again, with an
+	// exponential backoff (10s, doubling, at most 5m). 0 means one attempt per node.
+	// +optional
+	// +kubebuilder:default=0
+	// +kubebuilder:validation:XValidation:rule="self >= 0 && self <= 10",message="retries must be between 0 and 10"
+	Retries *int32 `json:"retries,omitempty"`
+
+	// rollout limits how many nodes run at once and how many may fail.
+	// +optional
+	// +kubebuilder:default={}
+	Rollout RolloutSpec `json:"rollout,omitempty"`
+
+	// newNodes says what happens to a node that joins, or starts to match, after the current
+	// revision started: Run (it gets the task too) or Ignore (the targets are fixed when a
+	// revision starts).
+	// +optional
+	// +kubebuilder:default=Run
+	NewNodes NewNodesPolicy `json:"newNodes,omitempty"`
+
+	// rerunToken is an opaque string: changing it runs the task again on every node, as a
+	// changed script would. A timestamp or a counter is usual.
+	// +optional
+	// +kubebuilder:validation:MaxLength=253
+	RerunToken string `json:"rerunToken,omitempty"`
+
+	// suspend stops new pods from starting. Pods already running finish, and setting it back
+	// to false carries on where the rollout stopped.
+	// +optional
+	Suspend bool `json:"suspend,omitempty"`
+
+	// podTTLSecondsAfterFinished deletes a finished pod this many seconds after its result is
+	// recorded in status. Unset keeps pods, so that `kubectl logs` still works; they are
+	// deleted with the NodeTask.
+	// +optional
+	// +kubebuilder:validation:Minimum=0
+	PodTTLSecondsAfterFinished *int32 `json:"podTTLSecondsAfterFinished,omitempty"`
+}
+
+// Interpreter names the host program that runs a script.
+// +kubebuilder:validation:Enum=PowerShell;Pwsh;Cmd
+type Interpreter string
+
+const (
+	// InterpreterPowerShell runs the script with Windows PowerShell 5.1 (powershell.exe),
+	// which every Windows Server has.
+	InterpreterPowerShell Interpreter = "PowerShell"
+	// InterpreterPwsh runs the script with PowerShell 7 (pwsh.exe), which the host must have installed.
+	InterpreterPwsh Interpreter = "Pwsh"
+	// InterpreterCmd runs the script as a batch file with cmd.exe.
+	InterpreterCmd Interpreter = "Cmd"
+)
+
+// ScriptSpec is a script and the interpreter that runs it.
+//
+// +kubebuilder:validation:XValidation:rule="has(self.inline) != has(self.configMapKeyRef)",message="set exactly one of script.inline (the script text) or script.configMapKeyRef (a ConfigMap key holding it)"
+type ScriptSpec struct {
+	// inline is the script's text.
+	// +optional
+	// +kubebuilder:validation:MaxLength=262144
+	// +kubebuilder:validation:XValidation:rule="self.trim().size() > 0",message="script.inline must not be empty"
+	Inline *string `json:"inline,omitempty"`
+
+	// configMapKeyRef names a key of a ConfigMap in the NodeTask's namespace that holds the
+	// script. The text is copied when a revision starts: editing the ConfigMap later does not
+	// re-run the task (change rerunToken for that).
+	// +optional
+	ConfigMapKeyRef *ConfigMapKeyReference `json:"configMapKeyRef,omitempty"`
+
+	// interpreter runs the script: PowerShell (Windows PowerShell 5.1, powershell.exe),
+	// Pwsh (PowerShell 7, pwsh.exe, if the host has it) or Cmd (cmd.exe, a batch file).
+	// +optional
+	// +kubebuilder:default=PowerShell
+	Interpreter Interpreter `json:"interpreter,omitempty"`
+
+	// image is the image of the pod's container. Unset, the manager's default is used:
+	// Microsoft's HostProcess base image, or the mirror given by --default-script-image.
+	// The script runs on the host, so the image only has to start.
+	// +optional
+	// +kubebuilder:validation:MaxLength=1024
+	Image string `json:"image,omitempty"`
+}
+
+// ConfigMapKeyReference names a key of a ConfigMap in the NodeTask's namespace.
+type ConfigMapKeyReference struct {
+	// name is the ConfigMap's name.
+	// +kubebuilder:validation:MinLength=1
+	// +kubebuilder:validation:MaxLength=253
+	Name string `json:"name"`
+
+	// key is the key in the ConfigMap's data.
+	// +kubebuilder:validation:MinLength=1
+	// +kubebuilder:validation:MaxLength=253
+	// +kubebuilder:validation:Pattern=`^[-._a-zA-Z0-9]+$`
+	Key string `json:"key"`
+}
+
+// ContainerSpec is an image run as a HostProcess container.
+type ContainerSpec struct {
+	// image is the container image. It must be built for Windows; HostProcess images usually
+	// start from Microsoft's HostProcess base image.
+	// +kubebuilder:validation:MinLength=1
+	// +kubebuilder:validation:MaxLength=1024
+	Image string `json:"image"`
+
+	// command replaces the image's entrypoint. In a HostProcess container it runs on the
+	// host; paths inside the image are under $env:CONTAINER_SANDBOX_MOUNT_POINT.
+	// +optional
+	// +listType=atomic
+	Command []string `json:"command,omitempty"`
+
+	// args are the arguments to command.
+	// +optional
+	// +listType=atomic
+	Args []string `json:"args,omitempty"`
+
+	// workingDir is the working directory of the process.
+	// +optional
+	WorkingDir string `json:"workingDir,omitempty"`
+}
+
+// RolloutSpec limits how fast a task spreads and when it stops.
+type RolloutSpec struct {
+	// maxConcurrent is how many nodes may run the task at once: a number, or a percentage
+	// of the target nodes, rounded up (at least 1 node).
+	// +optional
+	// +kubebuilder:default="25%"
+	// +kubebuilder:validation:XIntOrString
+	// +kubebuilder:validation:XValidation:rule="type(self) == int ? self >= 1 : self.matches('^([1-9][0-9]?|100)%$')",message="rollout.maxConcurrent must be a whole number of at least 1 or a percentage from 1% to 100%, such as 25%"
+	MaxConcurrent *intstr.IntOrString `json:"maxConcurrent,omitempty"`
+
+	// maxFailures is how many nodes may fail before no further node starts: a number, or a
+	// percentage of the target nodes, rounded down. Nodes already running finish. 0 stops
+	// at the first failure.
+	// +optional
+	// +kubebuilder:default=0
+	// +kubebuilder:validation:XIntOrString
+	// +kubebuilder:validation:XValidation:rule="type(self) == int ? self >= 0 : self.matches('^([0-9]|[1-9][0-9]|100)%$')",message="rollout.maxFailures must be a whole number of at least 0 or a percentage from 0% to 100%"
+	MaxFailures *intstr.IntOrString `json:"maxFailures,omitempty"`
+}
+
+// NewNodesPolicy says whether nodes that appear during or after a rollout get the task.
+// +kubebuilder:validation:Enum=Run;Ignore
+type NewNodesPolicy string
+
+const (
+	// NewNodesRun gives the task to a node that joins or starts matching later.
+	NewNodesRun NewNodesPolicy = "Run"
+	// NewNodesIgnore fixes the target nodes when a revision starts.
+	NewNodesIgnore NewNodesPolicy = "Ignore"
+)
+
+// NodePhase is where one node stands with the task.
+// +kubebuilder:validation:Enum=Pending;Running;Succeeded;Failed
+type NodePhase string
+
+const (
+	// NodePending: the node has not started the current revision yet (waiting for a
+	// rollout slot, a retry's backoff, or the node to become Ready).
+	NodePending NodePhase = "Pending"
+	// NodeRunning: the node's pod exists and has not finished.
+	NodeRunning NodePhase = "Running"
+	// NodeSucceeded: the node's last attempt exited 0.
+	NodeSucceeded NodePhase = "Succeeded"
+	// NodeFailed: the node's last attempt failed and no retry is left.
+	NodeFailed NodePhase = "Failed"
+)
+
+// NodeStatus is the result of the task on one node.
+type NodeStatus struct {
+	// name is the node's name.
+	Name string `json:"name"`
+
+	// phase is Pending, Running, Succeeded or Failed.
+	Phase NodePhase `json:"phase"`
+
+	// revision is the task revision this entry's attempt ran. It is left out when it equals
+	// status.revision, which keeps the status small at thousands of nodes.
+	// +optional
+	Revision string `json:"revision,omitempty"`
+
+	// attempts is how many pods have been started for this node in its revision.
+	// +optional
+	Attempts int32 `json:"attempts,omitempty"`
+
+	// exitCode is the exit code of the last finished attempt. Windows exit codes may be
+	// NTSTATUS values, which read as negative numbers. A pod stopped by its timeout or
+	// deleted has none.
+	// +optional
+	ExitCode *int32 `json:"exitCode,omitempty"`
+
+	// reason says why the node is in its phase, as one CamelCase word: for example Error,
+	// Timeout, NodeLost, PodDeleted, ImagePullBackOff, NodeNotReady, RetryBackoff.
+	// +optional
+	Reason string `json:"reason,omitempty"`
+
+	// output is the tail of the attempt's output (its termination message). It is shortened
+	// from the front when the status would otherwise grow too large; the pod keeps all of it
+	// until it is deleted.
+	// +optional
+	Output string `json:"output,omitempty"`
+
+	// startTime is when the last attempt's pod was created.
+	// +optional
+	StartTime *metav1.Time `json:"startTime,omitempty"`
+
+	// finishTime is when the last attempt finished.
+	// +optional
+	FinishTime *metav1.Time `json:"finishTime,omitempty"`
+}
+
+// NodeTaskStatus is what the operator observed and did. The operator writes it; nothing in
+// it is read back as an instruction except the per-node results it must not lose.
+type NodeTaskStatus struct {
+	// observedGeneration is the metadata.generation this status describes.
+	// +optional
+	ObservedGeneration int64 `json:"observedGeneration,omitempty"`
+
+	// revision is a hash of the fields that define what runs (script or container, env,
+	// runAsUserName, resources, pod metadata, service account, image pull secrets,
+	// priority class, rerunToken). A new revision runs again on every node.
+	// +optional
+	Revision string `json:"revision,omitempty"`
+
+	// startTime is when the current revision started.
+	// +optional
+	StartTime *metav1.Time `json:"startTime,omitempty"`
+
+	// completionTime is when every target of the current revision finished.
+	// +optional
+	CompletionTime *metav1.Time `json:"completionTime,omitempty"`
+
+	// targets is how many nodes the current revision runs on.
+	// +optional
+	Targets int32 `json:"targets"`
+
+	// pending is how many targets have not started the current revision.
+	// +optional
+	Pending int32 `json:"pending"`
+
+	// running is how many targets are running the current revision.
+	// +optional
+	Running int32 `json:"running"`
+
+	// succeeded is how many targets finished the current revision successfully.
+	// +optional
+	Succeeded int32 `json:"succeeded"`
+
+	// failed is how many targets failed the current revision with no retry left.
+	// +optional
+	Failed int32 `json:"failed"`
+
+	// conditions follow the kstatus conventions: Ready, Reconciling and Stalled.
+	// +optional
+	// +listType=map
+	// +listMapKey=type
+	Conditions []metav1.Condition `json:"conditions,omitempty"`
+
+	// nodes has one entry per target node, sorted by name. A node that has not started the
+	// current revision keeps its previous revision's result until it does; a node that was
+	// deleted or stopped matching keeps the result it reached in the current revision.
+	// The list is atomic so that managedFields stays one line however many nodes there are.
+	// +optional
+	// +listType=atomic
+	Nodes []NodeStatus `json:"nodes,omitempty"`
+}
+
+// NodeTask runs a PowerShell script or a container image once on every matching Windows
+// node, each in a one-shot HostProcess pod, and records every node's result in its status.
+// Whoever can create a NodeTask can run code as SYSTEM on those nodes.
+//
+// +kubebuilder:object:root=true
+// +kubebuilder:subresource:status
+// +kubebuilder:resource:shortName=nt,categories=all
+// +kubebuilder:printcolumn:name="Targets",type=integer,JSONPath=`.status.targets`
+// +kubebuilder:printcolumn:name="Running",type=integer,JSONPath=`.status.running`,priority=1
+// +kubebuilder:printcolumn:name="Succeeded",type=integer,JSONPath=`.status.succeeded`
+// +kubebuilder:printcolumn:name="Failed",type=integer,JSONPath=`.status.failed`
+// +kubebuilder:printcolumn:name="Ready",type=string,JSONPath=`.status.conditions[?(@.type=="Ready")].status`
+// +kubebuilder:printcolumn:name="Age",type=date,JSONPath=`.metadata.creationTimestamp`
+// +kubebuilder:printcolumn:name="Message",type=string,JSONPath=`.status.conditions[?(@.type=="Ready")].message`,priority=1
+type NodeTask struct {
+	metav1.TypeMeta   `json:",inline"`
+	metav1.ObjectMeta `json:"metadata,omitempty"`
+
+	// spec says what to run, where, and how fast.
+	Spec NodeTaskSpec `json:"spec"`
+
+	// status is the observed progress and the per-node results.
+	// +optional
+	Status NodeTaskStatus `json:"status,omitempty"`
+}
+
+// NodeTaskList is a list of NodeTasks.
+//
+// +kubebuilder:object:root=true
+type NodeTaskList struct {
+	metav1.TypeMeta `json:",inline"`
+	metav1.ListMeta `json:"metadata,omitempty"`
+
+	// items are the NodeTasks.
+	Items []NodeTask `json:"items"`
+}
+
+func init() {
+	SchemeBuilder.Register(&NodeTask{}, &NodeTaskList{})
+}

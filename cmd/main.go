@@ -1,0 +1,89 @@
+// Command manager runs the NodeTask operator.
+package main
+
+import (
+	"crypto/tls"
+	"flag"
+	"os"
+
+	"k8s.io/apimachinery/pkg/runtime"
+	utilruntime "k8s.io/apimachinery/pkg/util/runtime"
+	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
+	ctrl "sigs.k8s.io/controller-runtime"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/healthz"
+	"sigs.k8s.io/controller-runtime/pkg/log/zap"
+	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
+
+	ntv1 "github.com/nodetask/nodetask-operator/api/v1alpha1"
+	"github.com/nodetask/nodetask-operator/controllers"
+)
+
+func main() {
+	var (
+		metricsAddr, probeAddr, defaultImage string
+		leaderElect                          bool
+		qps                                  float64
+		burst, reconciles, createWorkers     int
+	)
+	flag.StringVar(&metricsAddr, "metrics-bind-address", ":8080", "Address the Prometheus metrics endpoint binds to; 0 disables it.")
+	flag.StringVar(&probeAddr, "health-probe-bind-address", ":8081", "Address the health and readiness probes bind to.")
+	flag.BoolVar(&leaderElect, "leader-elect", false, "Elect a leader, so that only one of several replicas acts.")
+	flag.StringVar(&defaultImage, "default-script-image", ntv1.DefaultScriptImage,
+		"Image of script pods whose NodeTask names none; point it at a mirror when nodes cannot pull from mcr.microsoft.com.")
+	// Client-side rate limits, not the API server, decide how fast pods fan out: client-go's
+	// default of 5 QPS would take over 16 minutes to create 5000 pods.
+	flag.Float64Var(&qps, "kube-api-qps", 200, "Queries per second to the API server.")
+	flag.IntVar(&burst, "kube-api-burst", 400, "Burst of queries to the API server.")
+	flag.IntVar(&reconciles, "max-concurrent-reconciles", 4, "NodeTasks reconciled at once.")
+	flag.IntVar(&createWorkers, "pod-create-workers", 16, "Pods one reconcile creates in parallel.")
+	opts := zap.Options{Development: false}
+	opts.BindFlags(flag.CommandLine)
+	flag.Parse()
+	ctrl.SetLogger(zap.New(zap.UseFlagOptions(&opts)))
+	setupLog := ctrl.Log.WithName("setup")
+
+	scheme := runtime.NewScheme()
+	utilruntime.Must(clientgoscheme.AddToScheme(scheme))
+	utilruntime.Must(ntv1.AddToScheme(scheme))
+
+	cfg := ctrl.GetConfigOrDie()
+	cfg.QPS, cfg.Burst = float32(qps), burst
+	mgr, err := ctrl.NewManager(cfg, ctrl.Options{
+		Scheme: scheme,
+		Metrics: metricsserver.Options{
+			BindAddress: metricsAddr,
+			// HTTP/2 stays off: it was the vector of the "rapid reset" CVEs.
+			TLSOpts: []func(*tls.Config){func(c *tls.Config) { c.NextProtos = []string{"http/1.1"} }},
+		},
+		HealthProbeBindAddress: probeAddr,
+		LeaderElection:         leaderElect,
+		LeaderElectionID:       "nodetask-operator.nodetask.io",
+		Cache:                  controllers.CacheOptions(),
+		Client:                 client.Options{Cache: &client.CacheOptions{DisableFor: controllers.UncachedObjects}},
+	})
+	if err != nil {
+		setupLog.Error(err, "unable to create manager")
+		os.Exit(1)
+	}
+	r := &controllers.NodeTaskReconciler{
+		Client:                  mgr.GetClient(),
+		APIReader:               mgr.GetAPIReader(),
+		Recorder:                mgr.GetEventRecorder("nodetask-controller"),
+		Pods:                    controllers.PodBuilder{DefaultScriptImage: defaultImage},
+		CreateWorkers:           createWorkers,
+		MaxConcurrentReconciles: reconciles,
+	}
+	if err := r.SetupWithManager(mgr); err != nil {
+		setupLog.Error(err, "unable to set up the NodeTask controller")
+		os.Exit(1)
+	}
+	utilruntime.Must(mgr.AddHealthzCheck("healthz", healthz.Ping))
+	utilruntime.Must(mgr.AddReadyzCheck("readyz", healthz.Ping))
+
+	setupLog.Info("starting manager", "qps", qps, "burst", burst, "maxConcurrentReconciles", reconciles)
+	if err := mgr.Start(ctrl.SetupSignalHandler()); err != nil {
+		setupLog.Error(err, "manager stopped with an error")
+		os.Exit(1)
+	}
+}

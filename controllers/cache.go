@@ -1,0 +1,56 @@
+package controllers
+
+import (
+	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/labels"
+	"k8s.io/apimachinery/pkg/selection"
+	"sigs.k8s.io/controller-runtime/pkg/cache"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+)
+
+// CacheOptions limits the manager's cache to what the controller reads: the pods it made
+// (by label) and the Windows nodes, trimmed to the fields the planner uses. At 5000 nodes a
+// full Node object (images, volumes, managedFields) is several kilobytes; the trimmed one a
+// few hundred bytes. ConfigMaps are never cached: the controller reads them straight from
+// the API server, and rarely.
+func CacheOptions() cache.Options {
+	managed, err := labels.NewRequirement(LabelTask, selection.Exists, nil)
+	if err != nil {
+		panic(err) // a constant, valid requirement
+	}
+	return cache.Options{
+		ByObject: map[client.Object]cache.ByObject{
+			&corev1.Pod{}: {Label: labels.NewSelector().Add(*managed)},
+			&corev1.Node{}: {
+				Label:     labels.SelectorFromSet(labels.Set{OSLabel: WindowsOS}),
+				Transform: TrimNode,
+			},
+		},
+	}
+}
+
+// UncachedObjects are read from the API server directly.
+var UncachedObjects = []client.Object{&corev1.ConfigMap{}}
+
+// TrimNode is a cache transform that keeps only the fields of a Node the planner reads:
+// name, labels, taints, schedulability and the Ready condition.
+func TrimNode(obj any) (any, error) {
+	node, ok := obj.(*corev1.Node)
+	if !ok {
+		return obj, nil
+	}
+	trimmed := &corev1.Node{}
+	trimmed.Name = node.Name
+	trimmed.UID = node.UID
+	trimmed.ResourceVersion = node.ResourceVersion
+	trimmed.Labels = node.Labels
+	trimmed.DeletionTimestamp = node.DeletionTimestamp
+	trimmed.Spec.Taints = node.Spec.Taints
+	trimmed.Spec.Unschedulable = node.Spec.Unschedulable
+	for _, c := range node.Status.Conditions {
+		if c.Type == corev1.NodeReady {
+			trimmed.Status.Conditions = []corev1.NodeCondition{{Type: c.Type, Status: c.Status}}
+		}
+	}
+	return trimmed, nil
+}

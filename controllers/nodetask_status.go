@@ -1,0 +1,311 @@
+package controllers
+
+import (
+	"encoding/json"
+	"fmt"
+	"strings"
+
+	"k8s.io/apimachinery/pkg/api/meta"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
+	ntv1 "github.com/nodetask/nodetask-operator/api/v1alpha1"
+)
+
+// The whole status of a NodeTask is computed here, from the observed state, the plan and
+// what applying the plan did. Nothing else writes status fields.
+
+const (
+	// maxObjectBytes is the size the serialized NodeTask must stay under. etcd refuses
+	// objects over 1.5 MiB; staying under 1 MiB leaves room for the API server's own fields.
+	maxObjectBytes = 1 << 20
+	// reservedBytes is kept free for what the API server adds after we measure: managedFields,
+	// resourceVersion and the like.
+	reservedBytes = 64 << 10
+	// maxNamesInMessage is how many node names a condition message lists before "(N more)".
+	maxNamesInMessage = 3
+)
+
+// Outcome is what applying a plan did, as far as the status is concerned.
+type Outcome struct {
+	// Created are the pods that exist now that the plan asked for (created, or found to exist).
+	Created []PodRequest
+	// Problem is why pods could not be created, if they could not.
+	Problem *Problem
+}
+
+// counts are the per-phase totals over the targets of the current revision.
+type counts struct {
+	Targets, Pending, Running, Succeeded, Failed int32
+}
+
+// countTargets counts the target entries by phase; a target whose entry belongs to an older
+// revision has not started the current one and counts as pending.
+func countTargets(entries []ntv1.NodeStatus, targets map[string]bool, revision string) counts {
+	c := counts{Targets: int32(len(targets))}
+	for i := range entries {
+		e := &entries[i]
+		if !targets[e.Name] {
+			continue
+		}
+		switch {
+		case e.Revision != revision || e.Phase == ntv1.NodePending:
+			c.Pending++
+		case e.Phase == ntv1.NodeRunning:
+			c.Running++
+		case e.Phase == ntv1.NodeSucceeded:
+			c.Succeeded++
+		case e.Phase == ntv1.NodeFailed:
+			c.Failed++
+		}
+	}
+	return c
+}
+
+// ComputeStatus returns the task's new status. It is a pure function of its arguments.
+func ComputeStatus(obs *Observed, p *Plan, out Outcome) ntv1.NodeTaskStatus {
+	task := obs.Task
+	now := metav1.NewTime(obs.Now)
+	st := ntv1.NodeTaskStatus{
+		ObservedGeneration: task.Generation,
+		Revision:           p.Revision,
+		StartTime:          task.Status.StartTime,
+		Conditions:         append([]metav1.Condition(nil), task.Status.Conditions...),
+	}
+	if p.NewRevision || st.StartTime == nil {
+		st.StartTime = &now
+	}
+
+	entries := append([]ntv1.NodeStatus(nil), p.Nodes...)
+	if len(out.Created) > 0 {
+		created := make(map[string]int32, len(out.Created))
+		for _, r := range out.Created {
+			created[r.Node] = r.Attempt
+		}
+		for i := range entries {
+			if attempt, ok := created[entries[i].Name]; ok {
+				entries[i] = ntv1.NodeStatus{
+					Name: entries[i].Name, Phase: ntv1.NodeRunning, Revision: p.Revision,
+					Attempts: attempt, StartTime: &now,
+				}
+			}
+		}
+	}
+
+	c := countTargets(entries, p.Targets, p.Revision)
+	st.Targets, st.Pending, st.Running, st.Succeeded, st.Failed = c.Targets, c.Pending, c.Running, c.Succeeded, c.Failed
+	if c.Targets > 0 && c.Pending == 0 && c.Running == 0 {
+		st.CompletionTime = task.Status.CompletionTime
+		if p.NewRevision || st.CompletionTime == nil {
+			st.CompletionTime = &now
+		}
+	}
+
+	f := conditionFacts{
+		Generation:     task.Generation,
+		Counts:         c,
+		Suspended:      task.Spec.Suspend,
+		BudgetExceeded: p.BudgetExceeded,
+		MaxConcurrent:  p.MaxConcurrent,
+		MaxFailures:    p.MaxFailures,
+		Problem:        p.Problem,
+		Namespace:      task.Namespace,
+	}
+	if f.Problem == nil {
+		f.Problem = out.Problem
+	}
+	for i := range entries {
+		e := &entries[i]
+		if !p.Targets[e.Name] || e.Revision != p.Revision {
+			continue
+		}
+		switch {
+		case e.Phase == ntv1.NodeFailed:
+			f.Failed = append(f.Failed, e.Name)
+		case e.Reason == ntv1.NodeReasonNodeNotReady:
+			f.NotReady = append(f.NotReady, e.Name)
+		case e.Reason == ntv1.NodeReasonRetryBackoff:
+			f.Backoff = append(f.Backoff, e.Name)
+		}
+	}
+	setConditions(&st, f)
+
+	st.Nodes = entries
+	fitOutputs(task, &st)
+	for i := range st.Nodes {
+		if st.Nodes[i].Revision == st.Revision {
+			st.Nodes[i].Revision = ""
+		}
+	}
+	return st
+}
+
+// conditionFacts is what the conditions are computed from.
+type conditionFacts struct {
+	Generation     int64
+	Counts         counts
+	Suspended      bool
+	BudgetExceeded bool
+	MaxConcurrent  int
+	MaxFailures    int
+	Problem        *Problem
+	Namespace      string
+	// Failed, NotReady and Backoff name the targets in those states, sorted.
+	Failed, NotReady, Backoff []string
+}
+
+// setConditions sets Ready, Reconciling and Stalled. All three are always present, so that
+// `kubectl wait --for=condition=X=false` works as well as =true.
+//
+//   - Stalled=True (Ready=False, Reconciling=False): the failure budget is spent, or a
+//     Problem (Pod Security, a missing ConfigMap, an invalid spec) blocks every new pod.
+//   - Ready=True: every target finished within the failure budget.
+//   - Ready=False, Reconciling=False: no target, or suspended with nothing running.
+//   - Ready=False, Reconciling=True: pods run, or targets wait for a slot, a retry or a node.
+func setConditions(st *ntv1.NodeTaskStatus, f conditionFacts) {
+	c := f.Counts
+	set := func(typ string, status metav1.ConditionStatus, reason, msg string) {
+		meta.SetStatusCondition(&st.Conditions, metav1.Condition{
+			Type: typ, Status: status, Reason: reason, Message: msg, ObservedGeneration: f.Generation,
+		})
+	}
+	progress := fmt.Sprintf("%d of %d nodes succeeded, %d failed, %d running, %d pending",
+		c.Succeeded, c.Targets, c.Failed, c.Running, c.Pending)
+
+	var stalledReason, stalledMsg string
+	switch {
+	case f.BudgetExceeded:
+		stalledReason = ntv1.ReasonFailureBudgetExceeded
+		stalledMsg = fmt.Sprintf("%d nodes failed (%s), more than rollout.maxFailures allows (%d); no further node starts",
+			c.Failed, nameList(f.Failed), f.MaxFailures)
+		if c.Running > 0 {
+			stalledMsg += fmt.Sprintf(" and the %d running will finish", c.Running)
+		}
+		stalledMsg += ". Read status.nodes[].output, fix the cause, then change spec.rerunToken to run again, or raise spec.rollout.maxFailures to go on"
+	case f.Problem != nil:
+		stalledReason, stalledMsg = f.Problem.Reason, f.Problem.Message
+	}
+	if stalledReason != "" {
+		set(ntv1.ConditionStalled, metav1.ConditionTrue, stalledReason, stalledMsg)
+		set(ntv1.ConditionReconciling, metav1.ConditionFalse, stalledReason, "stalled: "+progress)
+		set(ntv1.ConditionReady, metav1.ConditionFalse, stalledReason, stalledMsg)
+		return
+	}
+
+	set(ntv1.ConditionStalled, metav1.ConditionFalse, ntv1.ReasonProgressing, "")
+	done := c.Targets > 0 && c.Pending == 0 && c.Running == 0
+	switch {
+	case done:
+		msg := fmt.Sprintf("succeeded on all %d nodes", c.Targets)
+		if c.Failed > 0 {
+			msg = fmt.Sprintf("%d of %d nodes succeeded; %d failed (%s), within rollout.maxFailures (%d)",
+				c.Succeeded, c.Targets, c.Failed, nameList(f.Failed), f.MaxFailures)
+		}
+		set(ntv1.ConditionReconciling, metav1.ConditionFalse, ntv1.ReasonSucceeded, "")
+		set(ntv1.ConditionReady, metav1.ConditionTrue, ntv1.ReasonSucceeded, msg)
+	case c.Targets == 0:
+		msg := "no Windows node matches spec.nodeSelector, spec.nodeNames and spec.tolerations"
+		set(ntv1.ConditionReconciling, metav1.ConditionFalse, ntv1.ReasonNoTargets, "")
+		set(ntv1.ConditionReady, metav1.ConditionFalse, ntv1.ReasonNoTargets, msg)
+	case f.Suspended && c.Running == 0:
+		msg := "suspended: " + progress + "; set spec.suspend to false to go on"
+		set(ntv1.ConditionReconciling, metav1.ConditionFalse, ntv1.ReasonSuspended, "")
+		set(ntv1.ConditionReady, metav1.ConditionFalse, ntv1.ReasonSuspended, msg)
+	default:
+		reason, msg := ntv1.ReasonProgressing, progress+fmt.Sprintf(" (rollout.maxConcurrent %d)", f.MaxConcurrent)
+		switch {
+		case f.Suspended:
+			reason, msg = ntv1.ReasonSuspended, "suspended: "+progress+"; the running pods will finish"
+		case c.Running > 0:
+		case len(f.NotReady) > 0 && int32(len(f.NotReady)) == c.Pending:
+			reason = ntv1.ReasonWaitingForNodes
+			msg = progress + "; waiting for NotReady nodes: " + nameList(f.NotReady)
+		case len(f.Backoff) > 0 && int32(len(f.Backoff)) == c.Pending:
+			reason = ntv1.ReasonRetryBackoff
+			msg = progress + "; waiting to retry: " + nameList(f.Backoff)
+		}
+		set(ntv1.ConditionReconciling, metav1.ConditionTrue, reason, msg)
+		set(ntv1.ConditionReady, metav1.ConditionFalse, reason, msg)
+	}
+}
+
+// nameList names at most maxNamesInMessage items, then "(N more)".
+func nameList(names []string) string {
+	if len(names) <= maxNamesInMessage {
+		return strings.Join(names, ", ")
+	}
+	return fmt.Sprintf("%s (%d more)", strings.Join(names[:maxNamesInMessage], ", "), len(names)-maxNamesInMessage)
+}
+
+// fitOutputs shortens the nodes' outputs, keeping their ends, so that the whole object stays
+// under maxObjectBytes. Every output gets the same cap, as large as fits; an output shorter
+// than the cap leaves the rest to the others. Entries themselves are never dropped.
+func fitOutputs(task *ntv1.NodeTask, st *ntv1.NodeTaskStatus) {
+	outputs := make([]string, len(st.Nodes))
+	total := 0
+	for i := range st.Nodes {
+		outputs[i] = st.Nodes[i].Output
+		total += len(outputs[i])
+		st.Nodes[i].Output = ""
+	}
+	if total == 0 {
+		return
+	}
+	probe := ntv1.NodeTask{ObjectMeta: task.ObjectMeta, Spec: task.Spec, Status: *st}
+	probe.ManagedFields = nil
+	b, err := json.Marshal(&probe)
+	if err != nil {
+		return // cannot happen for plain data; leaving outputs out is the safe side
+	}
+	available := maxObjectBytes - reservedBytes - len(b)
+	cost := func(limit int) int {
+		sum := 0
+		for _, o := range outputs {
+			if o != "" {
+				sum += len(`,"output":""`) + jsonStringLen(tailOutput(o, limit))
+			}
+		}
+		return sum
+	}
+	lo, hi := 0, maxOutputBytes // the largest limit that fits is in [lo, hi]
+	for lo < hi {
+		mid := (lo + hi + 1) / 2
+		if cost(mid) <= available {
+			lo = mid
+		} else {
+			hi = mid - 1
+		}
+	}
+	if lo == 0 {
+		return
+	}
+	for i := range st.Nodes {
+		st.Nodes[i].Output = tailOutput(outputs[i], lo)
+	}
+}
+
+// jsonStringLen is an upper bound of the encoded length of s as a JSON string body,
+// counting the escapes encoding/json writes.
+func jsonStringLen(s string) int {
+	n := 0
+	for i := 0; i < len(s); i++ {
+		switch b := s[i]; {
+		case b == '"' || b == '\\' || b == '\n' || b == '\r' || b == '\t':
+			n += 2
+		case b < 0x20 || b == '<' || b == '>' || b == '&':
+			n += 6
+		case b == 0xE2 && i+2 < len(s) && s[i+1] == 0x80 && (s[i+2] == 0xA8 || s[i+2] == 0xA9):
+			n += 6 // U+2028 and U+2029 are escaped
+			i += 2
+		default:
+			n++
+		}
+	}
+	return n
+}
+
+// statusChanged reports whether writing st would change the stored status.
+func statusChanged(old, st *ntv1.NodeTaskStatus) bool {
+	a, _ := json.Marshal(old)
+	b, _ := json.Marshal(st)
+	return string(a) != string(b)
+}

@@ -1,0 +1,241 @@
+package controllers
+
+import (
+	"crypto/sha256"
+	_ "embed"
+	"encoding/hex"
+	"strconv"
+	"strings"
+
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/util/validation"
+	"k8s.io/utils/ptr"
+
+	ntv1 "github.com/nodetask/nodetask-operator/api/v1alpha1"
+)
+
+// Labels the operator puts on the pods and ConfigMaps it creates.
+const (
+	// LabelTask names the NodeTask (shortened with a hash when the name is longer than a label value may be).
+	LabelTask = "nodetask.io/task"
+	// LabelNode names the node a pod runs on, when the name fits in a label value.
+	LabelNode = "nodetask.io/node"
+	// LabelRevision is the task revision a pod runs.
+	LabelRevision = "nodetask.io/revision"
+	// LabelAttempt is the attempt number, from 1, of a pod on its node in its revision.
+	LabelAttempt = "nodetask.io/attempt"
+	// LabelManagedBy marks objects made by this operator.
+	LabelManagedBy = "app.kubernetes.io/managed-by"
+	// ManagedByValue is the value of LabelManagedBy.
+	ManagedByValue = "nodetask-operator"
+)
+
+const (
+	containerName = "task"
+	scriptVolume  = "nodetask"
+	// scriptMountPath is relative to the container's sandbox: HostProcess containers see
+	// volumes under $env:CONTAINER_SANDBOX_MOUNT_POINT\nodetask on containerd 1.6 and 1.7+.
+	scriptMountPath = "/nodetask"
+	wrapperKey      = "run.ps1"
+	// utf8BOM lets Windows PowerShell 5.1 read a script as UTF-8; without it, 5.1 reads
+	// the file in the system's ANSI code page and mangles non-ASCII text.
+	utf8BOM = "\ufeff"
+)
+
+// wrapperScript runs the task's script and reports its exit code and output tail.
+//
+//go:embed wrapper/run.ps1
+var wrapperScript string
+
+// wrapperCommand starts the wrapper with Windows PowerShell 5.1, which every Windows host
+// has. hcsshim expands %CONTAINER_SANDBOX_MOUNT_POINT% in the command line, and containerd
+// 1.7+ runs it through cmd /c, which expands it too.
+var wrapperCommand = []string{
+	"powershell.exe", "-NoLogo", "-NoProfile", "-NonInteractive", "-ExecutionPolicy", "Bypass",
+	"-File", `%CONTAINER_SANDBOX_MOUNT_POINT%\nodetask\run.ps1`,
+}
+
+// PodBuilder turns a task into the HostProcess pods and ConfigMaps that run it.
+type PodBuilder struct {
+	// DefaultScriptImage is the image of script pods whose task names none.
+	DefaultScriptImage string
+}
+
+// taskLabelValue returns the value of LabelTask for a task name: the name itself when it is
+// a valid label value, else a prefix and a hash, so that long names still select uniquely.
+func taskLabelValue(name string) string {
+	if len(name) <= validation.LabelValueMaxLength {
+		return name
+	}
+	return trimName(name, validation.LabelValueMaxLength-revisionLength-1) + "-" + shortHash(name)
+}
+
+// PodName is the deterministic name of a task's pod for one node, revision and attempt:
+// a controller that restarts, or whose cache lags, can never create a second pod for them.
+func PodName(task, node, revision string, attempt int32) string {
+	return trimName(task, 40) + "-" + shortHash(node+"/"+revision+"/"+strconv.Itoa(int(attempt)))
+}
+
+// ScriptConfigMapName is the name of the immutable ConfigMap that holds a revision's script.
+func ScriptConfigMapName(task, revision string) string {
+	return trimName(task, 200) + "-script-" + revision
+}
+
+// Pod builds the HostProcess pod that runs one attempt of the task on one node.
+func (b *PodBuilder) Pod(task *ntv1.NodeTask, node, revision string, attempt int32) *corev1.Pod {
+	spec := &task.Spec
+	labels := make(map[string]string, len(spec.PodLabels)+5)
+	for k, v := range spec.PodLabels {
+		labels[k] = v
+	}
+	labels[LabelTask] = taskLabelValue(task.Name)
+	labels[LabelRevision] = revision
+	labels[LabelAttempt] = strconv.Itoa(int(attempt))
+	labels[LabelManagedBy] = ManagedByValue
+	if len(validation.IsValidLabelValue(node)) == 0 {
+		labels[LabelNode] = node
+	}
+	var annotations map[string]string
+	if len(spec.PodAnnotations) > 0 {
+		annotations = make(map[string]string, len(spec.PodAnnotations))
+		for k, v := range spec.PodAnnotations {
+			annotations[k] = v
+		}
+	}
+
+	userName := spec.RunAsUserName
+	if userName == "" {
+		userName = ntv1.DefaultRunAsUserName
+	}
+	timeout := int64(600)
+	if spec.TimeoutSeconds != nil {
+		timeout = int64(*spec.TimeoutSeconds)
+	}
+
+	env := []corev1.EnvVar{
+		{Name: "NODETASK_NAME", Value: task.Name},
+		{Name: "NODETASK_NAMESPACE", Value: task.Namespace},
+		{Name: "NODETASK_REVISION", Value: revision},
+		{Name: "NODETASK_ATTEMPT", Value: strconv.Itoa(int(attempt))},
+		{Name: "NODETASK_NODE_NAME", Value: node},
+	}
+	container := corev1.Container{
+		Name: containerName,
+		// With FallbackToLogsOnError the kubelet still reports the log tail of a failed
+		// container that wrote no termination message (container mode, or a wrapper that died).
+		TerminationMessagePolicy: corev1.TerminationMessageFallbackToLogsOnError,
+		ImagePullPolicy:          corev1.PullIfNotPresent,
+	}
+	if spec.Resources != nil {
+		container.Resources = *spec.Resources
+	}
+	var volumes []corev1.Volume
+	switch {
+	case spec.Script != nil:
+		container.Image = spec.Script.Image
+		if container.Image == "" {
+			container.Image = b.DefaultScriptImage
+		}
+		if container.Image == "" {
+			container.Image = ntv1.DefaultScriptImage
+		}
+		container.Command = wrapperCommand
+		env = append(env, corev1.EnvVar{Name: "NODETASK_INTERPRETER", Value: string(interpreter(spec.Script))})
+		container.VolumeMounts = []corev1.VolumeMount{{Name: scriptVolume, MountPath: scriptMountPath, ReadOnly: true}}
+		volumes = []corev1.Volume{{
+			Name: scriptVolume,
+			VolumeSource: corev1.VolumeSource{ConfigMap: &corev1.ConfigMapVolumeSource{
+				LocalObjectReference: corev1.LocalObjectReference{Name: ScriptConfigMapName(task.Name, revision)},
+			}},
+		}}
+	case spec.Container != nil:
+		container.Image = spec.Container.Image
+		container.Command = spec.Container.Command
+		container.Args = spec.Container.Args
+		container.WorkingDir = spec.Container.WorkingDir
+	}
+	// The task's own variables come last so that they win over ours on a name clash.
+	container.Env = append(env, spec.Env...)
+
+	return &corev1.Pod{
+		ObjectMeta: metav1.ObjectMeta{
+			Name:            PodName(task.Name, node, revision, attempt),
+			Namespace:       task.Namespace,
+			Labels:          labels,
+			Annotations:     annotations,
+			OwnerReferences: []metav1.OwnerReference{ownerRef(task)},
+		},
+		Spec: corev1.PodSpec{
+			// Binding by name needs no scheduler and reaches cordoned nodes, which node
+			// maintenance tasks must be able to run on.
+			NodeName:              node,
+			OS:                    &corev1.PodOS{Name: corev1.Windows},
+			HostNetwork:           true,
+			RestartPolicy:         corev1.RestartPolicyNever,
+			ActiveDeadlineSeconds: &timeout,
+			SecurityContext: &corev1.PodSecurityContext{
+				WindowsOptions: &corev1.WindowsSecurityContextOptions{
+					HostProcess:   ptr.To(true),
+					RunAsUserName: &userName,
+				},
+			},
+			ServiceAccountName:           spec.ServiceAccountName,
+			AutomountServiceAccountToken: ptr.To(spec.ServiceAccountName != ""),
+			EnableServiceLinks:           ptr.To(false),
+			PriorityClassName:            spec.PriorityClassName,
+			ImagePullSecrets:             spec.ImagePullSecrets,
+			Tolerations:                  spec.Tolerations,
+			Containers:                   []corev1.Container{container},
+			Volumes:                      volumes,
+		},
+	}
+}
+
+// ScriptConfigMap builds the immutable ConfigMap that holds a revision's script and the wrapper.
+func ScriptConfigMap(task *ntv1.NodeTask, revision, script string) *corev1.ConfigMap {
+	data := map[string]string{wrapperKey: wrapperScript}
+	if interpreter(task.Spec.Script) == ntv1.InterpreterCmd {
+		data["script.cmd"] = script
+	} else {
+		data["script.ps1"] = utf8BOM + strings.TrimPrefix(script, utf8BOM)
+	}
+	return &corev1.ConfigMap{
+		ObjectMeta: metav1.ObjectMeta{
+			Name:      ScriptConfigMapName(task.Name, revision),
+			Namespace: task.Namespace,
+			Labels: map[string]string{
+				LabelTask:      taskLabelValue(task.Name),
+				LabelRevision:  revision,
+				LabelManagedBy: ManagedByValue,
+			},
+			OwnerReferences: []metav1.OwnerReference{ownerRef(task)},
+		},
+		Immutable: ptr.To(true),
+		Data:      data,
+	}
+}
+
+func interpreter(s *ntv1.ScriptSpec) ntv1.Interpreter {
+	if s == nil || s.Interpreter == "" {
+		return ntv1.InterpreterPowerShell
+	}
+	return s.Interpreter
+}
+
+func ownerRef(task *ntv1.NodeTask) metav1.OwnerReference {
+	return *metav1.NewControllerRef(task, ntv1.GroupVersion.WithKind("NodeTask"))
+}
+
+// trimName shortens a DNS name to at most n characters without leaving a trailing '-' or '.'.
+func trimName(name string, n int) string {
+	if len(name) > n {
+		name = name[:n]
+	}
+	return strings.TrimRight(name, "-.")
+}
+
+func shortHash(s string) string {
+	sum := sha256.Sum256([]byte(s))
+	return hex.EncodeToString(sum[:])[:revisionLength]
+}

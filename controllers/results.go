@@ -1,0 +1,125 @@
+package controllers
+
+import (
+	"strings"
+	"time"
+	"unicode/utf8"
+
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
+	ntv1 "github.com/nodetask/nodetask-operator/api/v1alpha1"
+)
+
+// maxOutputBytes caps one node's output in status; the kubelet keeps at most 4096 bytes of
+// a termination message anyway.
+const maxOutputBytes = 4096
+
+// waitingProblems are container waiting reasons worth showing while a pod has not started:
+// each means the pod will not start on its own, and only the timeout will end it.
+var waitingProblems = map[string]bool{
+	"ErrImagePull":               true,
+	"ImagePullBackOff":           true,
+	"InvalidImageName":           true,
+	"CreateContainerConfigError": true,
+	"CreateContainerError":       true,
+	"RunContainerError":          true,
+}
+
+// podResult reads one attempt's entry from its pod. nodeGone says the pod's node was deleted.
+func podResult(pod *corev1.Pod, nodeGone bool, now time.Time) ntv1.NodeStatus {
+	e := ntv1.NodeStatus{
+		Name:      pod.Spec.NodeName,
+		Revision:  podRevision(pod),
+		Attempts:  podAttempt(pod),
+		StartTime: pod.CreationTimestamp.DeepCopy(),
+	}
+	term := terminated(pod)
+	switch {
+	case pod.Status.Phase == corev1.PodSucceeded:
+		e.Phase = ntv1.NodeSucceeded
+		e.ExitCode = ptrInt32(0)
+		if term != nil {
+			e.ExitCode = &term.ExitCode
+		}
+	case pod.Status.Phase == corev1.PodFailed:
+		e.Phase, e.Reason = ntv1.NodeFailed, ntv1.NodeReasonError
+		switch {
+		case pod.Status.Reason == "DeadlineExceeded":
+			// A Windows job killed at its deadline exits with a code that says nothing
+			// about the script, so the code is left out.
+			e.Reason = ntv1.NodeReasonTimeout
+		case term != nil:
+			e.ExitCode = &term.ExitCode
+			if term.Reason != "" && term.Reason != "Error" && term.Reason != "Completed" {
+				e.Reason = term.Reason
+			}
+		case pod.Status.Reason != "":
+			e.Reason = pod.Status.Reason
+		}
+	case pod.DeletionTimestamp != nil:
+		e = lostAttempt(e, nodeGone, pod.DeletionTimestamp.Time)
+	case nodeGone:
+		e = lostAttempt(e, true, now)
+	default:
+		e.Phase = ntv1.NodeRunning
+		if w := waiting(pod); w != nil && waitingProblems[w.Reason] {
+			e.Reason = w.Reason
+			e.Output = tailOutput(w.Message, maxOutputBytes)
+		}
+		return e
+	}
+	if e.FinishTime == nil {
+		e.FinishTime = &metav1.Time{Time: podFinishTime(pod, now)}
+	}
+	switch {
+	case term != nil && term.Message != "":
+		e.Output = tailOutput(term.Message, maxOutputBytes)
+	case pod.Status.Message != "":
+		e.Output = tailOutput(pod.Status.Message, maxOutputBytes)
+	}
+	return e
+}
+
+// podFinishTime is when the pod's container ended, as the kubelet reports it; a pod that
+// ended without one (killed before it started) counts from now, and the planner then keeps
+// the first time it recorded.
+func podFinishTime(pod *corev1.Pod, now time.Time) time.Time {
+	if t := terminated(pod); t != nil && !t.FinishedAt.IsZero() {
+		return t.FinishedAt.Time
+	}
+	return now
+}
+
+func terminated(pod *corev1.Pod) *corev1.ContainerStateTerminated {
+	for i := range pod.Status.ContainerStatuses {
+		if t := pod.Status.ContainerStatuses[i].State.Terminated; t != nil {
+			return t
+		}
+	}
+	return nil
+}
+
+func waiting(pod *corev1.Pod) *corev1.ContainerStateWaiting {
+	for i := range pod.Status.ContainerStatuses {
+		if w := pod.Status.ContainerStatuses[i].State.Waiting; w != nil {
+			return w
+		}
+	}
+	return nil
+}
+
+// tailOutput keeps the last n bytes of s, cut at a rune boundary, as valid UTF-8.
+func tailOutput(s string, n int) string {
+	s = strings.ToValidUTF8(s, "\uFFFD")
+	if len(s) <= n {
+		return s
+	}
+	s = s[len(s)-n:]
+	for len(s) > 0 && !utf8.RuneStart(s[0]) {
+		s = s[1:]
+	}
+	return s
+}
+
+func ptrInt32(v int32) *int32 { return &v }
