@@ -1,0 +1,229 @@
+package v1alpha1_test
+
+import (
+	"bufio"
+	"bytes"
+	"errors"
+	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+
+	. "github.com/onsi/ginkgo/v2"
+	. "github.com/onsi/gomega"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	"k8s.io/apimachinery/pkg/util/intstr"
+	utilyaml "k8s.io/apimachinery/pkg/util/yaml"
+	"k8s.io/utils/ptr"
+	"sigs.k8s.io/controller-runtime/pkg/envtest"
+
+	ntv1 "github.com/nodetask/nodetask-operator/api/v1alpha1"
+)
+
+func validTask(name string) *ntv1.NodeTask {
+	return &ntv1.NodeTask{
+		ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: "default"},
+		Spec: ntv1.NodeTaskSpec{
+			Script: &ntv1.ScriptSpec{Inline: ptr.To("Write-Output hello")},
+		},
+	}
+}
+
+var _ = Describe("NodeTask validation", func() {
+	It("fills in the documented defaults", func() {
+		task := validTask("defaults")
+		Expect(k8sClient.Create(ctx, task)).To(Succeed())
+		DeferCleanup(k8sClient.Delete, ctx, task)
+
+		Expect(task.Spec.RunAsUserName).To(Equal(`NT AUTHORITY\SYSTEM`))
+		Expect(task.Spec.TimeoutSeconds).To(HaveValue(BeEquivalentTo(600)))
+		Expect(task.Spec.Retries).To(HaveValue(BeEquivalentTo(0)))
+		Expect(task.Spec.Rollout.MaxConcurrent).To(HaveValue(Equal(intstr.FromString("25%"))))
+		Expect(task.Spec.Rollout.MaxFailures).To(HaveValue(Equal(intstr.FromInt32(0))))
+		Expect(task.Spec.NewNodes).To(Equal(ntv1.NewNodesRun))
+		Expect(task.Spec.Script.Interpreter).To(Equal(ntv1.InterpreterPowerShell))
+	})
+
+	It("accepts every allowed runAsUserName form and percentages at the bounds", func() {
+		for i, user := range []string{`NT AUTHORITY\SYSTEM`, `NT AUTHORITY\Local service`, `NT AUTHORITY\NetworkService`, "Administrators", "node-ops users"} {
+			task := validTask("user-" + string(rune('a'+i)))
+			task.Spec.RunAsUserName = user
+			task.Spec.Rollout.MaxConcurrent = ptr.To(intstr.FromString("100%"))
+			task.Spec.Rollout.MaxFailures = ptr.To(intstr.FromString("0%"))
+			Expect(k8sClient.Create(ctx, task)).To(Succeed(), "runAsUserName %q", user)
+			DeferCleanup(k8sClient.Delete, ctx, task)
+		}
+	})
+
+	// Each entry is a mistake a user can make and the words the API server must answer with.
+	DescribeTable("rejects invalid NodeTasks with a clear message",
+		func(mutate func(*ntv1.NodeTask), message string) {
+			task := validTask("invalid")
+			mutate(task)
+			err := k8sClient.Create(ctx, task)
+			if err == nil {
+				DeferCleanup(k8sClient.Delete, ctx, task)
+			}
+			Expect(err).To(HaveOccurred())
+			Expect(apierrors.IsInvalid(err)).To(BeTrue(), "want 422 Invalid, got %v", err)
+			Expect(err.Error()).To(ContainSubstring(message))
+		},
+		Entry("both script and container", func(t *ntv1.NodeTask) {
+			t.Spec.Container = &ntv1.ContainerSpec{Image: "example.com/tool:1"}
+		}, "set exactly one of spec.script"),
+		Entry("neither script nor container", func(t *ntv1.NodeTask) {
+			t.Spec.Script = nil
+		}, "set exactly one of spec.script"),
+		Entry("both inline and configMapKeyRef", func(t *ntv1.NodeTask) {
+			t.Spec.Script.ConfigMapKeyRef = &ntv1.ConfigMapKeyReference{Name: "scripts", Key: "a.ps1"}
+		}, "set exactly one of script.inline"),
+		Entry("neither inline nor configMapKeyRef", func(t *ntv1.NodeTask) {
+			t.Spec.Script.Inline = nil
+		}, "set exactly one of script.inline"),
+		Entry("an empty inline script", func(t *ntv1.NodeTask) {
+			t.Spec.Script.Inline = ptr.To("")
+		}, "script.inline must not be empty"),
+		Entry("a blank inline script", func(t *ntv1.NodeTask) {
+			t.Spec.Script.Inline = ptr.To(" \n\t")
+		}, "script.inline must not be empty"),
+		Entry("runAsUserName in another domain", func(t *ntv1.NodeTask) {
+			t.Spec.RunAsUserName = `CONTOSO\admin`
+		}, "runAsUserName must be NT AUTHORITY"),
+		Entry("runAsUserName with a forbidden character", func(t *ntv1.NodeTask) {
+			t.Spec.RunAsUserName = "ops@contoso"
+		}, "runAsUserName must be NT AUTHORITY"),
+		Entry("runAsUserName of dots only", func(t *ntv1.NodeTask) {
+			t.Spec.RunAsUserName = ".."
+		}, "runAsUserName must be NT AUTHORITY"),
+		Entry("maxConcurrent 0", func(t *ntv1.NodeTask) {
+			t.Spec.Rollout.MaxConcurrent = ptr.To(intstr.FromInt32(0))
+		}, "rollout.maxConcurrent must be a whole number of at least 1"),
+		Entry(`maxConcurrent "0%"`, func(t *ntv1.NodeTask) {
+			t.Spec.Rollout.MaxConcurrent = ptr.To(intstr.FromString("0%"))
+		}, "rollout.maxConcurrent must be a whole number of at least 1"),
+		Entry(`maxConcurrent "101%"`, func(t *ntv1.NodeTask) {
+			t.Spec.Rollout.MaxConcurrent = ptr.To(intstr.FromString("101%"))
+		}, "rollout.maxConcurrent must be a whole number of at least 1"),
+		Entry("maxConcurrent a malformed percentage", func(t *ntv1.NodeTask) {
+			t.Spec.Rollout.MaxConcurrent = ptr.To(intstr.FromString("25 percent"))
+		}, "rollout.maxConcurrent must be a whole number of at least 1"),
+		Entry("a negative maxFailures", func(t *ntv1.NodeTask) {
+			t.Spec.Rollout.MaxFailures = ptr.To(intstr.FromInt32(-1))
+		}, "rollout.maxFailures must be a whole number of at least 0"),
+		Entry(`maxFailures "150%"`, func(t *ntv1.NodeTask) {
+			t.Spec.Rollout.MaxFailures = ptr.To(intstr.FromString("150%"))
+		}, "rollout.maxFailures must be a whole number of at least 0"),
+		Entry("timeoutSeconds 0", func(t *ntv1.NodeTask) {
+			t.Spec.TimeoutSeconds = ptr.To[int32](0)
+		}, "timeoutSeconds must be at least 1"),
+		Entry("timeoutSeconds over a week", func(t *ntv1.NodeTask) {
+			t.Spec.TimeoutSeconds = ptr.To[int32](604801)
+		}, "timeoutSeconds must be at most 604800"),
+		Entry("retries 11", func(t *ntv1.NodeTask) {
+			t.Spec.Retries = ptr.To[int32](11)
+		}, "retries must be between 0 and 10"),
+		Entry("negative retries", func(t *ntv1.NodeTask) {
+			t.Spec.Retries = ptr.To[int32](-1)
+		}, "retries must be between 0 and 10"),
+		Entry("a reserved pod label", func(t *ntv1.NodeTask) {
+			t.Spec.PodLabels = map[string]string{"nodetask.io/task": "other"}
+		}, "podLabels must not use the nodetask.io/ prefix"),
+		Entry("an unknown interpreter", func(t *ntv1.NodeTask) {
+			t.Spec.Script.Interpreter = "bash"
+		}, `Unsupported value: "bash"`),
+		Entry("an unknown newNodes policy", func(t *ntv1.NodeTask) {
+			t.Spec.NewNodes = "Sometimes"
+		}, `Unsupported value: "Sometimes"`),
+		Entry("a container without image", func(t *ntv1.NodeTask) {
+			t.Spec.Script = nil
+			t.Spec.Container = &ntv1.ContainerSpec{}
+		}, "spec.container.image"),
+	)
+
+	It("accepts every sample in config/samples", func() {
+		files, err := filepath.Glob(filepath.Join("..", "..", "config", "samples", "*.yaml"))
+		Expect(err).NotTo(HaveOccurred())
+		var tasks int
+		for _, f := range files {
+			if filepath.Base(f) == "kustomization.yaml" {
+				continue
+			}
+			for _, obj := range readObjects(f) {
+				err := k8sClient.Create(ctx, obj)
+				if apierrors.IsAlreadyExists(err) {
+					continue
+				}
+				Expect(err).NotTo(HaveOccurred(), "%s: %s %s", f, obj.GetKind(), obj.GetName())
+				if obj.GetKind() == "NodeTask" {
+					tasks++
+				}
+			}
+		}
+		Expect(tasks).To(BeNumerically(">=", 3))
+	})
+
+	It("documents every field for kubectl explain", func() {
+		kubectl, err := exec.LookPath("kubectl")
+		if err != nil {
+			Skip("kubectl is not installed")
+		}
+		kubeconfig := writeKubeconfig()
+		out, err := exec.Command(kubectl, "--kubeconfig", kubeconfig, "explain", "nodetask.spec", "--recursive").CombinedOutput()
+		Expect(err).NotTo(HaveOccurred(), string(out))
+		for _, field := range []string{"nodeSelector", "nodeNames", "tolerations", "script", "inline", "configMapKeyRef",
+			"interpreter", "container", "env", "runAsUserName", "resources", "priorityClassName", "serviceAccountName",
+			"imagePullSecrets", "podLabels", "podAnnotations", "timeoutSeconds", "retries", "rollout", "maxConcurrent",
+			"maxFailures", "newNodes", "rerunToken", "suspend", "podTTLSecondsAfterFinished"} {
+			Expect(string(out)).To(MatchRegexp(`(?m)^\s+`+field+`\s`), "kubectl explain lists %s", field)
+		}
+		// Every one of our own fields carries its godoc.
+		for _, path := range []string{"nodetask.spec.script.inline", "nodetask.spec.rollout.maxFailures",
+			"nodetask.status.nodes.reason", "nodetask.status.conditions", "nodetask.spec.newNodes"} {
+			out, err := exec.Command(kubectl, "--kubeconfig", kubeconfig, "explain", path).CombinedOutput()
+			Expect(err).NotTo(HaveOccurred(), string(out))
+			Expect(string(out)).To(ContainSubstring("DESCRIPTION:"))
+			Expect(string(out)).NotTo(MatchRegexp(`DESCRIPTION:\s*<empty>`), path)
+		}
+	})
+})
+
+// readObjects reads the YAML documents of a file as unstructured objects.
+func readObjects(path string) []*unstructured.Unstructured {
+	data, err := os.ReadFile(path)
+	Expect(err).NotTo(HaveOccurred())
+	reader := utilyaml.NewYAMLReader(bufio.NewReader(bytes.NewReader(data)))
+	var objs []*unstructured.Unstructured
+	for {
+		doc, err := reader.Read()
+		if errors.Is(err, io.EOF) {
+			return objs
+		}
+		Expect(err).NotTo(HaveOccurred())
+		if strings.TrimSpace(string(doc)) == "" {
+			continue
+		}
+		obj := &unstructured.Unstructured{}
+		Expect(utilyaml.Unmarshal(doc, &obj.Object)).To(Succeed())
+		if obj.GetKind() == "" {
+			continue
+		}
+		if obj.GetNamespace() == "" && obj.GetKind() != "Namespace" {
+			obj.SetNamespace("default")
+		}
+		objs = append(objs, obj)
+	}
+}
+
+// writeKubeconfig writes a kubeconfig for the test API server's admin user.
+func writeKubeconfig() string {
+	user, err := testEnv.ControlPlane.AddUser(envtest.User{Name: "admin", Groups: []string{"system:masters"}}, nil)
+	Expect(err).NotTo(HaveOccurred())
+	data, err := user.KubeConfig()
+	Expect(err).NotTo(HaveOccurred())
+	path := filepath.Join(GinkgoT().TempDir(), "kubeconfig")
+	Expect(os.WriteFile(path, data, 0o600)).To(Succeed())
+	return path
+}
