@@ -1,0 +1,163 @@
+package controllers
+
+import (
+	"strconv"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/apimachinery/pkg/util/intstr"
+	"k8s.io/utils/ptr"
+
+	ntv1 "github.com/nodetask/nodetask-operator/api/v1alpha1"
+)
+
+// Builders for the planner's table tests: literal observed states, no API server.
+
+var t0 = time.Date(2026, 11, 26, 12, 0, 0, 0, time.UTC)
+
+func newTask(mutate ...func(*ntv1.NodeTask)) *ntv1.NodeTask {
+	task := &ntv1.NodeTask{
+		ObjectMeta: metav1.ObjectMeta{Name: "patch", Namespace: "ops", UID: "task-uid", Generation: 1},
+		Spec: ntv1.NodeTaskSpec{
+			Script:         &ntv1.ScriptSpec{Inline: ptr.To("Write-Output hi"), Interpreter: ntv1.InterpreterPowerShell},
+			RunAsUserName:  ntv1.DefaultRunAsUserName,
+			TimeoutSeconds: ptr.To[int32](600),
+			Retries:        ptr.To[int32](0),
+			Rollout: ntv1.RolloutSpec{
+				MaxConcurrent: ptr.To(intstr.FromString("100%")),
+				MaxFailures:   ptr.To(intstr.FromInt32(0)),
+			},
+			NewNodes: ntv1.NewNodesRun,
+		},
+	}
+	for _, m := range mutate {
+		m(task)
+	}
+	return task
+}
+
+type nodeOpt func(*corev1.Node)
+
+func winNode(name string, opts ...nodeOpt) *corev1.Node {
+	n := &corev1.Node{
+		ObjectMeta: metav1.ObjectMeta{Name: name, Labels: map[string]string{OSLabel: WindowsOS}},
+		Status: corev1.NodeStatus{Conditions: []corev1.NodeCondition{
+			{Type: corev1.NodeReady, Status: corev1.ConditionTrue},
+		}},
+	}
+	for _, o := range opts {
+		o(n)
+	}
+	return n
+}
+
+func linux(n *corev1.Node) { n.Labels[OSLabel] = "linux" }
+
+func notReady(n *corev1.Node) { n.Status.Conditions[0].Status = corev1.ConditionFalse }
+
+func label(k, v string) nodeOpt { return func(n *corev1.Node) { n.Labels[k] = v } }
+
+func taint(key, value string, effect corev1.TaintEffect) nodeOpt {
+	return func(n *corev1.Node) {
+		n.Spec.Taints = append(n.Spec.Taints, corev1.Taint{Key: key, Value: value, Effect: effect})
+	}
+}
+
+type podOpt func(*corev1.Pod)
+
+// taskPod is the pod the controller would have made for node, revision and attempt.
+func taskPod(task *ntv1.NodeTask, node, rev string, attempt int32, opts ...podOpt) *corev1.Pod {
+	b := PodBuilder{}
+	p := b.Pod(task, node, rev, attempt)
+	p.UID = types.UID("uid-" + p.Name)
+	p.CreationTimestamp = metav1.NewTime(t0.Add(-time.Minute))
+	p.Status.Phase = corev1.PodRunning
+	for _, o := range opts {
+		o(p)
+	}
+	return p
+}
+
+func exited(code int32, msg string, at time.Time) podOpt {
+	return func(p *corev1.Pod) {
+		p.Status.Phase = corev1.PodSucceeded
+		if code != 0 {
+			p.Status.Phase = corev1.PodFailed
+		}
+		p.Status.ContainerStatuses = []corev1.ContainerStatus{{
+			Name: containerName,
+			State: corev1.ContainerState{Terminated: &corev1.ContainerStateTerminated{
+				ExitCode: code, Message: msg, Reason: map[bool]string{true: "Completed", false: "Error"}[code == 0],
+				FinishedAt: metav1.NewTime(at),
+			}},
+		}}
+	}
+}
+
+func deadlineExceeded(p *corev1.Pod) {
+	p.Status.Phase = corev1.PodFailed
+	p.Status.Reason = "DeadlineExceeded"
+	p.Status.Message = "Pod was active on the node longer than the specified deadline"
+}
+
+func waitingFor(reason string) podOpt {
+	return func(p *corev1.Pod) {
+		p.Status.Phase = corev1.PodPending
+		p.Status.ContainerStatuses = []corev1.ContainerStatus{{
+			Name:  containerName,
+			State: corev1.ContainerState{Waiting: &corev1.ContainerStateWaiting{Reason: reason, Message: "pull access denied"}},
+		}}
+	}
+}
+
+func observe(task *ntv1.NodeTask, nodes []*corev1.Node, pods ...*corev1.Pod) *Observed {
+	obs := &Observed{Task: task, Revision: Revision(&task.Spec), Nodes: map[string]*corev1.Node{}, Pods: pods, Now: t0}
+	for _, n := range nodes {
+		obs.Nodes[n.Name] = n
+	}
+	return obs
+}
+
+// settle plays one reconcile that created nothing: it stores the computed status in the
+// task, as the controller's write would.
+func settle(obs *Observed) *Plan {
+	p := ComputePlan(obs)
+	created := p.Create
+	obs.Task.Status = ComputeStatus(obs, p, Outcome{Created: created})
+	return p
+}
+
+func nodes(names ...string) []*corev1.Node {
+	out := make([]*corev1.Node, len(names))
+	for i, n := range names {
+		out[i] = winNode(n)
+	}
+	return out
+}
+
+func nodeNames(n int) []string {
+	out := make([]string, n)
+	for i := range out {
+		out[i] = "win-" + strconv.Itoa(100+i)
+	}
+	return out
+}
+
+func entry(st *ntv1.NodeTaskStatus, name string) *ntv1.NodeStatus {
+	for i := range st.Nodes {
+		if st.Nodes[i].Name == name {
+			return &st.Nodes[i]
+		}
+	}
+	return nil
+}
+
+func requestNodes(reqs []PodRequest) []string {
+	out := make([]string, len(reqs))
+	for i, r := range reqs {
+		out[i] = r.Node + "#" + strconv.Itoa(int(r.Attempt))
+	}
+	return out
+}
