@@ -1,0 +1,131 @@
+package controllers
+
+import (
+	"flag"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	. "github.com/onsi/gomega"
+	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/api/resource"
+	"k8s.io/apimachinery/pkg/util/validation"
+	"k8s.io/utils/ptr"
+	"sigs.k8s.io/yaml"
+
+	ntv1 "github.com/nodetask/nodetask-operator/api/v1alpha1"
+)
+
+var update = flag.Bool("update", false, "rewrite the golden files in testdata/")
+
+// golden compares got with testdata/name, or rewrites the file with -update.
+func golden(t *testing.T, name string, got []byte) {
+	t.Helper()
+	path := filepath.Join("testdata", name)
+	if *update {
+		if err := os.WriteFile(path, got, 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	want, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatalf("%v (run `go test ./controllers -run Golden -update` to create it)", err)
+	}
+	if string(want) != string(got) {
+		t.Errorf("%s differs from what the code builds; if the change is intended, run `go test ./controllers -run Golden -update` and review the diff.\n--- got:\n%s", path, got)
+	}
+}
+
+func toYAML(t *testing.T, obj any) []byte {
+	b, err := yaml.Marshal(obj)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
+}
+
+func TestGoldenScriptPod(t *testing.T) {
+	task := newTask(func(t *ntv1.NodeTask) {
+		t.Spec.Env = []corev1.EnvVar{{Name: "LOG_LEVEL", Value: "debug"}}
+		t.Spec.Tolerations = []corev1.Toleration{{Key: "os", Value: "windows", Effect: corev1.TaintEffectNoSchedule}}
+		t.Spec.PodLabels = map[string]string{"team": "platform"}
+		t.Spec.PodAnnotations = map[string]string{"example.com/ticket": "OPS-42"}
+		t.Spec.Resources = &corev1.ResourceRequirements{Limits: corev1.ResourceList{corev1.ResourceMemory: resource.MustParse("256Mi")}}
+	})
+	b := PodBuilder{DefaultScriptImage: ntv1.DefaultScriptImage}
+	golden(t, "pod_script.golden.yaml", toYAML(t, b.Pod(task, "akswin000001", Revision(&task.Spec), 2)))
+}
+
+func TestGoldenContainerPod(t *testing.T) {
+	task := newTask(func(t *ntv1.NodeTask) {
+		t.Spec.Script = nil
+		t.Spec.Container = &ntv1.ContainerSpec{Image: "registry.example.com/diag:1.4", Command: []string{"collect.exe"}, Args: []string{"--all"}}
+		t.Spec.RunAsUserName = `NT AUTHORITY\Local service`
+		t.Spec.ServiceAccountName = "diagnostics"
+		t.Spec.TimeoutSeconds = ptr.To[int32](90)
+	})
+	b := PodBuilder{DefaultScriptImage: ntv1.DefaultScriptImage}
+	golden(t, "pod_container.golden.yaml", toYAML(t, b.Pod(task, "akswin000001", Revision(&task.Spec), 1)))
+}
+
+func TestGoldenScriptConfigMap(t *testing.T) {
+	task := newTask()
+	cm := ScriptConfigMap(task, Revision(&task.Spec), "Write-Output 'héllo'\n")
+	golden(t, "configmap_script.golden.yaml", toYAML(t, cm))
+	golden(t, "run.ps1.golden", []byte(cm.Data[wrapperKey]))
+}
+
+func TestScriptEncodingAndInterpreters(t *testing.T) {
+	g := NewWithT(t)
+	ps := ScriptConfigMap(newTask(), "r", "\ufeffWrite-Output x")
+	g.Expect(ps.Data["script.ps1"]).To(Equal("\ufeffWrite-Output x"), "exactly one BOM, for Windows PowerShell 5.1")
+	cmd := ScriptConfigMap(newTask(func(t *ntv1.NodeTask) { t.Spec.Script.Interpreter = ntv1.InterpreterCmd }), "r", "echo x")
+	g.Expect(cmd.Data).To(HaveKeyWithValue("script.cmd", "echo x"), "no BOM: cmd.exe would read it as a command")
+	g.Expect(cmd.Data).NotTo(HaveKey("script.ps1"))
+	g.Expect(*cmd.Immutable).To(BeTrue())
+	// The wrapper runs scripts with -File, never -Command (cmd /c wrapping breaks -Command).
+	g.Expect(wrapperScript).To(ContainSubstring("'-File'"))
+	g.Expect(wrapperScript).NotTo(ContainSubstring("'-Command'"))
+	g.Expect(strings.Join(wrapperCommand, " ")).To(ContainSubstring(`-File %CONTAINER_SANDBOX_MOUNT_POINT%\nodetask\run.ps1`))
+}
+
+func TestNames(t *testing.T) {
+	g := NewWithT(t)
+	long := strings.Repeat("a", 250)
+	g.Expect(validation.IsDNS1123Subdomain(PodName(long, "node", "rev", 1))).To(BeEmpty())
+	g.Expect(validation.IsDNS1123Subdomain(ScriptConfigMapName(long, "0123456789"))).To(BeEmpty())
+	g.Expect(validation.IsValidLabelValue(taskLabelValue(long))).To(BeEmpty())
+	g.Expect(taskLabelValue(long)).NotTo(Equal(taskLabelValue(long[:249] + "b")))
+	g.Expect(PodName("t", "n", "r", 1)).To(Equal(PodName("t", "n", "r", 1)), "names are deterministic")
+	g.Expect(PodName("t", "n", "r", 1)).NotTo(Equal(PodName("t", "n", "r", 2)))
+	g.Expect(PodName("t", "n", "r", 1)).NotTo(Equal(PodName("t", "n", "r2", 1)))
+}
+
+func TestRevision(t *testing.T) {
+	g := NewWithT(t)
+	base := newTask()
+	rev := Revision(&base.Spec)
+	g.Expect(rev).To(HaveLen(revisionLength))
+	for name, mutate := range map[string]func(*ntv1.NodeTask){
+		"script":     func(t *ntv1.NodeTask) { t.Spec.Script.Inline = ptr.To("other") },
+		"env":        func(t *ntv1.NodeTask) { t.Spec.Env = []corev1.EnvVar{{Name: "A", Value: "1"}} },
+		"user":       func(t *ntv1.NodeTask) { t.Spec.RunAsUserName = "Administrators" },
+		"rerunToken": func(t *ntv1.NodeTask) { t.Spec.RerunToken = "2" },
+		"podLabels":  func(t *ntv1.NodeTask) { t.Spec.PodLabels = map[string]string{"a": "b"} },
+	} {
+		task := newTask(mutate)
+		g.Expect(Revision(&task.Spec)).NotTo(Equal(rev), name)
+	}
+	for name, mutate := range map[string]func(*ntv1.NodeTask){
+		"suspend":   func(t *ntv1.NodeTask) { t.Spec.Suspend = true },
+		"selector":  func(t *ntv1.NodeTask) { t.Spec.NodeNames = []string{"x"} },
+		"rollout":   func(t *ntv1.NodeTask) { t.Spec.Rollout.MaxFailures = nil },
+		"newNodes":  func(t *ntv1.NodeTask) { t.Spec.NewNodes = ntv1.NewNodesIgnore },
+		"timeout":   func(t *ntv1.NodeTask) { t.Spec.TimeoutSeconds = ptr.To[int32](5) },
+		"tolerates": func(t *ntv1.NodeTask) { t.Spec.Tolerations = []corev1.Toleration{{Operator: corev1.TolerationOpExists}} },
+	} {
+		task := newTask(mutate)
+		g.Expect(Revision(&task.Spec)).To(Equal(rev), name)
+	}
+}
