@@ -162,7 +162,13 @@ func (r *NodeTaskReconciler) observe(ctx context.Context, task *ntv1.NodeTask) (
 func (r *NodeTaskReconciler) apply(ctx context.Context, task *ntv1.NodeTask, obs *Observed, plan *Plan) (Outcome, error) {
 	logger := log.FromContext(ctx)
 	for _, pod := range plan.Delete {
-		err := r.Client.Delete(ctx, pod, client.Preconditions{UID: &pod.UID})
+		opts := []client.DeleteOption{client.Preconditions{UID: &pod.UID}}
+		if _, ok := obs.Nodes[pod.Spec.NodeName]; !ok {
+			// No kubelet is left to confirm a graceful deletion; like the pod garbage
+			// collector, remove the pod of a deleted node at once.
+			opts = append(opts, client.GracePeriodSeconds(0))
+		}
+		err := r.Client.Delete(ctx, pod, opts...)
 		if err != nil && !apierrors.IsNotFound(err) && !apierrors.IsConflict(err) {
 			return Outcome{}, fmt.Errorf("deleting pod %s: %w", pod.Name, err)
 		}
