@@ -31,6 +31,13 @@ all: build
 help: ## Display this help.
 	@awk 'BEGIN {FS = ":.*##"; printf "\nUsage:\n  make \033[36m<target>\033[0m\n"} /^[a-zA-Z_0-9-]+:.*?##/ { printf "  \033[36m%-18s\033[0m %s\n", $$1, $$2 } /^##@/ { printf "\n\033[1m%s\033[0m\n", substr($$0, 5) } ' $(MAKEFILE_LIST)
 
+##@ Demo
+
+KEEP ?=
+.PHONY: demo
+demo: setup-envtest kwok build ## Run the operator on a simulated cluster (5 Windows, 2 Linux nodes) with a sample task. KEEP=1 leaves it running.
+	go run ./hack/demo --assets "$(K8S_ASSETS)" --kwok "$(KWOK)" $(if $(KEEP),--keep)
+
 ##@ Development
 
 .PHONY: manifests
@@ -58,8 +65,8 @@ test: verify-generated vet setup-envtest ## Run the unit and envtest integration
 	KUBEBUILDER_ASSETS="$(K8S_ASSETS)" go test $(GO_TEST_FLAGS) $$(go list ./... | grep -v /test/e2e) -coverprofile cover.out
 
 .PHONY: test-e2e
-test-e2e: setup-envtest kwok ## Run the end-to-end suite against a simulated cluster (KWOK).
-	K8S_ASSETS="$(K8S_ASSETS)" KWOK="$(KWOK)" go test $(GO_TEST_FLAGS) -timeout 30m ./test/e2e/ -v -ginkgo.v
+test-e2e: setup-envtest kwok build ## Run the end-to-end suite: the manager as its own process against a simulated cluster (KWOK).
+	K8S_ASSETS="$(K8S_ASSETS)" KWOK="$(KWOK)" MANAGER="$(LOCALBIN)/manager" go test $(GO_TEST_FLAGS) -timeout 30m ./test/e2e/ -ginkgo.v
 
 .PHONY: bench
 bench: ## Run the planner and status benchmarks at 1000 and 5000 nodes.

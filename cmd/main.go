@@ -21,14 +21,16 @@ import (
 
 func main() {
 	var (
-		metricsAddr, probeAddr, defaultImage string
-		leaderElect                          bool
-		qps                                  float64
-		burst, reconciles, createWorkers     int
+		metricsAddr, probeAddr, defaultImage, leaseNamespace string
+		leaderElect                                          bool
+		qps                                                  float64
+		burst, reconciles, createWorkers                     int
 	)
 	flag.StringVar(&metricsAddr, "metrics-bind-address", ":8080", "Address the Prometheus metrics endpoint binds to; 0 disables it.")
 	flag.StringVar(&probeAddr, "health-probe-bind-address", ":8081", "Address the health and readiness probes bind to.")
 	flag.BoolVar(&leaderElect, "leader-elect", false, "Elect a leader, so that only one of several replicas acts.")
+	flag.StringVar(&leaseNamespace, "leader-election-namespace", "",
+		"Namespace of the leader election Lease; empty means the pod's own namespace (in-cluster only).")
 	flag.StringVar(&defaultImage, "default-script-image", ntv1.DefaultScriptImage,
 		"Image of script pods whose NodeTask names none; point it at a mirror when nodes cannot pull from mcr.microsoft.com.")
 	// Client-side rate limits, not the API server, decide how fast pods fan out: client-go's
@@ -56,11 +58,14 @@ func main() {
 			// HTTP/2 stays off: it was the vector of the "rapid reset" CVEs.
 			TLSOpts: []func(*tls.Config){func(c *tls.Config) { c.NextProtos = []string{"http/1.1"} }},
 		},
-		HealthProbeBindAddress: probeAddr,
-		LeaderElection:         leaderElect,
-		LeaderElectionID:       "nodetask-operator.nodetask.io",
-		Cache:                  controllers.CacheOptions(),
-		Client:                 client.Options{Cache: &client.CacheOptions{DisableFor: controllers.UncachedObjects}},
+		HealthProbeBindAddress:  probeAddr,
+		LeaderElection:          leaderElect,
+		LeaderElectionID:        "nodetask-operator.nodetask.io",
+		LeaderElectionNamespace: leaseNamespace,
+		// Hand the lease over at once on a clean shutdown, so that a restart resumes quickly.
+		LeaderElectionReleaseOnCancel: true,
+		Cache:                         controllers.CacheOptions(),
+		Client:                        client.Options{Cache: &client.CacheOptions{DisableFor: controllers.UncachedObjects}},
 	})
 	if err != nil {
 		setupLog.Error(err, "unable to create manager")

@@ -1,0 +1,252 @@
+// Command demo shows the NodeTask operator at work on a simulated cluster: it starts a local
+// control plane with KWOK-simulated Windows and Linux nodes, runs the manager as its own
+// process, applies a sample NodeTask, and prints the progress and the per-node results.
+// `make demo` runs it; `make demo KEEP=1` leaves everything running for kubectl.
+package main
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"os/signal"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"text/tabwriter"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	"k8s.io/apimachinery/pkg/api/meta"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	utilyaml "k8s.io/apimachinery/pkg/util/yaml"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+
+	ntv1 "github.com/nodetask/nodetask-operator/api/v1alpha1"
+	"github.com/nodetask/nodetask-operator/test/cluster"
+)
+
+func main() {
+	var (
+		opts    cluster.Options
+		manager string
+		samples string
+		keep    bool
+		timeout time.Duration
+	)
+	flag.StringVar(&opts.AssetsDir, "assets", "bin/k8s/1.37.2", "Folder with kube-apiserver, etcd and kube-controller-manager.")
+	flag.StringVar(&opts.KwokBinary, "kwok", "bin/kwok-v0.8.0", "The kwok binary.")
+	flag.StringVar(&opts.KwokConfig, "kwok-config", "test/kwok/windows-kubelet.yaml", "KWOK stages that play a Windows kubelet.")
+	flag.StringVar(&opts.CRDDir, "crds", "config/crd/bases", "Folder with the CRDs.")
+	flag.StringVar(&opts.WorkDir, "work-dir", "bin/demo", "Folder for the kubeconfig and the logs.")
+	flag.IntVar(&opts.WindowsNodes, "windows-nodes", 5, "Simulated Windows nodes.")
+	flag.IntVar(&opts.LinuxNodes, "linux-nodes", 2, "Simulated Linux nodes.")
+	flag.StringVar(&manager, "manager", "bin/manager", "The manager binary.")
+	flag.StringVar(&samples, "sample", "config/samples/nodetask_v1alpha1_inline_script.yaml", "The NodeTask to apply.")
+	flag.BoolVar(&keep, "keep", false, "Leave the cluster and the manager running until interrupted.")
+	flag.DurationVar(&timeout, "timeout", 3*time.Minute, "How long to wait for the task.")
+	flag.Parse()
+	opts.TaintWindows = true
+	opts.Log = os.Stdout
+
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	if err := run(ctx, opts, manager, samples, keep, timeout); err != nil {
+		fmt.Fprintln(os.Stderr, "demo failed:", err)
+		os.Exit(1)
+	}
+}
+
+func run(ctx context.Context, opts cluster.Options, manager, sample string, keep bool, timeout time.Duration) error {
+	if err := cluster.CheckBinaries(opts); err != nil {
+		return err
+	}
+	if err := os.RemoveAll(opts.WorkDir); err != nil {
+		return err
+	}
+	c, err := cluster.Start(ctx, opts)
+	if c != nil {
+		defer func() {
+			fmt.Println("[demo] stopping the manager, kwok and the control plane")
+			_ = c.Stop()
+		}()
+	}
+	if err != nil {
+		return err
+	}
+
+	if err := c.Client.Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "nodetask-system"}}); err != nil {
+		return err
+	}
+	fmt.Println("[demo] starting the manager as its own process (leader election on); log:", filepath.Join(opts.WorkDir, "manager.log"))
+	if _, err := c.StartProcess("manager", manager, "--leader-elect", "--leader-election-namespace=nodetask-system",
+		"--metrics-bind-address=0", "--health-probe-bind-address=0"); err != nil {
+		return err
+	}
+
+	objs, err := readObjects(filepath.Join(filepath.Dir(sample), "namespace.yaml"), sample)
+	if err != nil {
+		return err
+	}
+	var task *unstructured.Unstructured
+	for _, obj := range objs {
+		fmt.Printf("[demo] applying %s %s\n", obj.GetKind(), obj.GetName())
+		if err := c.Client.Create(ctx, obj); err != nil && !apierrors.IsAlreadyExists(err) {
+			return err
+		}
+		if obj.GetKind() == "NodeTask" {
+			task = obj
+		}
+	}
+	if task == nil {
+		return fmt.Errorf("%s holds no NodeTask", sample)
+	}
+	key := client.ObjectKeyFromObject(task)
+
+	fmt.Printf("[demo] watching nodetask/%s in namespace %s\n", key.Name, key.Namespace)
+	deadline := time.Now().Add(timeout)
+	var last string
+	var nt ntv1.NodeTask
+	for {
+		if err := c.Client.Get(ctx, key, &nt); err != nil {
+			return err
+		}
+		line := progress(&nt)
+		if line != last {
+			fmt.Printf("  %s  %s\n", time.Now().Format("15:04:05"), line)
+			last = line
+		}
+		ready := meta.IsStatusConditionTrue(nt.Status.Conditions, ntv1.ConditionReady)
+		stalled := meta.IsStatusConditionTrue(nt.Status.Conditions, ntv1.ConditionStalled)
+		if ready || stalled {
+			break
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("the task is not done after %s; see %s", timeout, filepath.Join(opts.WorkDir, "manager.log"))
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(250 * time.Millisecond):
+		}
+	}
+
+	fmt.Println()
+	printKubectl(c.Kubeconfig, "get", "nodetasks", "-A", "-o", "wide")
+	fmt.Println()
+	printNodes(&nt)
+	fmt.Println()
+	if err := printLinuxUntouched(ctx, c); err != nil {
+		return err
+	}
+
+	if keep {
+		fmt.Printf("\nThe cluster and the manager keep running. In another shell:\n\n  export KUBECONFIG=%s\n  kubectl get nodetasks -A -o wide\n\nPress Ctrl-C to stop everything.\n", absPath(c.Kubeconfig))
+		<-ctx.Done()
+		return nil
+	}
+	if !meta.IsStatusConditionTrue(nt.Status.Conditions, ntv1.ConditionReady) {
+		return errors.New("the task did not become Ready")
+	}
+	return nil
+}
+
+func progress(nt *ntv1.NodeTask) string {
+	st := nt.Status
+	cond := meta.FindStatusCondition(st.Conditions, ntv1.ConditionReady)
+	ready := "Ready=?"
+	if cond != nil {
+		ready = fmt.Sprintf("Ready=%s (%s)", cond.Status, cond.Reason)
+	}
+	return fmt.Sprintf("targets %d  pending %d  running %d  succeeded %d  failed %d  %s",
+		st.Targets, st.Pending, st.Running, st.Succeeded, st.Failed, ready)
+}
+
+func printNodes(nt *ntv1.NodeTask) {
+	w := tabwriter.NewWriter(os.Stdout, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(w, "NODE\tPHASE\tEXIT\tATTEMPTS\tOUTPUT")
+	for _, e := range nt.Status.Nodes {
+		exit := "-"
+		if e.ExitCode != nil {
+			exit = fmt.Sprint(*e.ExitCode)
+		}
+		fmt.Fprintf(w, "%s\t%s\t%s\t%d\t%s\n", e.Name, e.Phase, exit, e.Attempts, strings.ReplaceAll(strings.TrimSpace(e.Output), "\n", " | "))
+	}
+	_ = w.Flush()
+}
+
+func printLinuxUntouched(ctx context.Context, c *cluster.Cluster) error {
+	var pods corev1.PodList
+	if err := c.Client.List(ctx, &pods); err != nil {
+		return err
+	}
+	var linux corev1.NodeList
+	if err := c.Client.List(ctx, &linux, client.MatchingLabels{corev1.LabelOSStable: "linux"}); err != nil {
+		return err
+	}
+	names := map[string]bool{}
+	for _, n := range linux.Items {
+		names[n.Name] = true
+	}
+	onLinux := 0
+	for _, p := range pods.Items {
+		if names[p.Spec.NodeName] {
+			onLinux++
+		}
+	}
+	fmt.Printf("Pods on the %d Linux nodes: %d\n", len(linux.Items), onLinux)
+	return nil
+}
+
+func printKubectl(kubeconfig string, args ...string) {
+	kubectl, err := exec.LookPath("kubectl")
+	if err != nil {
+		return
+	}
+	cmd := exec.Command(kubectl, append([]string{"--kubeconfig", kubeconfig}, args...)...)
+	cmd.Stdout, cmd.Stderr = os.Stdout, os.Stderr
+	fmt.Println("$ kubectl " + strings.Join(args, " "))
+	_ = cmd.Run()
+}
+
+func readObjects(paths ...string) ([]*unstructured.Unstructured, error) {
+	var objs []*unstructured.Unstructured
+	for _, path := range paths {
+		data, err := os.ReadFile(path)
+		if err != nil {
+			return nil, err
+		}
+		reader := utilyaml.NewYAMLReader(bufio.NewReader(bytes.NewReader(data)))
+		for {
+			doc, err := reader.Read()
+			if errors.Is(err, io.EOF) {
+				break
+			}
+			if err != nil {
+				return nil, err
+			}
+			obj := &unstructured.Unstructured{}
+			if err := utilyaml.Unmarshal(doc, &obj.Object); err != nil {
+				return nil, err
+			}
+			if obj.GetKind() != "" {
+				objs = append(objs, obj)
+			}
+		}
+	}
+	return objs, nil
+}
+
+func absPath(p string) string {
+	if a, err := filepath.Abs(p); err == nil {
+		return a
+	}
+	return p
+}

@@ -1,0 +1,334 @@
+// Package cluster starts a local Kubernetes control plane with simulated Windows and Linux
+// nodes: etcd and kube-apiserver (through envtest), kube-controller-manager for garbage
+// collection, and KWOK playing the kubelets. The end-to-end suite and `make demo` use it.
+// Everything it starts is stopped by Stop, and dies with the calling process.
+package cluster
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"sync"
+	"syscall"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/runtime"
+	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
+	"k8s.io/client-go/rest"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/envtest"
+
+	ntv1 "github.com/nodetask/nodetask-operator/api/v1alpha1"
+)
+
+// Labels and annotations of the simulated nodes.
+const (
+	// KwokNodeAnnotation marks the nodes KWOK manages.
+	KwokNodeAnnotation = "kwok.x-k8s.io/node"
+	// WindowsBuildLabel is the label Windows nodes carry with their OS build.
+	WindowsBuildLabel = "node.kubernetes.io/windows-build"
+	// WindowsBuild is the build the simulated nodes report: Windows Server 2022.
+	WindowsBuild = "10.0.20348"
+)
+
+// Options configure a cluster.
+type Options struct {
+	// AssetsDir holds kube-apiserver, etcd and kube-controller-manager (hack/setup-envtest.sh).
+	AssetsDir string
+	// KwokBinary is the kwok executable.
+	KwokBinary string
+	// KwokConfig is the KWOK configuration with the Windows kubelet stages.
+	KwokConfig string
+	// CRDDir holds the CRDs to install.
+	CRDDir string
+	// WorkDir receives the kubeconfig and the components' logs.
+	WorkDir string
+	// WindowsNodes and LinuxNodes are how many nodes of each to create.
+	WindowsNodes, LinuxNodes int
+	// TaintWindows gives Windows nodes the common os=windows:NoSchedule taint.
+	TaintWindows bool
+	// Log receives progress lines; nil discards them.
+	Log io.Writer
+}
+
+// Cluster is a running local cluster.
+type Cluster struct {
+	// Config and Client reach the API server as a cluster admin.
+	Config *rest.Config
+	Client client.Client
+	// Kubeconfig is the path of an admin kubeconfig file.
+	Kubeconfig string
+	// WorkDir holds the kubeconfig and the logs.
+	WorkDir string
+
+	opts     Options
+	env      *envtest.Environment
+	mu       sync.Mutex
+	procs    []*Process
+	stopOnce sync.Once
+}
+
+// Start starts the control plane, kube-controller-manager and KWOK, and creates the nodes.
+// On error, whatever was started is stopped.
+func Start(ctx context.Context, opts Options) (c *Cluster, err error) {
+	if opts.Log == nil {
+		opts.Log = io.Discard
+	}
+	if err := os.MkdirAll(opts.WorkDir, 0o755); err != nil {
+		return nil, err
+	}
+	c = &Cluster{opts: opts, WorkDir: opts.WorkDir}
+	defer func() {
+		if err != nil {
+			c.Stop()
+		}
+	}()
+
+	c.logf("starting etcd and kube-apiserver")
+	c.env = &envtest.Environment{
+		BinaryAssetsDirectory: opts.AssetsDir,
+		CRDDirectoryPaths:     []string{opts.CRDDir},
+		ErrorIfCRDPathMissing: true,
+	}
+	if c.Config, err = c.env.Start(); err != nil {
+		return c, fmt.Errorf("starting the control plane: %w", err)
+	}
+	user, err := c.env.ControlPlane.AddUser(envtest.User{Name: "admin", Groups: []string{"system:masters"}}, nil)
+	if err != nil {
+		return c, err
+	}
+	kubeconfig, err := user.KubeConfig()
+	if err != nil {
+		return c, err
+	}
+	c.Kubeconfig = filepath.Join(opts.WorkDir, "kubeconfig")
+	if err := os.WriteFile(c.Kubeconfig, kubeconfig, 0o600); err != nil {
+		return c, err
+	}
+	scheme := runtime.NewScheme()
+	if err := clientgoscheme.AddToScheme(scheme); err != nil {
+		return c, err
+	}
+	if err := ntv1.AddToScheme(scheme); err != nil {
+		return c, err
+	}
+	if c.Client, err = client.New(c.Config, client.Options{Scheme: scheme}); err != nil {
+		return c, err
+	}
+
+	c.logf("starting kube-controller-manager (garbage collector, pod garbage collector)")
+	if _, err := c.StartProcess("kube-controller-manager", filepath.Join(opts.AssetsDir, "kube-controller-manager"),
+		"--kubeconfig", c.Kubeconfig,
+		"--controllers=garbagecollector,podgc",
+		"--leader-elect=false",
+		"--secure-port=0",
+		"--use-service-account-credentials=false",
+		"--kube-api-qps=200", "--kube-api-burst=400",
+	); err != nil {
+		return c, err
+	}
+
+	c.logf("starting kwok to play the kubelets")
+	if _, err := c.StartProcess("kwok", opts.KwokBinary,
+		"--kubeconfig", c.Kubeconfig,
+		"--config", opts.KwokConfig,
+		"--manage-all-nodes=false",
+		"--manage-nodes-with-annotation-selector", KwokNodeAnnotation+"=fake",
+		"--server-address", "127.0.0.1:0",
+	); err != nil {
+		return c, err
+	}
+
+	c.logf("creating %d Windows and %d Linux nodes", opts.WindowsNodes, opts.LinuxNodes)
+	for i := range opts.WindowsNodes {
+		if err := c.AddNode(ctx, fmt.Sprintf("win-%04d", i), "windows", nil); err != nil {
+			return c, err
+		}
+	}
+	for i := range opts.LinuxNodes {
+		if err := c.AddNode(ctx, fmt.Sprintf("linux-%04d", i), "linux", nil); err != nil {
+			return c, err
+		}
+	}
+	if err := c.WaitNodesReady(ctx, opts.WindowsNodes+opts.LinuxNodes, 2*time.Minute); err != nil {
+		return c, err
+	}
+	c.logf("cluster ready; kubeconfig: %s", c.Kubeconfig)
+	return c, nil
+}
+
+// AddNode creates a KWOK-managed node of the given OS, with extra labels.
+func (c *Cluster) AddNode(ctx context.Context, name, os string, labels map[string]string) error {
+	node := &corev1.Node{ObjectMeta: metav1.ObjectMeta{
+		Name:        name,
+		Annotations: map[string]string{KwokNodeAnnotation: "fake"},
+		Labels: map[string]string{
+			corev1.LabelOSStable:   os,
+			corev1.LabelArchStable: "amd64",
+			corev1.LabelHostname:   name,
+			"type":                 "kwok",
+		},
+	}}
+	for k, v := range labels {
+		node.Labels[k] = v
+	}
+	if os == "windows" {
+		node.Labels[WindowsBuildLabel] = WindowsBuild
+		if c.opts.TaintWindows {
+			node.Spec.Taints = []corev1.Taint{{Key: "os", Value: "windows", Effect: corev1.TaintEffectNoSchedule}}
+		}
+	}
+	if err := c.Client.Create(ctx, node); err != nil && !apierrors.IsAlreadyExists(err) {
+		return fmt.Errorf("creating node %s: %w", name, err)
+	}
+	return nil
+}
+
+// WaitNodesReady waits until at least n nodes report Ready.
+func (c *Cluster) WaitNodesReady(ctx context.Context, n int, timeout time.Duration) error {
+	deadline := time.Now().Add(timeout)
+	for {
+		var nodes corev1.NodeList
+		if err := c.Client.List(ctx, &nodes); err != nil {
+			return err
+		}
+		ready := 0
+		for _, node := range nodes.Items {
+			for _, cond := range node.Status.Conditions {
+				if cond.Type == corev1.NodeReady && cond.Status == corev1.ConditionTrue {
+					ready++
+				}
+			}
+		}
+		if ready >= n {
+			return nil
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("%d of %d nodes Ready after %s; see %s", ready, n, timeout, filepath.Join(c.WorkDir, "kwok.log"))
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(200 * time.Millisecond):
+		}
+	}
+}
+
+// Process is a component started by the cluster.
+type Process struct {
+	// Name names the component; its output goes to WorkDir/Name.log.
+	Name string
+	// LogPath is the file that holds its output.
+	LogPath string
+	cmd     *exec.Cmd
+	done    chan struct{}
+}
+
+// StartProcess starts a component whose output goes to WorkDir/name.log. It is killed by
+// Stop, and by the kernel if this process dies first.
+func (c *Cluster) StartProcess(name, path string, args ...string) (*Process, error) {
+	logPath := filepath.Join(c.WorkDir, name+".log")
+	logFile, err := os.OpenFile(logPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
+	if err != nil {
+		return nil, err
+	}
+	cmd := exec.Command(path, args...)
+	cmd.Stdout, cmd.Stderr = logFile, logFile
+	cmd.Env = append(os.Environ(), "KUBECONFIG="+c.Kubeconfig)
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
+	if err := cmd.Start(); err != nil {
+		logFile.Close()
+		return nil, fmt.Errorf("starting %s: %w", name, err)
+	}
+	p := &Process{Name: name, LogPath: logPath, cmd: cmd, done: make(chan struct{})}
+	go func() {
+		_ = cmd.Wait()
+		logFile.Close()
+		close(p.done)
+	}()
+	c.mu.Lock()
+	c.procs = append(c.procs, p)
+	c.mu.Unlock()
+	return p, nil
+}
+
+// Signal sends sig to the process's group.
+func (p *Process) Signal(sig syscall.Signal) error {
+	return syscall.Kill(-p.cmd.Process.Pid, sig)
+}
+
+// Exited reports whether the process has ended.
+func (p *Process) Exited() bool {
+	select {
+	case <-p.done:
+		return true
+	default:
+		return false
+	}
+}
+
+// Wait waits for the process to end, at most timeout.
+func (p *Process) Wait(timeout time.Duration) error {
+	select {
+	case <-p.done:
+		return nil
+	case <-time.After(timeout):
+		return fmt.Errorf("%s still running after %s", p.Name, timeout)
+	}
+}
+
+// Stop ends a process: SIGTERM, then SIGKILL after a grace period.
+func (p *Process) Stop(grace time.Duration) {
+	if p.Exited() {
+		return
+	}
+	_ = p.Signal(syscall.SIGTERM)
+	if p.Wait(grace) != nil {
+		_ = p.Signal(syscall.SIGKILL)
+		_ = p.Wait(10 * time.Second)
+	}
+}
+
+// Stop stops every component, newest first, then the control plane. It is safe to call twice.
+func (c *Cluster) Stop() error {
+	var err error
+	c.stopOnce.Do(func() {
+		c.mu.Lock()
+		procs := c.procs
+		c.mu.Unlock()
+		for i := len(procs) - 1; i >= 0; i-- {
+			procs[i].Stop(5 * time.Second)
+		}
+		if c.env != nil && c.Config != nil {
+			err = c.env.Stop()
+		}
+	})
+	return err
+}
+
+func (c *Cluster) logf(format string, args ...any) {
+	fmt.Fprintf(c.opts.Log, "[cluster] "+format+"\n", args...)
+}
+
+// ErrMissingBinary tells which prerequisite is missing.
+var ErrMissingBinary = errors.New("missing binary")
+
+// CheckBinaries verifies that the binaries the cluster needs exist.
+func CheckBinaries(opts Options) error {
+	for _, p := range []string{
+		filepath.Join(opts.AssetsDir, "kube-apiserver"), filepath.Join(opts.AssetsDir, "etcd"),
+		filepath.Join(opts.AssetsDir, "kube-controller-manager"), opts.KwokBinary,
+	} {
+		if _, err := os.Stat(p); err != nil {
+			return fmt.Errorf("%w: %s (run `make setup-envtest kwok`)", ErrMissingBinary, p)
+		}
+	}
+	return nil
+}
