@@ -66,7 +66,7 @@ test: verify-generated vet setup-envtest ## Run the unit and envtest integration
 
 .PHONY: test-e2e
 test-e2e: setup-envtest kwok build ## Run the end-to-end suite: the manager as its own process against a simulated cluster (KWOK).
-	K8S_ASSETS="$(K8S_ASSETS)" KWOK="$(KWOK)" MANAGER="$(LOCALBIN)/manager" go test $(GO_TEST_FLAGS) -timeout 30m ./test/e2e/ -ginkgo.v
+	K8S_ASSETS="$(K8S_ASSETS)" KWOK="$(KWOK)" MANAGER="$(LOCALBIN)/manager" go test $(GO_TEST_FLAGS) -timeout 30m -v ./test/e2e/ -ginkgo.v
 
 .PHONY: bench
 bench: ## Run the planner and status benchmarks at 1000 and 5000 nodes.
