@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"strings"
+	"unicode/utf8"
 
 	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -257,30 +258,51 @@ func fitOutputs(task *ntv1.NodeTask, st *ntv1.NodeTaskStatus) {
 		return // cannot happen for plain data; leaving outputs out is the safe side
 	}
 	available := maxObjectBytes - reservedBytes - len(b)
+	// cost is what the outputs add to the object when each keeps its last limit bytes. The
+	// outputs are valid UTF-8 already (podResult made them so), so cutting is just slicing.
 	cost := func(limit int) int {
 		sum := 0
 		for _, o := range outputs {
-			if o != "" {
-				sum += len(`,"output":""`) + jsonStringLen(tailOutput(o, limit))
+			if t := tailBytes(o, limit); t != "" {
+				sum += len(`,"output":""`) + jsonStringLen(t)
 			}
 		}
 		return sum
 	}
-	lo, hi := 0, maxOutputBytes // the largest limit that fits is in [lo, hi]
-	for lo < hi {
-		mid := (lo + hi + 1) / 2
-		if cost(mid) <= available {
-			lo = mid
-		} else {
-			hi = mid - 1
+	limit := maxOutputBytes
+	if cost(limit) > available {
+		// Search upwards from small limits: each probe then reads about as many bytes as the
+		// budget holds, not every byte of every output.
+		lo, hi := 0, 1
+		for hi < maxOutputBytes && cost(hi) <= available {
+			lo, hi = hi, hi*2
 		}
-	}
-	if lo == 0 {
-		return
+		hi = min(hi, maxOutputBytes) - 1 // cost(hi+1) > available
+		for lo < hi {
+			mid := (lo + hi + 1) / 2
+			if cost(mid) <= available {
+				lo = mid
+			} else {
+				hi = mid - 1
+			}
+		}
+		limit = lo
 	}
 	for i := range st.Nodes {
-		st.Nodes[i].Output = tailOutput(outputs[i], lo)
+		st.Nodes[i].Output = tailBytes(outputs[i], limit)
 	}
+}
+
+// tailBytes returns the last n bytes of a valid UTF-8 string, cut at a rune boundary.
+func tailBytes(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	s = s[len(s)-n:]
+	for len(s) > 0 && !utf8.RuneStart(s[0]) {
+		s = s[1:]
+	}
+	return s
 }
 
 // jsonStringLen is an upper bound of the encoded length of s as a JSON string body,

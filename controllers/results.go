@@ -3,7 +3,6 @@ package controllers
 import (
 	"strings"
 	"time"
-	"unicode/utf8"
 
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -111,15 +110,7 @@ func waiting(pod *corev1.Pod) *corev1.ContainerStateWaiting {
 
 // tailOutput keeps the last n bytes of s, cut at a rune boundary, as valid UTF-8.
 func tailOutput(s string, n int) string {
-	s = strings.ToValidUTF8(s, "\uFFFD")
-	if len(s) <= n {
-		return s
-	}
-	s = s[len(s)-n:]
-	for len(s) > 0 && !utf8.RuneStart(s[0]) {
-		s = s[1:]
-	}
-	return s
+	return tailBytes(strings.ToValidUTF8(s, "\uFFFD"), n)
 }
 
 func ptrInt32(v int32) *int32 { return &v }
