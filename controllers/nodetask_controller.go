@@ -60,7 +60,8 @@ type NodeTaskReconciler struct {
 	Now func() time.Time
 
 	expectations *expectations
-	// scripts remembers the script ConfigMaps known to exist, by namespace/name.
+	// scripts remembers the script ConfigMaps known to exist, by task UID and name: a task
+	// deleted and created again under the same name must get its ConfigMap again.
 	scripts sync.Map
 }
 
@@ -202,8 +203,10 @@ func (r *NodeTaskReconciler) apply(ctx context.Context, task *ntv1.NodeTask, obs
 					out.Created = append(out.Created, req)
 					created = append(created, pod)
 				case apierrors.IsAlreadyExists(err):
-					// A pod by this name is this attempt's pod: names are deterministic.
+					// A pod by this name is this attempt's pod: names are deterministic. Until
+					// the cache shows it, it holds its rollout slot like a new one.
 					out.Created = append(out.Created, req)
+					created = append(created, pod)
 				case isPodSecurityRejection(err):
 					out.Problem, stop = &Problem{Reason: ntv1.ReasonPodSecurityRejected, Message: fmt.Sprintf(
 						"Pod Security admission in namespace %q rejected the task's pods: HostProcess pods need a privileged namespace. "+
@@ -243,14 +246,19 @@ func (r *NodeTaskReconciler) apply(ctx context.Context, task *ntv1.NodeTask, obs
 // starts, so every node of a revision runs the same text.
 func (r *NodeTaskReconciler) ensureScript(ctx context.Context, task *ntv1.NodeTask, revision string) (*Problem, error) {
 	key := types.NamespacedName{Namespace: task.Namespace, Name: ScriptConfigMapName(task.Name, revision)}
-	if _, ok := r.scripts.Load(key); ok {
+	memo := string(task.UID) + "/" + key.Name
+	if _, ok := r.scripts.Load(memo); ok {
 		return nil, nil
 	}
 	var existing corev1.ConfigMap
 	err := r.APIReader.Get(ctx, key, &existing)
-	if err == nil {
-		r.scripts.Store(key, struct{}{})
+	if err == nil && metav1.IsControlledBy(&existing, task) {
+		r.scripts.Store(memo, struct{}{})
 		return nil, nil
+	}
+	if err == nil {
+		// Left by a deleted task of the same name, not yet garbage collected.
+		return nil, fmt.Errorf("script ConfigMap %s belongs to another object; waiting for it to be deleted", key.Name)
 	}
 	if !apierrors.IsNotFound(err) {
 		return nil, fmt.Errorf("reading script ConfigMap: %w", err)
@@ -280,10 +288,11 @@ func (r *NodeTaskReconciler) ensureScript(ctx context.Context, task *ntv1.NodeTa
 		}
 		script = text
 	}
-	if err := r.Client.Create(ctx, ScriptConfigMap(task, revision, script)); err != nil && !apierrors.IsAlreadyExists(err) {
+	if err := r.Client.Create(ctx, ScriptConfigMap(task, revision, script)); err != nil {
+		// AlreadyExists too: the next reconcile reads it back and checks its owner.
 		return nil, fmt.Errorf("creating script ConfigMap: %w", err)
 	}
-	r.scripts.Store(key, struct{}{})
+	r.scripts.Store(memo, struct{}{})
 	return nil, nil
 }
 

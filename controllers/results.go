@@ -39,7 +39,7 @@ func podResult(pod *corev1.Pod, nodeGone bool, now time.Time) ntv1.NodeStatus {
 		e.Phase = ntv1.NodeSucceeded
 		e.ExitCode = ptrInt32(0)
 		if term != nil {
-			e.ExitCode = &term.ExitCode
+			e.ExitCode = ptrInt32(term.ExitCode)
 		}
 	case pod.Status.Phase == corev1.PodFailed:
 		e.Phase, e.Reason = ntv1.NodeFailed, ntv1.NodeReasonError
@@ -49,7 +49,8 @@ func podResult(pod *corev1.Pod, nodeGone bool, now time.Time) ntv1.NodeStatus {
 			// about the script, so the code is left out.
 			e.Reason = ntv1.NodeReasonTimeout
 		case term != nil:
-			e.ExitCode = &term.ExitCode
+			// A copy: the pod may be the cache's own object.
+			e.ExitCode = ptrInt32(term.ExitCode)
 			if term.Reason != "" && term.Reason != "Error" && term.Reason != "Completed" {
 				e.Reason = term.Reason
 			}

@@ -32,6 +32,94 @@ func validTask(name string) *ntv1.NodeTask {
 	}
 }
 
+// invalidCases are mistakes a user can make, and the words the API server must answer with.
+// TestEveryRuleIsTested checks that every CEL rule of the CRD has a case here, so that
+// removing any rule makes this suite fail.
+var invalidCases = []struct {
+	name    string
+	mutate  func(*ntv1.NodeTask)
+	message string
+}{
+	{"both script and container", func(t *ntv1.NodeTask) {
+		t.Spec.Container = &ntv1.ContainerSpec{Image: "example.com/tool:1"}
+	}, "set exactly one of spec.script"},
+	{"neither script nor container", func(t *ntv1.NodeTask) {
+		t.Spec.Script = nil
+	}, "set exactly one of spec.script"},
+	{"both inline and configMapKeyRef", func(t *ntv1.NodeTask) {
+		t.Spec.Script.ConfigMapKeyRef = &ntv1.ConfigMapKeyReference{Name: "scripts", Key: "a.ps1"}
+	}, "set exactly one of script.inline"},
+	{"neither inline nor configMapKeyRef", func(t *ntv1.NodeTask) {
+		t.Spec.Script.Inline = nil
+	}, "set exactly one of script.inline"},
+	{"an empty inline script", func(t *ntv1.NodeTask) {
+		t.Spec.Script.Inline = ptr.To("")
+	}, "script.inline must not be empty"},
+	{"a blank inline script", func(t *ntv1.NodeTask) {
+		t.Spec.Script.Inline = ptr.To(" \n\t")
+	}, "script.inline must not be empty"},
+	{"runAsUserName in another domain", func(t *ntv1.NodeTask) {
+		t.Spec.RunAsUserName = `CONTOSO\admin`
+	}, "runAsUserName must be NT AUTHORITY"},
+	{"runAsUserName with a forbidden character", func(t *ntv1.NodeTask) {
+		t.Spec.RunAsUserName = "ops@contoso"
+	}, "runAsUserName must be NT AUTHORITY"},
+	{"runAsUserName of dots only", func(t *ntv1.NodeTask) {
+		t.Spec.RunAsUserName = ".."
+	}, "runAsUserName must be NT AUTHORITY"},
+	{"maxConcurrent 0", func(t *ntv1.NodeTask) {
+		t.Spec.Rollout.MaxConcurrent = ptr.To(intstr.FromInt32(0))
+	}, "rollout.maxConcurrent must be a whole number of at least 1"},
+	{`maxConcurrent "0%"`, func(t *ntv1.NodeTask) {
+		t.Spec.Rollout.MaxConcurrent = ptr.To(intstr.FromString("0%"))
+	}, "rollout.maxConcurrent must be a whole number of at least 1"},
+	{`maxConcurrent "101%"`, func(t *ntv1.NodeTask) {
+		t.Spec.Rollout.MaxConcurrent = ptr.To(intstr.FromString("101%"))
+	}, "rollout.maxConcurrent must be a whole number of at least 1"},
+	{"maxConcurrent a malformed percentage", func(t *ntv1.NodeTask) {
+		t.Spec.Rollout.MaxConcurrent = ptr.To(intstr.FromString("25 percent"))
+	}, "rollout.maxConcurrent must be a whole number of at least 1"},
+	{"a negative maxFailures", func(t *ntv1.NodeTask) {
+		t.Spec.Rollout.MaxFailures = ptr.To(intstr.FromInt32(-1))
+	}, "rollout.maxFailures must be a whole number of at least 0"},
+	{`maxFailures "150%"`, func(t *ntv1.NodeTask) {
+		t.Spec.Rollout.MaxFailures = ptr.To(intstr.FromString("150%"))
+	}, "rollout.maxFailures must be a whole number of at least 0"},
+	{"timeoutSeconds 0", func(t *ntv1.NodeTask) {
+		t.Spec.TimeoutSeconds = ptr.To[int32](0)
+	}, "timeoutSeconds must be at least 1"},
+	{"timeoutSeconds over a week", func(t *ntv1.NodeTask) {
+		t.Spec.TimeoutSeconds = ptr.To[int32](604801)
+	}, "timeoutSeconds must be at most 604800"},
+	{"retries 11", func(t *ntv1.NodeTask) {
+		t.Spec.Retries = ptr.To[int32](11)
+	}, "retries must be between 0 and 10"},
+	{"negative retries", func(t *ntv1.NodeTask) {
+		t.Spec.Retries = ptr.To[int32](-1)
+	}, "retries must be between 0 and 10"},
+	{"a reserved pod label", func(t *ntv1.NodeTask) {
+		t.Spec.PodLabels = map[string]string{"nodetask.io/task": "other"}
+	}, "podLabels must not use the nodetask.io/ prefix"},
+	{"an unknown interpreter", func(t *ntv1.NodeTask) {
+		t.Spec.Script.Interpreter = "bash"
+	}, `Unsupported value: "bash"`},
+	{"an unknown newNodes policy", func(t *ntv1.NodeTask) {
+		t.Spec.NewNodes = "Sometimes"
+	}, `Unsupported value: "Sometimes"`},
+	{"a container without image", func(t *ntv1.NodeTask) {
+		t.Spec.Script = nil
+		t.Spec.Container = &ntv1.ContainerSpec{}
+	}, "spec.container.image"},
+}
+
+func invalidEntries() []TableEntry {
+	entries := make([]TableEntry, len(invalidCases))
+	for i, c := range invalidCases {
+		entries[i] = Entry(c.name, c.mutate, c.message)
+	}
+	return entries
+}
+
 var _ = Describe("NodeTask validation", func() {
 	It("fills in the documented defaults", func() {
 		task := validTask("defaults")
@@ -58,7 +146,6 @@ var _ = Describe("NodeTask validation", func() {
 		}
 	})
 
-	// Each entry is a mistake a user can make and the words the API server must answer with.
 	DescribeTable("rejects invalid NodeTasks with a clear message",
 		func(mutate func(*ntv1.NodeTask), message string) {
 			task := validTask("invalid")
@@ -71,76 +158,7 @@ var _ = Describe("NodeTask validation", func() {
 			Expect(apierrors.IsInvalid(err)).To(BeTrue(), "want 422 Invalid, got %v", err)
 			Expect(err.Error()).To(ContainSubstring(message))
 		},
-		Entry("both script and container", func(t *ntv1.NodeTask) {
-			t.Spec.Container = &ntv1.ContainerSpec{Image: "example.com/tool:1"}
-		}, "set exactly one of spec.script"),
-		Entry("neither script nor container", func(t *ntv1.NodeTask) {
-			t.Spec.Script = nil
-		}, "set exactly one of spec.script"),
-		Entry("both inline and configMapKeyRef", func(t *ntv1.NodeTask) {
-			t.Spec.Script.ConfigMapKeyRef = &ntv1.ConfigMapKeyReference{Name: "scripts", Key: "a.ps1"}
-		}, "set exactly one of script.inline"),
-		Entry("neither inline nor configMapKeyRef", func(t *ntv1.NodeTask) {
-			t.Spec.Script.Inline = nil
-		}, "set exactly one of script.inline"),
-		Entry("an empty inline script", func(t *ntv1.NodeTask) {
-			t.Spec.Script.Inline = ptr.To("")
-		}, "script.inline must not be empty"),
-		Entry("a blank inline script", func(t *ntv1.NodeTask) {
-			t.Spec.Script.Inline = ptr.To(" \n\t")
-		}, "script.inline must not be empty"),
-		Entry("runAsUserName in another domain", func(t *ntv1.NodeTask) {
-			t.Spec.RunAsUserName = `CONTOSO\admin`
-		}, "runAsUserName must be NT AUTHORITY"),
-		Entry("runAsUserName with a forbidden character", func(t *ntv1.NodeTask) {
-			t.Spec.RunAsUserName = "ops@contoso"
-		}, "runAsUserName must be NT AUTHORITY"),
-		Entry("runAsUserName of dots only", func(t *ntv1.NodeTask) {
-			t.Spec.RunAsUserName = ".."
-		}, "runAsUserName must be NT AUTHORITY"),
-		Entry("maxConcurrent 0", func(t *ntv1.NodeTask) {
-			t.Spec.Rollout.MaxConcurrent = ptr.To(intstr.FromInt32(0))
-		}, "rollout.maxConcurrent must be a whole number of at least 1"),
-		Entry(`maxConcurrent "0%"`, func(t *ntv1.NodeTask) {
-			t.Spec.Rollout.MaxConcurrent = ptr.To(intstr.FromString("0%"))
-		}, "rollout.maxConcurrent must be a whole number of at least 1"),
-		Entry(`maxConcurrent "101%"`, func(t *ntv1.NodeTask) {
-			t.Spec.Rollout.MaxConcurrent = ptr.To(intstr.FromString("101%"))
-		}, "rollout.maxConcurrent must be a whole number of at least 1"),
-		Entry("maxConcurrent a malformed percentage", func(t *ntv1.NodeTask) {
-			t.Spec.Rollout.MaxConcurrent = ptr.To(intstr.FromString("25 percent"))
-		}, "rollout.maxConcurrent must be a whole number of at least 1"),
-		Entry("a negative maxFailures", func(t *ntv1.NodeTask) {
-			t.Spec.Rollout.MaxFailures = ptr.To(intstr.FromInt32(-1))
-		}, "rollout.maxFailures must be a whole number of at least 0"),
-		Entry(`maxFailures "150%"`, func(t *ntv1.NodeTask) {
-			t.Spec.Rollout.MaxFailures = ptr.To(intstr.FromString("150%"))
-		}, "rollout.maxFailures must be a whole number of at least 0"),
-		Entry("timeoutSeconds 0", func(t *ntv1.NodeTask) {
-			t.Spec.TimeoutSeconds = ptr.To[int32](0)
-		}, "timeoutSeconds must be at least 1"),
-		Entry("timeoutSeconds over a week", func(t *ntv1.NodeTask) {
-			t.Spec.TimeoutSeconds = ptr.To[int32](604801)
-		}, "timeoutSeconds must be at most 604800"),
-		Entry("retries 11", func(t *ntv1.NodeTask) {
-			t.Spec.Retries = ptr.To[int32](11)
-		}, "retries must be between 0 and 10"),
-		Entry("negative retries", func(t *ntv1.NodeTask) {
-			t.Spec.Retries = ptr.To[int32](-1)
-		}, "retries must be between 0 and 10"),
-		Entry("a reserved pod label", func(t *ntv1.NodeTask) {
-			t.Spec.PodLabels = map[string]string{"nodetask.io/task": "other"}
-		}, "podLabels must not use the nodetask.io/ prefix"),
-		Entry("an unknown interpreter", func(t *ntv1.NodeTask) {
-			t.Spec.Script.Interpreter = "bash"
-		}, `Unsupported value: "bash"`),
-		Entry("an unknown newNodes policy", func(t *ntv1.NodeTask) {
-			t.Spec.NewNodes = "Sometimes"
-		}, `Unsupported value: "Sometimes"`),
-		Entry("a container without image", func(t *ntv1.NodeTask) {
-			t.Spec.Script = nil
-			t.Spec.Container = &ntv1.ContainerSpec{}
-		}, "spec.container.image"),
+		invalidEntries(),
 	)
 
 	It("accepts every sample in config/samples", func() {
