@@ -238,18 +238,27 @@ func nameList(names []string) string {
 }
 
 // fitOutputs shortens the nodes' outputs, keeping their ends, so that the whole object stays
-// under maxObjectBytes. Every output gets the same cap, as large as fits; an output shorter
-// than the cap leaves the rest to the others. Entries themselves are never dropped.
+// under maxObjectBytes. Entries themselves are never dropped. Nodes that did not succeed
+// have the first claim on the room, since their output says what went wrong; succeeded
+// nodes share what is left. Within each group every output gets the same cap, as large as
+// fits, and an output shorter than the cap leaves the rest to the others.
 func fitOutputs(task *ntv1.NodeTask, st *ntv1.NodeTaskStatus) {
-	outputs := make([]string, len(st.Nodes))
-	total := 0
+	var first, second []int // indexes of entries with output, by priority
 	for i := range st.Nodes {
-		outputs[i] = st.Nodes[i].Output
-		total += len(outputs[i])
-		st.Nodes[i].Output = ""
+		switch {
+		case st.Nodes[i].Output == "":
+		case st.Nodes[i].Phase == ntv1.NodeSucceeded:
+			second = append(second, i)
+		default:
+			first = append(first, i)
+		}
 	}
-	if total == 0 {
+	if len(first)+len(second) == 0 {
 		return
+	}
+	outputs := make([]string, len(st.Nodes))
+	for i := range st.Nodes {
+		outputs[i], st.Nodes[i].Output = st.Nodes[i].Output, ""
 	}
 	probe := ntv1.NodeTask{ObjectMeta: task.ObjectMeta, Spec: task.Spec, Status: *st}
 	probe.ManagedFields = nil
@@ -258,39 +267,48 @@ func fitOutputs(task *ntv1.NodeTask, st *ntv1.NodeTaskStatus) {
 		return // cannot happen for plain data; leaving outputs out is the safe side
 	}
 	available := maxObjectBytes - reservedBytes - len(b)
+	for _, group := range [][]int{first, second} {
+		limit, used := largestLimit(outputs, group, available)
+		for _, i := range group {
+			st.Nodes[i].Output = tailBytes(outputs[i], limit)
+		}
+		available -= used
+	}
+}
+
+// largestLimit finds the largest per-output cap, at most maxOutputBytes, at which the outputs
+// named by group fit in available bytes of JSON, and returns it with the bytes it takes.
+func largestLimit(outputs []string, group []int, available int) (limit, used int) {
 	// cost is what the outputs add to the object when each keeps its last limit bytes. The
 	// outputs are valid UTF-8 already (podResult made them so), so cutting is just slicing.
 	cost := func(limit int) int {
 		sum := 0
-		for _, o := range outputs {
-			if t := tailBytes(o, limit); t != "" {
+		for _, i := range group {
+			if t := tailBytes(outputs[i], limit); t != "" {
 				sum += len(`,"output":""`) + jsonStringLen(t)
 			}
 		}
 		return sum
 	}
-	limit := maxOutputBytes
-	if cost(limit) > available {
-		// Search upwards from small limits: each probe then reads about as many bytes as the
-		// budget holds, not every byte of every output.
-		lo, hi := 0, 1
-		for hi < maxOutputBytes && cost(hi) <= available {
-			lo, hi = hi, hi*2
-		}
-		hi = min(hi, maxOutputBytes) - 1 // cost(hi+1) > available
-		for lo < hi {
-			mid := (lo + hi + 1) / 2
-			if cost(mid) <= available {
-				lo = mid
-			} else {
-				hi = mid - 1
-			}
-		}
-		limit = lo
+	if c := cost(maxOutputBytes); c <= available {
+		return maxOutputBytes, c
 	}
-	for i := range st.Nodes {
-		st.Nodes[i].Output = tailBytes(outputs[i], limit)
+	// Search upwards from small limits: each probe then reads about as many bytes as the
+	// budget holds, not every byte of every output.
+	lo, hi := 0, 1
+	for hi < maxOutputBytes && cost(hi) <= available {
+		lo, hi = hi, hi*2
 	}
+	hi = min(hi, maxOutputBytes) - 1 // cost(hi+1) > available
+	for lo < hi {
+		mid := (lo + hi + 1) / 2
+		if cost(mid) <= available {
+			lo = mid
+		} else {
+			hi = mid - 1
+		}
+	}
+	return lo, cost(lo)
 }
 
 // tailBytes returns the last n bytes of a valid UTF-8 string, cut at a rune boundary.

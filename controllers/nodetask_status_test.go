@@ -187,3 +187,30 @@ func TestJSONStringLenIsAnUpperBound(t *testing.T) {
 		g.Expect(jsonStringLen(s)).To(BeNumerically(">=", len(b)-2), s)
 	}
 }
+
+func TestStatusSizeBudgetFavoursFailures(t *testing.T) {
+	// 4990 nodes succeed and 10 fail, all with 4 KiB of output: the failures keep theirs whole.
+	g := NewWithT(t)
+	task := newTask()
+	rev := Revision(&task.Spec)
+	obs := &Observed{Task: task, Revision: rev, Nodes: map[string]*corev1.Node{}, Now: t0}
+	for i := 0; i < 5000; i++ {
+		name := fmt.Sprintf("akswin%06d", i)
+		obs.Nodes[name] = winNode(name)
+		code := int32(0)
+		if i%500 == 0 {
+			code = 1
+		}
+		obs.Pods = append(obs.Pods, taskPod(task, name, rev, 1, exited(code, failureMessage, t0)))
+	}
+	st := ComputeStatus(obs, ComputePlan(obs), Outcome{})
+	g.Expect(objectSize(g, task, st)).To(BeNumerically("<", 1<<20))
+	g.Expect(st.Failed).To(BeEquivalentTo(10))
+	for _, e := range st.Nodes {
+		if e.Phase == ntv1.NodeFailed {
+			g.Expect(e.Output).To(Equal(failureMessage))
+		} else {
+			g.Expect(len(e.Output)).To(BeNumerically("<", 100))
+		}
+	}
+}

@@ -303,8 +303,8 @@ type NodeStatus struct {
 	Reason string `json:"reason,omitempty"`
 
 	// output is the tail of the attempt's output (its termination message). It is shortened
-	// from the front when the status would otherwise grow too large; the pod keeps all of it
-	// until it is deleted.
+	// from the front when the status would otherwise grow past 1 MiB, succeeded nodes'
+	// outputs before failed ones; the pod keeps all of it until it is deleted.
 	// +optional
 	Output string `json:"output,omitempty"`
 
