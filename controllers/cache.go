@@ -25,6 +25,8 @@ func CacheOptions() cache.Options {
 				Label:     labels.SelectorFromSet(labels.Set{OSLabel: WindowsOS}),
 				Transform: TrimNode,
 			},
+			// Namespaces are watched only for their labels (Pod Security levels).
+			&corev1.Namespace{}: {Transform: keepLabelsOnly},
 		},
 	}
 }
@@ -52,5 +54,16 @@ func TrimNode(obj any) (any, error) {
 			trimmed.Status.Conditions = []corev1.NodeCondition{{Type: c.Type, Status: c.Status}}
 		}
 	}
+	return trimmed, nil
+}
+
+// keepLabelsOnly is a cache transform that keeps an object's identity and labels.
+func keepLabelsOnly(obj any) (any, error) {
+	ns, ok := obj.(*corev1.Namespace)
+	if !ok {
+		return obj, nil
+	}
+	trimmed := &corev1.Namespace{}
+	trimmed.Name, trimmed.UID, trimmed.ResourceVersion, trimmed.Labels = ns.Name, ns.UID, ns.ResourceVersion, ns.Labels
 	return trimmed, nil
 }

@@ -36,8 +36,10 @@ const (
 	// and allNodesKey for tasks that take on new nodes.
 	taskNodeIndex = ".status.nodes.name"
 	allNodesKey   = "*"
-	// stalledRetry is how often a stalled task tries again: the fixes for Pod Security and a
-	// missing ConfigMap happen in objects the operator does not watch.
+	// podSecurityEnforceLabel sets a namespace's Pod Security admission level.
+	podSecurityEnforceLabel = "pod-security.kubernetes.io/enforce"
+	// stalledRetry is how often a stalled task tries again: a missing ConfigMap may appear
+	// at any time, and the operator does not watch ConfigMaps (it would have to cache them all).
 	stalledRetry = time.Minute
 )
 
@@ -71,6 +73,7 @@ type NodeTaskReconciler struct {
 // +kubebuilder:rbac:groups="",resources=pods,verbs=get;list;watch;create;delete
 // +kubebuilder:rbac:groups="",resources=configmaps,verbs=get;create
 // +kubebuilder:rbac:groups="",resources=nodes,verbs=get;list;watch
+// +kubebuilder:rbac:groups="",resources=namespaces,verbs=get;list;watch
 // +kubebuilder:rbac:groups=events.k8s.io,resources=events,verbs=create;patch
 
 // Reconcile brings one NodeTask one step closer to done.
@@ -117,11 +120,27 @@ func (r *NodeTaskReconciler) Reconcile(ctx context.Context, req ctrl.Request) (c
 	if awaiting && (res.RequeueAfter == 0 || res.RequeueAfter > 5*time.Second) {
 		res.RequeueAfter = 5 * time.Second
 	}
-	if meta.IsStatusConditionTrue(st.Conditions, ntv1.ConditionStalled) && !plan.BudgetExceeded &&
-		(res.RequeueAfter == 0 || res.RequeueAfter > stalledRetry) {
-		res.RequeueAfter = stalledRetry
+	if meta.IsStatusConditionTrue(st.Conditions, ntv1.ConditionStalled) && !plan.BudgetExceeded {
+		retry := stalledRetry
+		if out.Problem != nil && out.Problem.Reason == ntv1.ReasonPodSecurityRejected && r.namespacePrivileged(ctx, task.Namespace) {
+			// The namespace allows privileged pods now, but the API server's admission had
+			// not seen the new label yet: try again shortly.
+			retry = 2 * time.Second
+		}
+		if res.RequeueAfter == 0 || res.RequeueAfter > retry {
+			res.RequeueAfter = retry
+		}
 	}
 	return res, nil
+}
+
+// namespacePrivileged reports whether the namespace's Pod Security level allows HostProcess pods.
+func (r *NodeTaskReconciler) namespacePrivileged(ctx context.Context, name string) bool {
+	var ns corev1.Namespace
+	if err := r.Client.Get(ctx, types.NamespacedName{Name: name}, &ns); err != nil {
+		return false
+	}
+	return ns.Labels[podSecurityEnforceLabel] == "privileged"
 }
 
 // observe reads what the planner needs from the cache. awaiting says whether created pods
@@ -360,6 +379,8 @@ func (r *NodeTaskReconciler) SetupWithManager(mgr ctrl.Manager) error {
 		For(&ntv1.NodeTask{}).
 		Owns(&corev1.Pod{}).
 		Watches(&corev1.Node{}, handler.EnqueueRequestsFromMapFunc(r.tasksForNode), builder.WithPredicates(nodeChanged)).
+		// A namespace labelled for privileged pods unblocks the tasks Pod Security stalled there.
+		Watches(&corev1.Namespace{}, handler.EnqueueRequestsFromMapFunc(r.tasksInNamespace), builder.WithPredicates(labelsChanged)).
 		WithOptions(controller.Options{MaxConcurrentReconciles: max(1, r.MaxConcurrentReconciles)}).
 		Named("nodetask").
 		Complete(r)
@@ -385,6 +406,31 @@ func (r *NodeTaskReconciler) tasksForNode(ctx context.Context, o client.Object) 
 		}
 	}
 	return reqs
+}
+
+// tasksInNamespace maps a namespace event to the tasks in that namespace.
+func (r *NodeTaskReconciler) tasksInNamespace(ctx context.Context, o client.Object) []ctrl.Request {
+	var tasks ntv1.NodeTaskList
+	if err := r.Client.List(ctx, &tasks, client.InNamespace(o.GetName()), client.UnsafeDisableDeepCopy); err != nil {
+		log.FromContext(ctx).Error(err, "listing tasks in namespace", "namespace", o.GetName())
+		return nil
+	}
+	reqs := make([]ctrl.Request, len(tasks.Items))
+	for i := range tasks.Items {
+		reqs[i] = ctrl.Request{NamespacedName: client.ObjectKeyFromObject(&tasks.Items[i])}
+	}
+	return reqs
+}
+
+// labelsChanged passes only label updates (Pod Security levels are labels); creations and
+// deletions of namespaces concern no existing task.
+var labelsChanged = predicate.Funcs{
+	CreateFunc:  func(event.CreateEvent) bool { return false },
+	DeleteFunc:  func(event.DeleteEvent) bool { return false },
+	GenericFunc: func(event.GenericEvent) bool { return false },
+	UpdateFunc: func(e event.UpdateEvent) bool {
+		return !maps.Equal(e.ObjectOld.GetLabels(), e.ObjectNew.GetLabels())
+	},
 }
 
 // nodeChanged passes node events that can change a plan: a node appearing or going, and
@@ -413,7 +459,6 @@ func apiMessage(err error) string {
 	}
 	return err.Error()
 }
-
 
 func sameTaint(a, b corev1.Taint) bool {
 	return a.Key == b.Key && a.Value == b.Value && a.Effect == b.Effect

@@ -109,7 +109,7 @@ func get(task *ntv1.NodeTask) *ntv1.NodeTask {
 
 func (f *fixture) pods(task *ntv1.NodeTask) []corev1.Pod {
 	var list corev1.PodList
-	Expect(k8sClient.List(suiteCtx, &list, client.InNamespace(f.ns), client.MatchingLabels{LabelTask: task.Name})).To(Succeed())
+	Expect(k8sClient.List(suiteCtx, &list, client.InNamespace(task.Namespace), client.MatchingLabels{LabelTask: task.Name})).To(Succeed())
 	return list.Items
 }
 
@@ -530,6 +530,15 @@ var _ = Describe("NodeTask controller", func() {
 		Expect(c.Message).To(ContainSubstring(ns.Name))
 		Expect(kstatus(task)).To(Equal(status.FailedStatus))
 		Expect(f.pods(task)).To(BeEmpty())
+
+		// Following the message's advice unblocks the task at once, not at the next retry.
+		Eventually(func() error {
+			Expect(k8sClient.Get(suiteCtx, client.ObjectKeyFromObject(ns), ns)).To(Succeed())
+			ns.Labels["pod-security.kubernetes.io/enforce"] = "privileged"
+			return k8sClient.Update(suiteCtx, ns)
+		}).Should(Succeed())
+		Eventually(func() int { return len(f.pods(task)) }, "10s").Should(Equal(2))
+		Eventually(conditionStatus(task, ntv1.ConditionStalled)).Should(Equal(metav1.ConditionFalse))
 	})
 
 	It("is Stalled when the script's ConfigMap is missing", func() {
