@@ -145,14 +145,7 @@ func nodeNames(n int) []string {
 	return out
 }
 
-func entry(st *ntv1.NodeTaskStatus, name string) *ntv1.NodeStatus {
-	for i := range st.Nodes {
-		if st.Nodes[i].Name == name {
-			return &st.Nodes[i]
-		}
-	}
-	return nil
-}
+func entry(st *ntv1.NodeTaskStatus, name string) *ntv1.NodeStatus { return st.Node(name) }
 
 func requestNodes(reqs []PodRequest) []string {
 	out := make([]string, len(reqs))

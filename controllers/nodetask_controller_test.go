@@ -189,11 +189,10 @@ func revisionOf(task *ntv1.NodeTask) string {
 	return rev
 }
 
+// nodeEntry returns the node's entry in the stored status; an empty one if it has none.
 func nodeEntry(task *ntv1.NodeTask, node string) ntv1.NodeStatus {
-	for _, e := range get(task).Status.Nodes {
-		if e.Name == node {
-			return e
-		}
+	if e := get(task).Status.Node(node); e != nil {
+		return *e
 	}
 	return ntv1.NodeStatus{}
 }

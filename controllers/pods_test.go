@@ -118,12 +118,14 @@ func TestRevision(t *testing.T) {
 		g.Expect(Revision(&task.Spec)).NotTo(Equal(rev), name)
 	}
 	for name, mutate := range map[string]func(*ntv1.NodeTask){
-		"suspend":   func(t *ntv1.NodeTask) { t.Spec.Suspend = true },
-		"selector":  func(t *ntv1.NodeTask) { t.Spec.NodeNames = []string{"x"} },
-		"rollout":   func(t *ntv1.NodeTask) { t.Spec.Rollout.MaxFailures = nil },
-		"newNodes":  func(t *ntv1.NodeTask) { t.Spec.NewNodes = ntv1.NewNodesIgnore },
-		"timeout":   func(t *ntv1.NodeTask) { t.Spec.TimeoutSeconds = ptr.To[int32](5) },
-		"tolerates": func(t *ntv1.NodeTask) { t.Spec.Tolerations = []corev1.Toleration{{Operator: corev1.TolerationOpExists}} },
+		"suspend":  func(t *ntv1.NodeTask) { t.Spec.Suspend = true },
+		"selector": func(t *ntv1.NodeTask) { t.Spec.NodeNames = []string{"x"} },
+		"rollout":  func(t *ntv1.NodeTask) { t.Spec.Rollout.MaxFailures = nil },
+		"newNodes": func(t *ntv1.NodeTask) { t.Spec.NewNodes = ntv1.NewNodesIgnore },
+		"timeout":  func(t *ntv1.NodeTask) { t.Spec.TimeoutSeconds = ptr.To[int32](5) },
+		"tolerates": func(t *ntv1.NodeTask) {
+			t.Spec.Tolerations = []corev1.Toleration{{Operator: corev1.TolerationOpExists}}
+		},
 	} {
 		task := newTask(mutate)
 		g.Expect(Revision(&task.Spec)).To(Equal(rev), name)

@@ -101,11 +101,10 @@ func pods(ns string) []corev1.Pod {
 	return list.Items
 }
 
+// entry returns the node's entry in the stored status; an empty one if it has none.
 func entry(t *ntv1.NodeTask, node string) ntv1.NodeStatus {
-	for _, e := range get(t).Status.Nodes {
-		if e.Name == node {
-			return e
-		}
+	if e := get(t).Status.Node(node); e != nil {
+		return *e
 	}
 	return ntv1.NodeStatus{}
 }
