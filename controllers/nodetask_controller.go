@@ -116,9 +116,9 @@ func (r *NodeTaskReconciler) Reconcile(ctx context.Context, req ctrl.Request) (c
 		}
 	}
 
-	res := ctrl.Result{RequeueAfter: plan.RequeueAfter}
-	if awaiting && (res.RequeueAfter == 0 || res.RequeueAfter > 5*time.Second) {
-		res.RequeueAfter = 5 * time.Second
+	requeue := plan.RequeueAfter
+	if awaiting {
+		requeue = soonest(requeue, 5*time.Second)
 	}
 	if meta.IsStatusConditionTrue(st.Conditions, ntv1.ConditionStalled) && !plan.BudgetExceeded {
 		retry := stalledRetry
@@ -127,11 +127,9 @@ func (r *NodeTaskReconciler) Reconcile(ctx context.Context, req ctrl.Request) (c
 			// not seen the new label yet: try again shortly.
 			retry = 2 * time.Second
 		}
-		if res.RequeueAfter == 0 || res.RequeueAfter > retry {
-			res.RequeueAfter = retry
-		}
+		requeue = soonest(requeue, retry)
 	}
-	return res, nil
+	return ctrl.Result{RequeueAfter: requeue}, nil
 }
 
 // namespacePrivileged reports whether the namespace's Pod Security level allows HostProcess pods.

@@ -275,9 +275,15 @@ func (pl *planner) deletions(pods []*corev1.Pod, prev ntv1.NodeStatus, hadPrev, 
 }
 
 func (pl *planner) requeue(d time.Duration) {
-	if pl.plan.RequeueAfter == 0 || d < pl.plan.RequeueAfter {
-		pl.plan.RequeueAfter = d
+	pl.plan.RequeueAfter = soonest(pl.plan.RequeueAfter, d)
+}
+
+// soonest returns the earlier of two requeue delays, where 0 means never.
+func soonest(a, b time.Duration) time.Duration {
+	if a == 0 || (b != 0 && b < a) {
+		return b
 	}
+	return a
 }
 
 // recorded reports whether the stored entry already accounts for the pod's outcome: it holds
