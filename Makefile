@@ -65,8 +65,8 @@ test: verify-generated vet setup-envtest ## Run the unit and envtest integration
 	KUBEBUILDER_ASSETS="$(K8S_ASSETS)" go test $(GO_TEST_FLAGS) $$(go list ./... | grep -v /test/e2e) -coverprofile cover.out
 
 .PHONY: test-e2e
-test-e2e: setup-envtest kwok build ## Run the end-to-end suite: the manager as its own process against a simulated cluster (KWOK).
-	K8S_ASSETS="$(K8S_ASSETS)" KWOK="$(KWOK)" MANAGER="$(LOCALBIN)/manager" go test $(GO_TEST_FLAGS) -timeout 30m -v ./test/e2e/ -ginkgo.v
+test-e2e: setup-envtest kwok kustomize build ## Run the end-to-end suite: the manager as its own process against a simulated cluster (KWOK).
+	K8S_ASSETS="$(K8S_ASSETS)" KWOK="$(KWOK)" KUSTOMIZE="$(KUSTOMIZE)" MANAGER="$(LOCALBIN)/manager" go test $(GO_TEST_FLAGS) -timeout 30m -v ./test/e2e/ -ginkgo.v
 
 .PHONY: bench
 bench: ## Run the planner and status benchmarks at 1000 and 5000 nodes.
@@ -134,7 +134,7 @@ echo "Installing $(2)@$(3)"; \
 mkdir -p $(LOCALBIN); \
 tmp=$$(mktemp -d); \
 GOBIN=$$tmp go install $(2)@$(3); \
-mv $$tmp/$$(basename $(2)) $(1); \
+mv $$tmp/* $(1); \
 rm -rf $$tmp; \
 }
 endef
