@@ -97,6 +97,15 @@ func (f *fixture) task(name string, mutate ...func(*ntv1.NodeTask)) *ntv1.NodeTa
 	return t
 }
 
+// updateSpec changes the task's spec as a user would, retrying on conflicts with status writes.
+func updateSpec(task *ntv1.NodeTask, mutate func(*ntv1.NodeTask)) {
+	Eventually(func() error {
+		t := get(task)
+		mutate(t)
+		return k8sClient.Update(suiteCtx, t)
+	}).Should(Succeed())
+}
+
 func create(obj client.Object) {
 	Expect(k8sClient.Create(suiteCtx, obj)).To(Succeed())
 }
@@ -337,9 +346,7 @@ var _ = Describe("NodeTask controller", func() {
 		pod := f.pods(task)[0]
 		Expect(pod.Spec.ActiveDeadlineSeconds).To(HaveValue(BeEquivalentTo(5)))
 		// What the kubelet does when activeDeadlineSeconds passes.
-		pod.Status.Phase = corev1.PodFailed
-		pod.Status.Reason = "DeadlineExceeded"
-		pod.Status.Message = "Pod was active on the node longer than the specified deadline"
+		deadlineExceeded(&pod)
 		Expect(k8sClient.Status().Update(suiteCtx, &pod)).To(Succeed())
 
 		Eventually(func() string { return nodeEntry(task, names[0]).Reason }).Should(Equal(ntv1.NodeReasonTimeout))
@@ -403,19 +410,12 @@ var _ = Describe("NodeTask controller", func() {
 		Eventually(conditionStatus(task, ntv1.ConditionReady)).Should(Equal(metav1.ConditionTrue))
 		rev1 := get(task).Status.Revision
 
-		patch := func(mutate func(*ntv1.NodeTask)) {
-			Eventually(func() error {
-				t := get(task)
-				mutate(t)
-				return k8sClient.Update(suiteCtx, t)
-			}).Should(Succeed())
-		}
-		patch(func(t *ntv1.NodeTask) { t.Spec.Rollout.MaxConcurrent = ptr.To(intstr.FromInt32(1)) })
+		updateSpec(task, func(t *ntv1.NodeTask) { t.Spec.Rollout.MaxConcurrent = ptr.To(intstr.FromInt32(1)) })
 		Consistently(func() int { return len(f.pods(task)) }, "1s").Should(Equal(2))
 		Expect(get(task).Status.Revision).To(Equal(rev1))
 		Expect(get(task).Status.ObservedGeneration).To(Equal(get(task).Generation))
 
-		patch(func(t *ntv1.NodeTask) { t.Spec.Script.Inline = ptr.To("Write-Output v2") })
+		updateSpec(task, func(t *ntv1.NodeTask) { t.Spec.Script.Inline = ptr.To("Write-Output v2") })
 		Eventually(func() string { return get(task).Status.Revision }).ShouldNot(Equal(rev1))
 		Eventually(func() int { return len(f.pods(task)) }).Should(Equal(3), "one at a time now")
 		Expect(conditionStatus(task, ntv1.ConditionReady)()).To(Equal(metav1.ConditionFalse))
@@ -426,7 +426,7 @@ var _ = Describe("NodeTask controller", func() {
 		Eventually(conditionStatus(task, ntv1.ConditionReady)).Should(Equal(metav1.ConditionTrue))
 		rev2 := get(task).Status.Revision
 
-		patch(func(t *ntv1.NodeTask) { t.Spec.RerunToken = "again" })
+		updateSpec(task, func(t *ntv1.NodeTask) { t.Spec.RerunToken = "again" })
 		Eventually(func() string { return get(task).Status.Revision }).ShouldNot(Equal(rev2))
 		Eventually(func() int { return len(f.pods(task)) }).Should(Equal(5))
 	})
@@ -439,21 +439,13 @@ var _ = Describe("NodeTask controller", func() {
 		})
 		create(task)
 		Eventually(func() int { return len(f.pods(task)) }).Should(Equal(1))
-		Eventually(func() error {
-			t := get(task)
-			t.Spec.Suspend = true
-			return k8sClient.Update(suiteCtx, t)
-		}).Should(Succeed())
+		updateSpec(task, func(t *ntv1.NodeTask) { t.Spec.Suspend = true })
 		Eventually(func() string { return condition(task, ntv1.ConditionReady).Reason }).Should(Equal(ntv1.ReasonSuspended))
 		f.finishAll(task, succeed)
 		Consistently(func() int { return len(f.pods(task)) }, "1s").Should(Equal(1))
 		Eventually(conditionStatus(task, ntv1.ConditionReconciling)).Should(Equal(metav1.ConditionFalse))
 
-		Eventually(func() error {
-			t := get(task)
-			t.Spec.Suspend = false
-			return k8sClient.Update(suiteCtx, t)
-		}).Should(Succeed())
+		updateSpec(task, func(t *ntv1.NodeTask) { t.Spec.Suspend = false })
 		Eventually(func() int { return len(f.pods(task)) }).Should(Equal(2))
 	})
 
