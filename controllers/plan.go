@@ -188,15 +188,13 @@ func (pl *planner) node(name string, pods []*corev1.Pod) (PodRequest, bool) {
 	case cur != nil:
 		e = podResult(cur, nodeGone, obs.Now)
 	case hadPrev:
+		// No pod of this revision: the entry is this revision's stored result, or the node has
+		// not started this revision and shows an older one's, whose pod may still be running.
 		e = prev
-		if e.Revision != rev {
-			// The node has not started this revision: its entry still shows the last result of
-			// an older one, which a pod of that revision may still be producing.
-			if pod := findPod(pods, e.Revision, e.Attempts); pod != nil {
-				e = podResult(pod, nodeGone, obs.Now)
-			}
-		}
-		if e.Phase == ntv1.NodeRunning && findPod(pods, e.Revision, e.Attempts) == nil {
+		switch pod := findPod(pods, e.Revision, e.Attempts); {
+		case pod != nil:
+			e = podResult(pod, nodeGone, obs.Now)
+		case e.Phase == ntv1.NodeRunning:
 			// The pod of a running attempt is gone, and no one recorded how it ended.
 			e = lostAttempt(e, nodeGone, obs.Now)
 		}
