@@ -2,11 +2,16 @@
 package main
 
 import (
+	"context"
 	"crypto/tls"
+	"errors"
 	"flag"
+	"net/http"
 	"os"
+	"time"
 
 	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/utils/ptr"
 	utilruntime "k8s.io/apimachinery/pkg/util/runtime"
 	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
 	ctrl "sigs.k8s.io/controller-runtime"
@@ -64,6 +69,9 @@ func main() {
 		LeaderElectionNamespace: leaseNamespace,
 		// Hand the lease over at once on a clean shutdown, so that a restart resumes quickly.
 		LeaderElectionReleaseOnCancel: true,
+		// Running reconciles get this long to finish on SIGTERM; the Deployment's
+		// terminationGracePeriodSeconds (30) must stay above it.
+		GracefulShutdownTimeout: ptr.To(controllers.GracefulShutdownTimeout),
 		Cache:                         controllers.CacheOptions(),
 		Client:                        client.Options{Cache: &client.CacheOptions{DisableFor: controllers.UncachedObjects}},
 	})
@@ -84,7 +92,16 @@ func main() {
 		os.Exit(1)
 	}
 	utilruntime.Must(mgr.AddHealthzCheck("healthz", healthz.Ping))
-	utilruntime.Must(mgr.AddReadyzCheck("readyz", healthz.Ping))
+	// Ready once the caches have synced: before that the manager has not seen the pods it
+	// made, and a rolling update would hand over to a replica that cannot act yet.
+	utilruntime.Must(mgr.AddReadyzCheck("readyz", func(req *http.Request) error {
+		ctx, cancel := context.WithTimeout(req.Context(), time.Second)
+		defer cancel()
+		if !mgr.GetCache().WaitForCacheSync(ctx) {
+			return errors.New("caches have not synced yet")
+		}
+		return nil
+	}))
 
 	setupLog.Info("starting manager", "qps", qps, "burst", burst, "maxConcurrentReconciles", reconciles)
 	if err := mgr.Start(ctrl.SetupSignalHandler()); err != nil {

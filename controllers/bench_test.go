@@ -23,9 +23,9 @@ func midRollout(n int) *Observed {
 		obs.Nodes[name] = winNode(name)
 		switch {
 		case i < n/4:
-			obs.Pods = append(obs.Pods, taskPod(task, name, rev, 1, exited(0, "configured KeepAliveTime = 300000", t0.Add(-time.Minute))))
+			obs.Pods = append(obs.Pods, taskPod(task, name, 1, 1, exited(0, "configured KeepAliveTime = 300000", t0.Add(-time.Minute))))
 		case i < n/2:
-			obs.Pods = append(obs.Pods, taskPod(task, name, rev, 1))
+			obs.Pods = append(obs.Pods, taskPod(task, name, 1, 1))
 		}
 	}
 	task.Status = ComputeStatus(obs, ComputePlan(obs), Outcome{})
@@ -61,7 +61,7 @@ func BenchmarkStatusFit(b *testing.B) {
 			for i := 0; i < n; i++ {
 				name := fmt.Sprintf("akswin%06d", i)
 				obs.Nodes[name] = winNode(name)
-				obs.Pods = append(obs.Pods, taskPod(task, name, rev, 1, exited(1, failureMessage, t0)))
+				obs.Pods = append(obs.Pods, taskPod(task, name, 1, 1, exited(1, failureMessage, t0)))
 			}
 			p := ComputePlan(obs)
 			b.ReportAllocs()

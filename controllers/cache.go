@@ -35,7 +35,7 @@ func CacheOptions() cache.Options {
 var UncachedObjects = []client.Object{&corev1.ConfigMap{}}
 
 // TrimNode is a cache transform that keeps only the fields of a Node the planner reads:
-// name, labels, taints, schedulability and the Ready condition.
+// name, UID and creation time, labels, taints, schedulability and the Ready condition.
 func TrimNode(obj any) (any, error) {
 	node, ok := obj.(*corev1.Node)
 	if !ok {
@@ -44,6 +44,8 @@ func TrimNode(obj any) (any, error) {
 	trimmed := &corev1.Node{}
 	trimmed.Name = node.Name
 	trimmed.UID = node.UID
+	// Identity of the machine: a node created after an attempt started is another machine.
+	trimmed.CreationTimestamp = node.CreationTimestamp
 	trimmed.ResourceVersion = node.ResourceVersion
 	trimmed.Labels = node.Labels
 	trimmed.DeletionTimestamp = node.DeletionTimestamp

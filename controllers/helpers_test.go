@@ -1,8 +1,13 @@
 package controllers
 
 import (
+	"os"
+	"path/filepath"
 	"strconv"
 	"time"
+
+	. "github.com/onsi/gomega"
+	"sigs.k8s.io/yaml"
 
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -67,10 +72,11 @@ func taint(key, value string, effect corev1.TaintEffect) nodeOpt {
 
 type podOpt func(*corev1.Pod)
 
-// taskPod is the pod the controller would have made for node, revision and attempt.
-func taskPod(task *ntv1.NodeTask, node, rev string, attempt int32, opts ...podOpt) *corev1.Pod {
+// taskPod is the pod the controller would have made for node, run and attempt, with the
+// task's spec as it is now.
+func taskPod(task *ntv1.NodeTask, node string, run int64, attempt int32, opts ...podOpt) *corev1.Pod {
 	b := PodBuilder{}
-	p := b.Pod(task, node, rev, attempt)
+	p := b.Pod(task, run, Revision(&task.Spec), PodRequest{Node: node, Attempt: attempt})
 	p.UID = types.UID("uid-" + p.Name)
 	p.CreationTimestamp = metav1.NewTime(t0.Add(-time.Minute))
 	p.Status.Phase = corev1.PodRunning
@@ -120,13 +126,21 @@ func observe(task *ntv1.NodeTask, nodes []*corev1.Node, pods ...*corev1.Pod) *Ob
 	return obs
 }
 
-// settle plays one reconcile that created nothing: it stores the computed status in the
-// task, as the controller's write would.
+// settle plays one reconcile in which every pod the plan asked for was created: it stores
+// the computed status in the task, as the controller's write would.
 func settle(obs *Observed) *Plan {
 	p := ComputePlan(obs)
-	created := p.Create
-	obs.Task.Status = ComputeStatus(obs, p, Outcome{Created: created})
+	settleWith(obs, p)
 	return p
+}
+
+// deletedPods lists the pods a plan deletes.
+func deletedPods(p *Plan) []*corev1.Pod {
+	var out []*corev1.Pod
+	for _, d := range p.Delete {
+		out = append(out, d.Pod)
+	}
+	return out
 }
 
 func nodes(names ...string) []*corev1.Node {
@@ -152,5 +166,24 @@ func requestNodes(reqs []PodRequest) []string {
 	for i, r := range reqs {
 		out[i] = r.Node + "#" + strconv.Itoa(int(r.Attempt))
 	}
+	return out
+}
+
+// onMachine makes the pod one for the machine with this Node UID.
+func onMachine(uid types.UID) podOpt {
+	return func(p *corev1.Pod) { p.Labels[LabelNodeUID] = string(uid) }
+}
+
+// created sets the pod's creation time.
+func createdAt(at time.Time) podOpt {
+	return func(p *corev1.Pod) { p.CreationTimestamp = metav1.NewTime(at) }
+}
+
+// readYAML reads a file of the repository (a path from its root) into a T.
+func readYAML[T any](path string) T {
+	var out T
+	data, err := os.ReadFile(filepath.Join("..", path))
+	Expect(err).NotTo(HaveOccurred())
+	Expect(yaml.Unmarshal(data, &out)).To(Succeed())
 	return out
 }

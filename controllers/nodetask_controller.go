@@ -41,6 +41,13 @@ const (
 	// stalledRetry is how often a stalled task tries again: a missing ConfigMap may appear
 	// at any time, and the operator does not watch ConfigMaps (it would have to cache them all).
 	stalledRetry = time.Minute
+	// quotaRetry is how often a task whose pods a ResourceQuota refused tries again, in case
+	// the quota frees up without one of its own pods finishing.
+	quotaRetry = 10 * time.Second
+	// statusWriteInterval is the least time between two status writes of one task while
+	// nothing but progress changes: at 5000 nodes a status is up to 1 MiB, written to etcd
+	// and sent to every watcher. A change of a condition, or a new run, is written at once.
+	statusWriteInterval = time.Second
 )
 
 // NodeTaskReconciler runs NodeTasks: it observes a task, its pods and the Windows nodes,
@@ -48,7 +55,8 @@ const (
 type NodeTaskReconciler struct {
 	// Client reads from the manager's cache and writes to the API server.
 	Client client.Client
-	// APIReader reads ConfigMaps straight from the API server, so that they are never cached.
+	// APIReader reads ConfigMaps, and pods whose names are taken, straight from the API
+	// server, so that they are never cached.
 	APIReader client.Reader
 	// Recorder emits events about tasks.
 	Recorder events.EventRecorder
@@ -58,31 +66,56 @@ type NodeTaskReconciler struct {
 	CreateWorkers int
 	// MaxConcurrentReconciles is how many tasks are reconciled at once.
 	MaxConcurrentReconciles int
+	// StatusWriteInterval overrides statusWriteInterval; tests set it.
+	StatusWriteInterval time.Duration
 	// Now is the clock; nil means time.Now.
 	Now func() time.Time
 
 	expectations *expectations
-	// scripts remembers the script ConfigMaps known to exist, by task UID and name: a task
-	// deleted and created again under the same name must get its ConfigMap again.
-	scripts sync.Map
+	// lastWrite holds, by task key, a uidMark with when its status was last written.
+	lastWrite sync.Map
+	// cleaned holds, by task key, a uidMark with the run whose older script ConfigMaps are deleted.
+	cleaned sync.Map
+}
+
+// uidMark is a value remembered for one incarnation of a task: a task deleted and created
+// again under its name starts with nothing remembered.
+type uidMark[T any] struct {
+	uid   types.UID
+	value T
+}
+
+// loadMark returns the value remembered for the task, if it is for this incarnation.
+func loadMark[T any](m *sync.Map, task *ntv1.NodeTask) (T, bool) {
+	var zero T
+	v, ok := m.Load(client.ObjectKeyFromObject(task))
+	if !ok || v.(uidMark[T]).uid != task.UID {
+		return zero, false
+	}
+	return v.(uidMark[T]).value, true
+}
+
+func storeMark[T any](m *sync.Map, task *ntv1.NodeTask, value T) {
+	m.Store(client.ObjectKeyFromObject(task), uidMark[T]{uid: task.UID, value: value})
 }
 
 // +kubebuilder:rbac:groups=nodetask.io,resources=nodetasks,verbs=get;list;watch
 // +kubebuilder:rbac:groups=nodetask.io,resources=nodetasks/status,verbs=get;update;patch
 // +kubebuilder:rbac:groups=nodetask.io,resources=nodetasks/finalizers,verbs=update
 // +kubebuilder:rbac:groups="",resources=pods,verbs=get;list;watch;create;delete
-// +kubebuilder:rbac:groups="",resources=configmaps,verbs=get;create
+// +kubebuilder:rbac:groups="",resources=configmaps,verbs=get;list;create;delete
 // +kubebuilder:rbac:groups="",resources=nodes,verbs=get;list;watch
 // +kubebuilder:rbac:groups="",resources=namespaces,verbs=get;list;watch
 // +kubebuilder:rbac:groups=events.k8s.io,resources=events,verbs=create;patch
 
-// Reconcile brings one NodeTask one step closer to done.
+// Reconcile brings one NodeTask one step closer to done: observe, plan, apply, then write
+// the status (at most once a second while only progress changes) and the events it implies.
 func (r *NodeTaskReconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.Result, error) {
 	logger := log.FromContext(ctx)
 	task := &ntv1.NodeTask{}
 	if err := r.Client.Get(ctx, req.NamespacedName, task); err != nil {
 		if apierrors.IsNotFound(err) {
-			r.expectations.forget(req.NamespacedName)
+			r.forget(req.NamespacedName)
 		}
 		return ctrl.Result{}, client.IgnoreNotFound(err)
 	}
@@ -101,8 +134,20 @@ func (r *NodeTaskReconciler) Reconcile(ctx context.Context, req ctrl.Request) (c
 		return ctrl.Result{}, err
 	}
 	st := ComputeStatus(obs, plan, out)
-	r.emitEvents(task, plan, &st)
+
+	requeue := plan.RequeueAfter
+	if awaiting {
+		requeue = soonest(requeue, 5*time.Second)
+	}
+	if out.Waiting != nil {
+		requeue = soonest(requeue, quotaRetry)
+	}
 	if statusChanged(&task.Status, &st) {
+		if wait := r.writeDelay(task, &st, obs.Now); wait > 0 {
+			// Progress only: coalesce it with what the next second brings.
+			return ctrl.Result{RequeueAfter: soonest(requeue, wait)}, nil
+		}
+		old := task.Status
 		task.Status = st
 		// Update, not patch: the write carries the resourceVersion we read, so a status
 		// computed from a stale cache is refused instead of overwriting newer results.
@@ -114,12 +159,12 @@ func (r *NodeTaskReconciler) Reconcile(ctx context.Context, req ctrl.Request) (c
 			}
 			return ctrl.Result{}, fmt.Errorf("writing status: %w", err)
 		}
+		storeMark(&r.lastWrite, task, obs.Now)
+		recordStatusWrite(task)
+		// Events describe what the stored status now says, never a write that failed.
+		r.emitEvents(task, &old, plan)
 	}
 
-	requeue := plan.RequeueAfter
-	if awaiting {
-		requeue = soonest(requeue, 5*time.Second)
-	}
 	if meta.IsStatusConditionTrue(st.Conditions, ntv1.ConditionStalled) && !plan.BudgetExceeded {
 		retry := stalledRetry
 		if out.Problem != nil && out.Problem.Reason == ntv1.ReasonPodSecurityRejected && r.namespacePrivileged(ctx, task.Namespace) {
@@ -130,6 +175,46 @@ func (r *NodeTaskReconciler) Reconcile(ctx context.Context, req ctrl.Request) (c
 		requeue = soonest(requeue, retry)
 	}
 	return ctrl.Result{RequeueAfter: requeue}, nil
+}
+
+// writeDelay returns how long to hold back a status write: zero when a condition changes,
+// a new run starts, or the last write is statusWriteInterval old.
+func (r *NodeTaskReconciler) writeDelay(task *ntv1.NodeTask, st *ntv1.NodeTaskStatus, now time.Time) time.Duration {
+	if st.Run != task.Status.Run || st.ObservedGeneration != task.Status.ObservedGeneration ||
+		!sameConditionStates(task.Status.Conditions, st.Conditions) {
+		return 0
+	}
+	last, ok := loadMark[time.Time](&r.lastWrite, task)
+	if !ok {
+		return 0
+	}
+	interval := r.StatusWriteInterval
+	if interval == 0 {
+		interval = statusWriteInterval
+	}
+	return last.Add(interval).Sub(now)
+}
+
+// sameConditionStates reports whether two condition lists hold the same types with the same
+// status and reason; messages (which carry progress counts) may differ.
+func sameConditionStates(a, b []metav1.Condition) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for i := range b {
+		c := meta.FindStatusCondition(a, b[i].Type)
+		if c == nil || c.Status != b[i].Status || c.Reason != b[i].Reason {
+			return false
+		}
+	}
+	return true
+}
+
+// forget drops what this process remembers of a task that is gone.
+func (r *NodeTaskReconciler) forget(key types.NamespacedName) {
+	r.expectations.forget(key)
+	r.lastWrite.Delete(key)
+	r.cleaned.Delete(key)
 }
 
 // namespacePrivileged reports whether the namespace's Pod Security level allows HostProcess pods.
@@ -166,6 +251,8 @@ func (r *NodeTaskReconciler) observe(ctx context.Context, task *ntv1.NodeTask) (
 	}
 	cached := make([]*corev1.Pod, 0, len(pods.Items))
 	for i := range pods.Items {
+		// By UID: the pods of a deleted task of the same name, which the garbage collector
+		// has not removed yet, are not this task's.
 		if metav1.IsControlledBy(&pods.Items[i], task) {
 			cached = append(cached, &pods.Items[i])
 		}
@@ -175,31 +262,51 @@ func (r *NodeTaskReconciler) observe(ctx context.Context, task *ntv1.NodeTask) (
 	return obs, awaiting, nil
 }
 
-// apply carries out the plan: it deletes the pods the plan lets go, then creates the new ones.
+// apply carries out the plan: it deletes the pods the plan lets go, makes sure the run's
+// script ConfigMap exists, creates the new pods, and deletes script ConfigMaps no pod needs.
 // Problems the user must fix come back in the Outcome; other errors are returned to retry.
 func (r *NodeTaskReconciler) apply(ctx context.Context, task *ntv1.NodeTask, obs *Observed, plan *Plan) (Outcome, error) {
 	logger := log.FromContext(ctx)
-	for _, pod := range plan.Delete {
+	for _, del := range plan.Delete {
+		pod := del.Pod
 		opts := []client.DeleteOption{client.Preconditions{UID: &pod.UID}}
-		if _, ok := obs.Nodes[pod.Spec.NodeName]; !ok {
-			// No kubelet is left to confirm a graceful deletion; like the pod garbage
-			// collector, remove the pod of a deleted node at once.
+		if del.Force {
+			// No kubelet is left to confirm a graceful deletion: like the pod garbage
+			// collector, remove the pod at once.
 			opts = append(opts, client.GracePeriodSeconds(0))
 		}
 		err := r.Client.Delete(ctx, pod, opts...)
 		if err != nil && !apierrors.IsNotFound(err) && !apierrors.IsConflict(err) {
 			return Outcome{}, fmt.Errorf("deleting pod %s: %w", pod.Name, err)
 		}
+		logger.V(1).Info("deleted pod", "task", klog.KObj(task), "pod", klog.KObj(pod), "node", pod.Spec.NodeName, "why", del.Why)
+	}
+	if err := r.cleanScripts(ctx, task, plan); err != nil {
+		return Outcome{}, err
+	}
+	if task.Spec.Script != nil && (len(plan.Create) > 0 || plan.Unstarted > 0) {
+		// Checked on every pass that starts pods or has pods waiting to start, never
+		// remembered: someone may have deleted it, and pods would then hang in
+		// ContainerCreating until their timeout.
+		if problem, err := r.ensureScript(ctx, task, plan.Run, plan.Revision); problem != nil || err != nil {
+			return Outcome{Problem: problem}, err
+		}
 	}
 	if len(plan.Create) == 0 {
 		return Outcome{}, nil
 	}
-	if task.Spec.Script != nil {
-		if problem, err := r.ensureScript(ctx, task, plan.Revision); problem != nil || err != nil {
-			return Outcome{Problem: problem}, err
-		}
+	out, err := r.createPods(ctx, task, obs, plan)
+	if n := len(out.Started); n > 0 {
+		logger.V(1).Info("created pods", "task", klog.KObj(task), "count", n, "run", plan.Run, "revision", plan.Revision)
 	}
+	return out, err
+}
 
+// createPods creates the plan's pods in parallel. The API server's refusals are sorted by
+// whom they concern: Pod Security rejects every pod of the namespace (the task stalls), a
+// full ResourceQuota frees up as pods finish (the task waits), anything else concerns that
+// one pod (that node's attempt fails).
+func (r *NodeTaskReconciler) createPods(ctx context.Context, task *ntv1.NodeTask, obs *Observed, plan *Plan) (Outcome, error) {
 	var (
 		mu      sync.Mutex
 		out     Outcome
@@ -212,17 +319,21 @@ func (r *NodeTaskReconciler) apply(ctx context.Context, task *ntv1.NodeTask, obs
 	for range max(1, min(r.CreateWorkers, len(plan.Create))) {
 		wg.Go(func() {
 			for req := range work {
-				pod := r.Pods.Pod(task, req.Node, plan.Revision, req.Attempt)
+				pod := r.Pods.Pod(task, plan.Run, plan.Revision, req)
 				err := r.Client.Create(ctx, pod)
+				var existing *corev1.Pod
+				if apierrors.IsAlreadyExists(err) {
+					existing, err = r.existingPod(ctx, task, pod)
+				}
 				mu.Lock()
 				switch {
+				case err == nil && existing != nil:
+					// This attempt's own pod, made by an earlier pass whose status write was
+					// lost. Until the cache shows it, it holds its rollout slot like a new one.
+					out.Started = append(out.Started, StartedAttempt{PodRequest: req, At: existing.CreationTimestamp.Time})
+					created = append(created, existing)
 				case err == nil:
-					out.Created = append(out.Created, req)
-					created = append(created, pod)
-				case apierrors.IsAlreadyExists(err):
-					// A pod by this name is this attempt's pod: names are deterministic. Until
-					// the cache shows it, it holds its rollout slot like a new one.
-					out.Created = append(out.Created, req)
+					out.Started = append(out.Started, StartedAttempt{PodRequest: req, At: pod.CreationTimestamp.Time})
 					created = append(created, pod)
 				case isPodSecurityRejection(err):
 					out.Problem, stop = &Problem{Reason: ntv1.ReasonPodSecurityRejected, Message: fmt.Sprintf(
@@ -230,9 +341,13 @@ func (r *NodeTaskReconciler) apply(ctx context.Context, task *ntv1.NodeTask, obs
 							"Label it with `kubectl label namespace %s pod-security.kubernetes.io/enforce=privileged` (only where every user "+
 							"who can create pods there may run code as SYSTEM on the nodes). The API server said: %s",
 						task.Namespace, task.Namespace, apiMessage(err))}, true
-				case apierrors.IsInvalid(err) || apierrors.IsForbidden(err):
-					out.Problem, stop = &Problem{Reason: ntv1.ReasonPodCreateFailed, Message: fmt.Sprintf(
-						"the API server refused pod %s for node %s: %s", pod.Name, req.Node, apiMessage(err))}, true
+				case isQuotaRefusal(err):
+					out.Waiting, stop = &Problem{Reason: ntv1.ReasonQuotaExceeded, Message: fmt.Sprintf(
+						"a ResourceQuota in namespace %q refused new pods; nodes start as running pods finish (raise the quota, "+
+							"or lower rollout.maxConcurrent to match it). The API server said: %s", task.Namespace, apiMessage(err))}, true
+				case apierrors.IsInvalid(err) || apierrors.IsForbidden(err) || apierrors.IsBadRequest(err) || errors.Is(err, errForeignPod):
+					out.Rejected = append(out.Rejected, RejectedAttempt{PodRequest: req, Message: fmt.Sprintf(
+						"the API server refused pod %s: %s", pod.Name, apiMessage(err))})
 				default:
 					errs = append(errs, fmt.Errorf("creating pod for node %s: %w", req.Node, err))
 				}
@@ -252,30 +367,41 @@ func (r *NodeTaskReconciler) apply(ctx context.Context, task *ntv1.NodeTask, obs
 	close(work)
 	wg.Wait()
 	r.expectations.created(client.ObjectKeyFromObject(task), task.UID, created, obs.Now)
-	if len(created) > 0 {
-		logger.V(1).Info("created pods", "task", klog.KObj(task), "count", len(created), "revision", plan.Revision)
-	}
 	return out, errors.Join(errs...)
 }
 
-// ensureScript makes sure the revision's immutable script ConfigMap exists. The script is
-// copied from spec.script.inline or from the referenced ConfigMap when the revision first
-// starts, so every node of a revision runs the same text.
-func (r *NodeTaskReconciler) ensureScript(ctx context.Context, task *ntv1.NodeTask, revision string) (*Problem, error) {
-	key := types.NamespacedName{Namespace: task.Namespace, Name: ScriptConfigMapName(task.Name, revision)}
-	memo := string(task.UID) + "/" + key.Name
-	if _, ok := r.scripts.Load(memo); ok {
-		return nil, nil
+// errForeignPod says a pod by the attempt's name exists and is not this task's.
+var errForeignPod = errors.New("a pod by this name exists and is not controlled by this NodeTask")
+
+// existingPod reads the pod that holds the attempt's name, and returns it if this task
+// controls it: a name alone never makes a pod ours.
+func (r *NodeTaskReconciler) existingPod(ctx context.Context, task *ntv1.NodeTask, want *corev1.Pod) (*corev1.Pod, error) {
+	var pod corev1.Pod
+	if err := r.APIReader.Get(ctx, client.ObjectKeyFromObject(want), &pod); err != nil {
+		return nil, err
 	}
+	if !metav1.IsControlledBy(&pod, task) || pod.Labels[LabelRun] != want.Labels[LabelRun] ||
+		pod.Labels[LabelRevision] != want.Labels[LabelRevision] || pod.Labels[LabelAttempt] != want.Labels[LabelAttempt] {
+		return nil, errForeignPod
+	}
+	return &pod, nil
+}
+
+// ensureScript makes sure the run's immutable script ConfigMap exists. The script is
+// copied from spec.script.inline or from the referenced ConfigMap when the run first
+// starts, so every node of a run runs the same text; if someone deletes it, it is made
+// again from the spec.
+func (r *NodeTaskReconciler) ensureScript(ctx context.Context, task *ntv1.NodeTask, run int64, revision string) (*Problem, error) {
+	key := types.NamespacedName{Namespace: task.Namespace, Name: ScriptConfigMapName(task, run, revision)}
 	var existing corev1.ConfigMap
 	err := r.APIReader.Get(ctx, key, &existing)
 	if err == nil && metav1.IsControlledBy(&existing, task) {
-		r.scripts.Store(memo, struct{}{})
 		return nil, nil
 	}
 	if err == nil {
-		// Left by a deleted task of the same name, not yet garbage collected.
-		return nil, fmt.Errorf("script ConfigMap %s belongs to another object; waiting for it to be deleted", key.Name)
+		return &Problem{Reason: ntv1.ReasonScriptConfigMapConflict, Message: fmt.Sprintf(
+			"ConfigMap %q, where this run's script goes, exists and is not this NodeTask's: delete it, or change spec.rerunToken to start a run under another name",
+			key.Name)}, nil
 	}
 	if !apierrors.IsNotFound(err) {
 		return nil, fmt.Errorf("reading script ConfigMap: %w", err)
@@ -305,37 +431,83 @@ func (r *NodeTaskReconciler) ensureScript(ctx context.Context, task *ntv1.NodeTa
 		}
 		script = text
 	}
-	if err := r.Client.Create(ctx, ScriptConfigMap(task, revision, script)); err != nil {
-		// AlreadyExists too: the next reconcile reads it back and checks its owner.
+	if err := r.Client.Create(ctx, ScriptConfigMap(task, run, revision, script)); err != nil && !apierrors.IsAlreadyExists(err) {
 		return nil, fmt.Errorf("creating script ConfigMap: %w", err)
 	}
-	r.scripts.Store(memo, struct{}{})
 	return nil, nil
 }
 
-// emitEvents reports what changed: a revision starting, nodes failing, a stall, completion.
-// Events summarize; there is never one event per succeeded node.
-func (r *NodeTaskReconciler) emitEvents(task *ntv1.NodeTask, plan *Plan, st *ntv1.NodeTaskStatus) {
+// cleanScripts deletes the task's script ConfigMaps of other runs once no pod of another
+// run is unfinished (only an unstarted pod still needs its script). It lists them once per
+// run, not on every pass.
+func (r *NodeTaskReconciler) cleanScripts(ctx context.Context, task *ntv1.NodeTask, plan *Plan) error {
+	if plan.OtherRunsInFlight || plan.Run <= 1 {
+		return nil
+	}
+	if done, ok := loadMark[int64](&r.cleaned, task); ok && done == plan.Run {
+		return nil
+	}
+	var cms corev1.ConfigMapList
+	if err := r.APIReader.List(ctx, &cms, client.InNamespace(task.Namespace),
+		client.MatchingLabels{LabelTask: taskLabelValue(task.Name), LabelManagedBy: ManagedByValue}); err != nil {
+		return fmt.Errorf("listing script ConfigMaps: %w", err)
+	}
+	current := ScriptConfigMapName(task, plan.Run, plan.Revision)
+	for i := range cms.Items {
+		cm := &cms.Items[i]
+		if cm.Name == current || !metav1.IsControlledBy(cm, task) {
+			continue
+		}
+		if err := r.Client.Delete(ctx, cm, client.Preconditions{UID: &cm.UID}); client.IgnoreNotFound(err) != nil && !apierrors.IsConflict(err) {
+			return fmt.Errorf("deleting script ConfigMap %s: %w", cm.Name, err)
+		}
+	}
+	storeMark(&r.cleaned, task, plan.Run)
+	return nil
+}
+
+// emitEvents reports what the status write just stored: a run starting, nodes failing, a
+// stall, completion. Events summarize; there is never one event per succeeded node.
+func (r *NodeTaskReconciler) emitEvents(task *ntv1.NodeTask, old *ntv1.NodeTaskStatus, plan *Plan) {
 	if r.Recorder == nil {
 		return
 	}
-	if plan.NewRevision {
+	st := &task.Status
+	newRun := st.Run != old.Run
+	if newRun {
 		r.Recorder.Eventf(task, nil, corev1.EventTypeNormal, "RolloutStarted", "Start",
-			"revision %s on %d nodes, at most %d at once", plan.Revision, st.Targets, plan.MaxConcurrent)
+			"run %d (revision %s) on %d nodes, at most %d at once", st.Run, st.Revision, st.Targets, plan.MaxConcurrent)
 	}
-	if len(plan.NewlyFailed) > 0 {
+	if failed := newlyFailed(old, st); len(failed) > 0 {
 		r.Recorder.Eventf(task, nil, corev1.EventTypeWarning, "NodeFailed", "Run",
-			"%d nodes failed: %s", len(plan.NewlyFailed), nameList(plan.NewlyFailed))
+			"%d nodes failed: %s", len(failed), nameList(failed))
 	}
-	was := func(typ string) bool { return meta.IsStatusConditionTrue(task.Status.Conditions, typ) }
+	was := func(typ string) bool { return meta.IsStatusConditionTrue(old.Conditions, typ) }
 	if stalled := meta.FindStatusCondition(st.Conditions, ntv1.ConditionStalled); stalled != nil &&
-		stalled.Status == metav1.ConditionTrue && (!was(ntv1.ConditionStalled) || plan.NewRevision) {
+		stalled.Status == metav1.ConditionTrue && (!was(ntv1.ConditionStalled) || newRun) {
 		r.Recorder.Eventf(task, nil, corev1.EventTypeWarning, stalled.Reason, "Run", "%s", stalled.Message)
 	}
 	if ready := meta.FindStatusCondition(st.Conditions, ntv1.ConditionReady); ready != nil &&
-		ready.Status == metav1.ConditionTrue && (!was(ntv1.ConditionReady) || plan.NewRevision) {
+		ready.Status == metav1.ConditionTrue && (!was(ntv1.ConditionReady) || newRun) {
 		r.Recorder.Eventf(task, nil, corev1.EventTypeNormal, "Completed", "Run", "%s", ready.Message)
 	}
+}
+
+// newlyFailed names the nodes whose final failure in the current run st records and old did not.
+func newlyFailed(old, st *ntv1.NodeTaskStatus) []string {
+	var names []string
+	for i := range st.Nodes {
+		e := &st.Nodes[i]
+		if e.Phase != ntv1.NodeFailed || (e.Run != 0 && e.Run != st.Run) {
+			continue
+		}
+		if o := old.Node(e.Name); o != nil && o.Phase == ntv1.NodeFailed && o.Attempts == e.Attempts &&
+			(o.Run == st.Run || (o.Run == 0 && old.Run == st.Run)) {
+			continue
+		}
+		names = append(names, e.Name)
+	}
+	return names
 }
 
 func (r *NodeTaskReconciler) now() time.Time {
@@ -348,6 +520,7 @@ func (r *NodeTaskReconciler) now() time.Time {
 // SetupWithManager registers the controller, its indexes and its watches.
 func (r *NodeTaskReconciler) SetupWithManager(mgr ctrl.Manager) error {
 	r.expectations = newExpectations()
+	registerMetrics()
 	if r.CreateWorkers <= 0 {
 		r.CreateWorkers = 16
 	}
@@ -448,6 +621,11 @@ var nodeChanged = predicate.Funcs{
 
 func isPodSecurityRejection(err error) bool {
 	return apierrors.IsForbidden(err) && strings.Contains(err.Error(), "violates PodSecurity")
+}
+
+// isQuotaRefusal reports whether a ResourceQuota refused a pod: it frees up as pods finish.
+func isQuotaRefusal(err error) bool {
+	return apierrors.IsForbidden(err) && strings.Contains(err.Error(), "exceeded quota")
 }
 
 func apiMessage(err error) string {

@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"strings"
+	"time"
 	"unicode/utf8"
 
 	"k8s.io/apimachinery/pkg/api/meta"
@@ -16,32 +17,60 @@ import (
 // what applying the plan did. Nothing else writes status fields.
 
 const (
-	// maxObjectBytes is the size the serialized NodeTask must stay under. etcd refuses
-	// objects over 1.5 MiB; staying under 1 MiB leaves room for the API server's own fields.
+	// maxObjectBytes is the size the serialized NodeTask must stay under, measured as stored:
+	// metadata (annotations such as kubectl's last-applied copy of the spec, managedFields),
+	// spec and status. etcd refuses objects over 1.5 MiB; staying under 1 MiB leaves room
+	// for a spec that grows and for watchers that decode the object on every change.
 	maxObjectBytes = 1 << 20
-	// reservedBytes is kept free for what the API server adds after we measure: managedFields,
-	// resourceVersion and the like.
+	// reservedBytes is kept free for what changes after we measure: the new status's
+	// managedFields time, resourceVersion, conditions' messages.
 	reservedBytes = 64 << 10
+	// hardObjectBytes is what a status write may never exceed: etcd's limit less room for
+	// the API server's own fields. Past the budget above, the task is Stalled; past this,
+	// its entries are not rewritten either.
+	hardObjectBytes = 3<<19 - reservedBytes
+	// entryBytesBound bounds the JSON of one entry without its output and name: the keys,
+	// phase, run, attempts, exit code, reason and two times.
+	entryBytesBound = 240
 	// maxNamesInMessage is how many node names a condition message lists before "(N more)".
 	maxNamesInMessage = 3
 )
 
 // Outcome is what applying a plan did, as far as the status is concerned.
 type Outcome struct {
-	// Created are the pods that exist now that the plan asked for (created, or found to exist).
-	Created []PodRequest
-	// Problem is why pods could not be created, if they could not.
+	// Started are the attempts whose pods exist now that the plan asked for them (created,
+	// or found to exist and be this task's), with the pods' creation times.
+	Started []StartedAttempt
+	// Rejected are attempts whose pod the API server refused for reasons of that pod alone:
+	// each is that node's failed attempt, not the task's stall.
+	Rejected []RejectedAttempt
+	// Problem is why no pod could be created, if none could (the task is Stalled).
 	Problem *Problem
+	// Waiting is why some pods could not be created yet though the task goes on (a
+	// ResourceQuota that is full until running pods finish).
+	Waiting *Problem
 }
 
-// counts are the per-phase totals over the targets of the current revision.
+// StartedAttempt is an attempt whose pod exists.
+type StartedAttempt struct {
+	PodRequest
+	At time.Time
+}
+
+// RejectedAttempt is an attempt whose pod the API server refused.
+type RejectedAttempt struct {
+	PodRequest
+	Message string
+}
+
+// counts are the per-phase totals over the targets of the current run.
 type counts struct {
 	Targets, Pending, Running, Succeeded, Failed int32
 }
 
 // countTargets counts the target entries by phase; a target whose entry belongs to an older
-// revision has not started the current one and counts as pending.
-func countTargets(entries []ntv1.NodeStatus, targets map[string]bool, revision string) counts {
+// run has not started the current one and counts as pending.
+func countTargets(entries []ntv1.NodeStatus, targets map[string]bool, run int64) counts {
 	c := counts{Targets: int32(len(targets))}
 	for i := range entries {
 		e := &entries[i]
@@ -49,7 +78,7 @@ func countTargets(entries []ntv1.NodeStatus, targets map[string]bool, revision s
 			continue
 		}
 		switch {
-		case e.Revision != revision || e.Phase == ntv1.NodePending:
+		case e.Run != run || e.Phase == ntv1.NodePending:
 			c.Pending++
 		case e.Phase == ntv1.NodeRunning:
 			c.Running++
@@ -69,34 +98,43 @@ func ComputeStatus(obs *Observed, p *Plan, out Outcome) ntv1.NodeTaskStatus {
 	st := ntv1.NodeTaskStatus{
 		ObservedGeneration: task.Generation,
 		Revision:           p.Revision,
+		Run:                p.Run,
 		StartTime:          task.Status.StartTime,
 		Conditions:         append([]metav1.Condition(nil), task.Status.Conditions...),
 	}
-	if p.NewRevision || st.StartTime == nil {
+	if p.NewRun || st.StartTime == nil {
 		st.StartTime = &now
 	}
 
 	entries := append([]ntv1.NodeStatus(nil), p.Nodes...)
-	if len(out.Created) > 0 {
-		created := make(map[string]int32, len(out.Created))
-		for _, r := range out.Created {
-			created[r.Node] = r.Attempt
-		}
+	if len(out.Started)+len(out.Rejected) > 0 {
+		at := make(map[string]int, len(entries))
 		for i := range entries {
-			if attempt, ok := created[entries[i].Name]; ok {
+			at[entries[i].Name] = i
+		}
+		for _, a := range out.Started {
+			if i, ok := at[a.Node]; ok {
 				entries[i] = ntv1.NodeStatus{
-					Name: entries[i].Name, Phase: ntv1.NodeRunning, Revision: p.Revision,
-					Attempts: attempt, StartTime: &now,
+					Name: a.Node, Phase: ntv1.NodeRunning, Run: p.Run, Attempts: a.Attempt, StartTime: &metav1.Time{Time: a.At},
 				}
+			}
+		}
+		lc := newLifecycle(task, p.Run, p.Revision, obs.Now)
+		for _, a := range out.Rejected {
+			if i, ok := at[a.Node]; ok {
+				entries[i] = lc.retryState(ntv1.NodeStatus{
+					Name: a.Node, Phase: ntv1.NodeFailed, Reason: ntv1.NodeReasonPodRejected, Run: p.Run,
+					Attempts: a.Attempt, Output: tailOutput(a.Message, maxOutputBytes), FinishTime: &now,
+				})
 			}
 		}
 	}
 
-	c := countTargets(entries, p.Targets, p.Revision)
+	c := countTargets(entries, p.Targets, p.Run)
 	st.Targets, st.Pending, st.Running, st.Succeeded, st.Failed = c.Targets, c.Pending, c.Running, c.Succeeded, c.Failed
 	if c.Targets > 0 && c.Pending == 0 && c.Running == 0 {
 		st.CompletionTime = task.Status.CompletionTime
-		if p.NewRevision || st.CompletionTime == nil {
+		if p.NewRun || st.CompletionTime == nil {
 			st.CompletionTime = &now
 		}
 	}
@@ -114,15 +152,16 @@ func ComputeStatus(obs *Observed, p *Plan, out Outcome) ntv1.NodeTaskStatus {
 	if f.Problem == nil {
 		f.Problem = out.Problem
 	}
+	f.Waiting = out.Waiting
 	for i := range entries {
 		e := &entries[i]
-		if !p.Targets[e.Name] || e.Revision != p.Revision {
+		if !p.Targets[e.Name] || e.Run != p.Run {
 			continue
 		}
 		switch {
 		case e.Phase == ntv1.NodeFailed:
 			f.Failed = append(f.Failed, e.Name)
-		case e.Reason == ntv1.NodeReasonNodeNotReady:
+		case e.Reason == ntv1.NodeReasonNodeNotReady || e.Reason == ntv1.NodeReasonNodeUnavailable:
 			f.NotReady = append(f.NotReady, e.Name)
 		case e.Reason == ntv1.NodeReasonRetryBackoff:
 			f.Backoff = append(f.Backoff, e.Name)
@@ -130,12 +169,17 @@ func ComputeStatus(obs *Observed, p *Plan, out Outcome) ntv1.NodeTaskStatus {
 	}
 	setConditions(&st, f)
 
-	st.Nodes = entries
-	fitOutputs(task, &st)
-	for i := range st.Nodes {
-		if st.Nodes[i].Revision == st.Revision {
-			st.Nodes[i].Revision = ""
+	for i := range entries {
+		if entries[i].Run == st.Run {
+			entries[i].Run = 0
 		}
+	}
+	st.Nodes = entries
+	if size := fitOutputs(task, &st); size > hardObjectBytes {
+		// Even without outputs the results do not fit under etcd's limit, and the write
+		// would fail: keep the entries as last stored (no pod is deleted meanwhile, so
+		// the pods still hold every newer result) and report the conditions only.
+		st.Nodes = task.Status.Nodes
 	}
 	return st
 }
@@ -149,8 +193,11 @@ type conditionFacts struct {
 	MaxConcurrent  int
 	MaxFailures    int
 	Problem        *Problem
-	Namespace      string
-	// Failed, NotReady and Backoff name the targets in those states, sorted.
+	// Waiting is why some pods wait, while the task goes on.
+	Waiting   *Problem
+	Namespace string
+	// Failed, NotReady and Backoff name the targets in those states, sorted. NotReady
+	// includes nodes under kubelet pressure taints.
 	Failed, NotReady, Backoff []string
 }
 
@@ -216,10 +263,12 @@ func setConditions(st *ntv1.NodeTaskStatus, f conditionFacts) {
 		switch {
 		case f.Suspended:
 			reason, msg = ntv1.ReasonSuspended, "suspended: "+progress+"; the running pods will finish"
+		case f.Waiting != nil:
+			reason, msg = f.Waiting.Reason, progress+"; "+f.Waiting.Message
 		case c.Running > 0:
 		case len(f.NotReady) > 0 && int32(len(f.NotReady)) == c.Pending:
 			reason = ntv1.ReasonWaitingForNodes
-			msg = progress + "; waiting for NotReady nodes: " + nameList(f.NotReady)
+			msg = progress + "; waiting for nodes that are not Ready or are under pressure: " + nameList(f.NotReady)
 		case len(f.Backoff) > 0 && int32(len(f.Backoff)) == c.Pending:
 			reason = ntv1.ReasonRetryBackoff
 			msg = progress + "; waiting to retry: " + nameList(f.Backoff)
@@ -237,12 +286,13 @@ func nameList(names []string) string {
 	return fmt.Sprintf("%s (%d more)", strings.Join(names[:maxNamesInMessage], ", "), len(names)-maxNamesInMessage)
 }
 
-// fitOutputs shortens the nodes' outputs, keeping their ends, so that the whole object stays
-// under maxObjectBytes. Entries themselves are never dropped. Nodes that did not succeed
-// have the first claim on the room, since their output says what went wrong; succeeded
-// nodes share what is left. Within each group every output gets the same cap, as large as
-// fits, and an output shorter than the cap leaves the rest to the others.
-func fitOutputs(task *ntv1.NodeTask, st *ntv1.NodeTaskStatus) {
+// fitOutputs shortens the nodes' outputs, keeping their ends, so that the whole object
+// stays under maxObjectBytes, and returns the object's size without outputs. Entries
+// themselves are never dropped. Nodes that did not succeed have the first claim on the
+// room, since their output says what went wrong; succeeded nodes share what is left.
+// Within each group every output gets the same cap, as large as fits, and an output
+// shorter than the cap leaves the rest to the others.
+func fitOutputs(task *ntv1.NodeTask, st *ntv1.NodeTaskStatus) int {
 	var first, second []int // indexes of entries with output, by priority
 	for i := range st.Nodes {
 		switch {
@@ -253,27 +303,63 @@ func fitOutputs(task *ntv1.NodeTask, st *ntv1.NodeTaskStatus) {
 			first = append(first, i)
 		}
 	}
-	if len(first)+len(second) == 0 {
-		return
-	}
 	outputs := make([]string, len(st.Nodes))
 	for i := range st.Nodes {
 		outputs[i], st.Nodes[i].Output = st.Nodes[i].Output, ""
 	}
-	probe := ntv1.NodeTask{ObjectMeta: task.ObjectMeta, Spec: task.Spec, Status: *st}
-	probe.ManagedFields = nil
-	b, err := json.Marshal(&probe)
-	if err != nil {
-		return // cannot happen for plain data; leaving outputs out is the safe side
-	}
-	available := maxObjectBytes - reservedBytes - len(b)
+	size := objectSize(task, st)
+	available := maxObjectBytes - reservedBytes - size
 	for _, group := range [][]int{first, second} {
-		limit, used := largestLimit(outputs, group, available)
+		limit, used := largestLimit(outputs, group, max(available, 0))
 		for _, i := range group {
 			st.Nodes[i].Output = tailBytes(outputs[i], limit)
 		}
 		available -= used
 	}
+	return size
+}
+
+// objectSize is the size of the task as stored with the given status: metadata with its
+// annotations and managedFields, spec, and status.
+func objectSize(task *ntv1.NodeTask, st *ntv1.NodeTaskStatus) int {
+	probe := ntv1.NodeTask{ObjectMeta: task.ObjectMeta, Spec: task.Spec, Status: *st}
+	b, err := json.Marshal(&probe)
+	if err != nil {
+		return 0 // cannot happen for plain data
+	}
+	return len(b)
+}
+
+// statusTooLarge reports the problem of a task whose per-node results, without outputs,
+// no longer fit in the object (5000 long node names with a large inline script, which
+// kubectl apply also copies into an annotation). A cheap bound is checked first, so that
+// the usual task pays for no encoding here.
+func statusTooLarge(task *ntv1.NodeTask, entries []ntv1.NodeStatus, starting int) *Problem {
+	budget := maxObjectBytes - reservedBytes
+	meta := objectSize(task, &ntv1.NodeTaskStatus{Conditions: task.Status.Conditions})
+	bound := meta + 512
+	for i := range entries {
+		bound += len(entries[i].Name) + entryBytesBound
+	}
+	if bound <= budget {
+		return nil
+	}
+	st := ntv1.NodeTaskStatus{Conditions: task.Status.Conditions, Nodes: make([]ntv1.NodeStatus, len(entries))}
+	for i, e := range entries {
+		e.Output = ""
+		st.Nodes[i] = e
+	}
+	// Each pod about to start adds a start time to its entry.
+	size := objectSize(task, &st) + starting*len(`,"startTime":"2006-01-02T15:04:05Z"`)
+	if size <= budget {
+		return nil
+	}
+	return &Problem{Reason: ntv1.ReasonStatusTooLarge, Message: fmt.Sprintf(
+		"the results of %d nodes no longer fit in the NodeTask: it would take %d KiB, over the %d KiB this operator allows "+
+			"(etcd refuses objects over 1.5 MiB), and its metadata and spec take %d KiB of that. No further node starts and no pod "+
+			"is deleted, so no result is lost. Split the task into several with narrower spec.nodeSelector, or move a large inline "+
+			"script into a ConfigMap (spec.script.configMapKeyRef): `kubectl apply` keeps a second copy of the spec in an annotation, "+
+			"which server-side apply does not", len(entries), size>>10, budget>>10, meta>>10)}
 }
 
 // largestLimit finds the largest per-output cap, at most maxOutputBytes, at which the outputs

@@ -11,6 +11,8 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/util/intstr"
+	"k8s.io/utils/ptr"
 
 	ntv1 "github.com/nodetask/nodetask-operator/api/v1alpha1"
 )
@@ -73,7 +75,7 @@ func TestSetConditions(t *testing.T) {
 		{
 			name:  "waiting for NotReady nodes",
 			facts: conditionFacts{Counts: counts{Targets: 3, Pending: 1, Succeeded: 2}, NotReady: []string{"win-9"}},
-			want:  want{metav1.ConditionFalse, metav1.ConditionTrue, metav1.ConditionFalse, ntv1.ReasonWaitingForNodes, "waiting for NotReady nodes: win-9"},
+			want:  want{metav1.ConditionFalse, metav1.ConditionTrue, metav1.ConditionFalse, ntv1.ReasonWaitingForNodes, "waiting for nodes that are not Ready or are under pressure: win-9"},
 		},
 		{
 			name:  "waiting for a retry",
@@ -120,13 +122,13 @@ func bigStatus(n int, nameOf func(int) string) (*ntv1.NodeTask, ntv1.NodeTaskSta
 	for i := 0; i < n; i++ {
 		name := nameOf(i)
 		obs.Nodes[name] = winNode(name)
-		obs.Pods = append(obs.Pods, taskPod(task, name, rev, 1, exited(1, msg, t0.Add(-time.Minute))))
+		obs.Pods = append(obs.Pods, taskPod(task, name, 1, 1, exited(1, msg, t0.Add(-time.Minute))))
 	}
 	p := ComputePlan(obs)
 	return task, ComputeStatus(obs, p, Outcome{})
 }
 
-func objectSize(g Gomega, task *ntv1.NodeTask, st ntv1.NodeTaskStatus) int {
+func storedSize(g Gomega, task *ntv1.NodeTask, st ntv1.NodeTaskStatus) int {
 	obj := task.DeepCopy()
 	obj.Status = st
 	b, err := json.Marshal(obj)
@@ -153,7 +155,7 @@ func TestStatusSizeBudget(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			g := NewWithT(t)
 			task, st := bigStatus(tc.nodes, tc.nameOf)
-			size := objectSize(g, task, st)
+			size := storedSize(g, task, st)
 			t.Logf("%d nodes: object %d bytes, output kept per node %d bytes", tc.nodes, size, len(st.Nodes[0].Output))
 			g.Expect(size).To(BeNumerically("<", 1<<20), "the object must stay under 1 MiB")
 			g.Expect(st.Nodes).To(HaveLen(tc.nodes), "no node's entry is dropped")
@@ -201,10 +203,10 @@ func TestStatusSizeBudgetFavoursFailures(t *testing.T) {
 		if i%500 == 0 {
 			code = 1
 		}
-		obs.Pods = append(obs.Pods, taskPod(task, name, rev, 1, exited(code, failureMessage, t0)))
+		obs.Pods = append(obs.Pods, taskPod(task, name, 1, 1, exited(code, failureMessage, t0)))
 	}
 	st := ComputeStatus(obs, ComputePlan(obs), Outcome{})
-	g.Expect(objectSize(g, task, st)).To(BeNumerically("<", 1<<20))
+	g.Expect(storedSize(g, task, st)).To(BeNumerically("<", 1<<20))
 	g.Expect(st.Failed).To(BeEquivalentTo(10))
 	for _, e := range st.Nodes {
 		if e.Phase == ntv1.NodeFailed {
@@ -213,4 +215,75 @@ func TestStatusSizeBudgetFavoursFailures(t *testing.T) {
 			g.Expect(len(e.Output)).To(BeNumerically("<", 100))
 		}
 	}
+}
+
+// eksName is a 43-character EKS-style node name, the longest common naming scheme.
+func eksName(i int) string {
+	return fmt.Sprintf("ip-10-%d-%d-%d.us-west-2.compute.internal", i/65536, (i/256)%256, i%256)
+}
+
+// finishedFleet is a task whose run 1 succeeded on n nodes, each entry with both times,
+// and whose spec then changed: run 2 is about to start everywhere.
+func finishedFleet(n int, mutate ...func(*ntv1.NodeTask)) *Observed {
+	task := newTask(mutate...)
+	obs := &Observed{Task: task, Revision: Revision(&task.Spec), Nodes: map[string]*corev1.Node{}, Now: t0}
+	for i := 0; i < n; i++ {
+		name := eksName(i)
+		obs.Nodes[name] = winNode(name)
+		obs.Pods = append(obs.Pods, taskPod(task, name, 1, 1, exited(0, "", t0.Add(-time.Minute))))
+	}
+	settle(obs)
+	obs.Pods = nil // deleted by their TTL
+	obs.Task.Spec.RerunToken = "2"
+	obs.Revision = Revision(&obs.Task.Spec)
+	return obs
+}
+
+func TestStatusSizeOfANewRunAt5000Nodes(t *testing.T) {
+	g := NewWithT(t)
+	obs := finishedFleet(5000, func(t *ntv1.NodeTask) { t.Spec.Rollout.MaxConcurrent = ptr.To(intstr.FromString("10%")) })
+	p := ComputePlan(obs)
+	g.Expect(p.Problem).To(BeNil())
+	g.Expect(p.Create).To(HaveLen(500))
+	st := settleWith(obs, p)
+	size := storedSize(g, obs.Task, st)
+	t.Logf("5000 nodes with 43-character names, new run with 500 started: %d bytes", size)
+	g.Expect(size).To(BeNumerically("<", maxObjectBytes-reservedBytes))
+	g.Expect(st.Nodes).To(HaveLen(5000))
+}
+
+func TestStatusTooLargeStallsWithoutLosingResults(t *testing.T) {
+	g := NewWithT(t)
+	// The largest inline script the API allows, applied with kubectl apply, which keeps a
+	// copy of the whole object in an annotation.
+	script := strings.Repeat("Set-ItemProperty -Path HKLM:\\SOFTWARE\\Contoso -Name X -Value 1\n", 262144/32)[:262144]
+	obs := finishedFleet(5000, func(t *ntv1.NodeTask) {
+		t.Spec.Script.Inline = &script
+		last, _ := json.Marshal(t)
+		t.Annotations = map[string]string{"kubectl.kubernetes.io/last-applied-configuration": string(last)}
+	})
+	p := ComputePlan(obs)
+	g.Expect(p.Problem).NotTo(BeNil())
+	g.Expect(p.Problem.Reason).To(Equal(ntv1.ReasonStatusTooLarge))
+	g.Expect(p.Problem.Message).To(ContainSubstring("configMapKeyRef"))
+	g.Expect(p.Create).To(BeEmpty(), "no node starts")
+	g.Expect(p.Delete).To(BeEmpty(), "no pod, the only other record of a result, is deleted")
+	st := settleWith(obs, p)
+	size := storedSize(g, obs.Task, st)
+	t.Logf("5000 nodes with 43-character names and a 256 KiB inline script applied with kubectl apply: %d bytes", size)
+	g.Expect(size).To(BeNumerically("<", hardObjectBytes), "the status write itself still succeeds")
+	g.Expect(st.Nodes).To(HaveLen(5000), "no entry is dropped")
+	stalled := findCondition(&st, ntv1.ConditionStalled)
+	g.Expect(stalled.Status).To(Equal(metav1.ConditionTrue))
+	g.Expect(stalled.Reason).To(Equal(ntv1.ReasonStatusTooLarge))
+}
+
+// settleWith stores the status of a plan already computed, as the controller's write would.
+func settleWith(obs *Observed, p *Plan) ntv1.NodeTaskStatus {
+	var started []StartedAttempt
+	for _, r := range p.Create {
+		started = append(started, StartedAttempt{PodRequest: r, At: obs.Now})
+	}
+	obs.Task.Status = ComputeStatus(obs, p, Outcome{Started: started})
+	return obs.Task.Status
 }

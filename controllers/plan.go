@@ -2,11 +2,10 @@ package controllers
 
 import (
 	"sort"
-	"strconv"
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
-	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/apimachinery/pkg/util/intstr"
 
 	ntv1 "github.com/nodetask/nodetask-operator/api/v1alpha1"
@@ -27,7 +26,8 @@ type Observed struct {
 	Revision string
 	// Nodes holds the Windows nodes by name.
 	Nodes map[string]*corev1.Node
-	// Pods are the task's pods: those in the cache and those created but not yet seen there.
+	// Pods are the task's pods (controlled by this very task, by UID): those in the cache
+	// and those created but not yet seen there.
 	Pods []*corev1.Pod
 	// Now is the reconcile's clock.
 	Now time.Time
@@ -35,41 +35,61 @@ type Observed struct {
 
 // PodRequest asks for the pod of one attempt on one node.
 type PodRequest struct {
-	Node    string
+	Node string
+	// NodeUID is the UID of the Node object the attempt is for: a node deleted and created
+	// again under its name is another machine, and gets other pods.
+	NodeUID types.UID
 	Attempt int32
+}
+
+// PodDeletion is a pod the plan lets go.
+type PodDeletion struct {
+	Pod *corev1.Pod
+	// Force deletes the pod at once (grace period 0): no kubelet will confirm a graceful
+	// deletion on a node that is gone or not Ready.
+	Force bool
+	// Why says why, for the log.
+	Why string
 }
 
 // Plan is what one reconcile decided: the pods to create and delete, and the per-node
 // entries the new status starts from.
 type Plan struct {
-	// Revision is the current revision; NewRevision is true when it differs from status.revision.
-	Revision    string
-	NewRevision bool
-	// Targets are the names of the nodes the current revision runs on.
+	// Revision is the hash of what runs; Run is the current run, which NewRun says starts now.
+	Revision string
+	Run      int64
+	NewRun   bool
+	// Targets are the names of the nodes the current run runs on.
 	Targets map[string]bool
-	// Nodes are the per-node entries, sorted by name, with every revision filled in.
+	// Nodes are the per-node entries, sorted by name, with every run filled in.
 	Nodes []ntv1.NodeStatus
 	// Create lists the pods to start, in node-name order, within the free rollout slots.
 	Create []PodRequest
-	// Delete lists finished pods whose results are recorded and whose TTL has run out,
-	// and pods left on deleted nodes.
-	Delete []*corev1.Pod
+	// Delete lists the pods to delete: recorded finished pods past their TTL, recorded pods
+	// of deleted nodes or of a machine that was replaced, pods past the operator's deadline,
+	// and superseded pods that never started.
+	Delete []PodDeletion
 	// MaxConcurrent and MaxFailures are the rollout limits scaled to the target count.
 	MaxConcurrent int
 	MaxFailures   int
-	// InFlight is how many nodes have a pod that has not finished, of any revision.
+	// InFlight is how many nodes have a pod that holds a rollout slot, of any run.
 	InFlight int
+	// Unstarted is how many pods of the current run have not started yet: they still need
+	// the run's script ConfigMap.
+	Unstarted int
+	// OtherRunsInFlight is true while a pod of another run has not finished (it may still
+	// need its run's script ConfigMap).
+	OtherRunsInFlight bool
 	// BudgetExceeded is true when more targets failed than MaxFailures allows.
 	BudgetExceeded bool
-	// NewlyFailed names the nodes whose final failure this plan records for the first time.
-	NewlyFailed []string
-	// Problem is set when the spec cannot be acted on.
+	// Problem is set when the task cannot go on until a person acts. No pod is created then.
 	Problem *Problem
-	// RequeueAfter is when the plan changes by itself (a backoff or a TTL ends); 0 for never.
+	// RequeueAfter is when the plan changes by itself (a backoff, a TTL or a deadline ends); 0 for never.
 	RequeueAfter time.Duration
 }
 
-// Problem is a condition that keeps the task from going on until a person acts.
+// Problem is a condition that keeps the task from going on until a person acts, or, for
+// Outcome.Waiting, a reason the rollout is slower than asked.
 type Problem struct {
 	// Reason is a CamelCase condition reason from the API package.
 	Reason string
@@ -77,27 +97,19 @@ type Problem struct {
 	Message string
 }
 
-// planner holds one planning pass.
-type planner struct {
-	obs     *Observed
-	prev    map[string]ntv1.NodeStatus
-	retries int32
-	plan    *Plan
-}
-
 // ComputePlan decides, from the observed state alone, which pods to create and delete and
 // what each node's entry is. It has no side effects.
 func ComputePlan(obs *Observed) *Plan {
 	task := obs.Task
-	p := &Plan{
-		Revision:    obs.Revision,
-		NewRevision: task.Status.Revision != obs.Revision,
-		Targets:     map[string]bool{},
+	p := &Plan{Revision: obs.Revision, Run: task.Status.Run, Targets: map[string]bool{}}
+	// A run is a run, not only a content hash: going back to content that ran before (a
+	// GitOps revert, an old rerunToken) starts a new run as any other change does.
+	if task.Status.Revision != obs.Revision || p.Run == 0 {
+		p.Run++
+		p.NewRun = true
 	}
-	pl := &planner{obs: obs, prev: expandEntries(&task.Status), plan: p}
-	if task.Spec.Retries != nil {
-		pl.retries = *task.Spec.Retries
-	}
+	stored := storedEntries(&task.Status, obs.Nodes)
+	lc := newLifecycle(task, p.Run, p.Revision, obs.Now)
 
 	sel, err := newNodeSelection(&task.Spec)
 	if err != nil {
@@ -107,10 +119,10 @@ func ComputePlan(obs *Observed) *Plan {
 			if !sel.matches(node) {
 				continue
 			}
-			// With newNodes=Ignore the targets are fixed when a revision starts: later, only
+			// With newNodes=Ignore the targets are fixed when a run starts: later, only
 			// nodes that already have an entry stay targets.
-			if task.Spec.NewNodes == ntv1.NewNodesIgnore && !p.NewRevision {
-				if _, ok := pl.prev[name]; !ok {
+			if task.Spec.NewNodes == ntv1.NewNodesIgnore && !p.NewRun {
+				if _, ok := stored[name]; !ok {
 					continue
 				}
 			}
@@ -122,7 +134,7 @@ func ComputePlan(obs *Observed) *Plan {
 	for _, pod := range obs.Pods {
 		podsByNode[pod.Spec.NodeName] = append(podsByNode[pod.Spec.NodeName], pod)
 	}
-	names := make([]string, 0, len(p.Targets)+len(pl.prev))
+	names := make([]string, 0, len(p.Targets)+len(stored))
 	seen := make(map[string]bool, cap(names))
 	add := func(n string) {
 		if !seen[n] {
@@ -133,7 +145,7 @@ func ComputePlan(obs *Observed) *Plan {
 	for n := range p.Targets {
 		add(n)
 	}
-	for n := range pl.prev {
+	for n := range stored {
 		add(n)
 	}
 	for n := range podsByNode {
@@ -149,12 +161,36 @@ func ComputePlan(obs *Observed) *Plan {
 
 	var candidates []PodRequest
 	for _, name := range names {
-		if req, ok := pl.node(name, podsByNode[name]); ok {
-			candidates = append(candidates, req)
+		var prev *ntv1.NodeStatus
+		if e, ok := stored[name]; ok {
+			prev = &e
 		}
+		d := lc.decide(nodeInput{name: name, node: obs.Nodes[name], target: p.Targets[name], stored: prev, pods: podsByNode[name]})
+		if d.keep {
+			p.Nodes = append(p.Nodes, d.entry)
+		}
+		if d.inFlight {
+			p.InFlight++
+		}
+		if d.start {
+			candidates = append(candidates, d.request)
+		}
+		p.Delete = append(p.Delete, d.deletes...)
+		p.Unstarted += d.unstarted
+		p.OtherRunsInFlight = p.OtherRunsInFlight || d.otherRunInFlight
+		p.RequeueAfter = soonest(p.RequeueAfter, d.requeue)
 	}
 
-	p.BudgetExceeded = countTargets(p.Nodes, p.Targets, p.Revision).Failed > int32(p.MaxFailures)
+	p.BudgetExceeded = countTargets(p.Nodes, p.Targets, p.Run).Failed > int32(p.MaxFailures)
+	if p.Problem == nil {
+		starting := min(len(candidates), max(0, p.MaxConcurrent-p.InFlight))
+		p.Problem = statusTooLarge(task, p.Nodes, starting)
+	}
+	if p.Problem != nil && p.Problem.Reason == ntv1.ReasonStatusTooLarge {
+		// The stored status may no longer hold every result: the pods are then the only
+		// record, so none is deleted, and no node starts.
+		p.Delete = nil
+	}
 	if !task.Spec.Suspend && !p.BudgetExceeded && p.Problem == nil {
 		slots := p.MaxConcurrent - p.InFlight
 		if slots > 0 && len(candidates) > 0 {
@@ -164,134 +200,12 @@ func ComputePlan(obs *Observed) *Plan {
 	return p
 }
 
-// node works out one node's entry and whether it may start a new attempt now; it records
-// pods to delete and the earliest time the plan changes by itself.
-func (pl *planner) node(name string, pods []*corev1.Pod) (PodRequest, bool) {
-	obs, p, rev := pl.obs, pl.plan, pl.plan.Revision
-	node := obs.Nodes[name]
-	nodeGone := node == nil
-	prev, hadPrev := pl.prev[name]
-
-	var cur *corev1.Pod // the latest attempt of the current revision
-	inFlight := false
-	for _, pod := range pods {
-		if !podFinished(pod) {
-			inFlight = true
-		}
-		if podRevision(pod) == rev && (cur == nil || podAttempt(pod) > podAttempt(cur)) {
-			cur = pod
-		}
-	}
-
-	var e ntv1.NodeStatus
-	switch {
-	case cur != nil:
-		e = podResult(cur, nodeGone, obs.Now)
-	case hadPrev:
-		// No pod of this revision: the entry is this revision's stored result, or the node has
-		// not started this revision and shows an older one's, whose pod may still be running.
-		e = prev
-		switch pod := findPod(pods, e.Revision, e.Attempts); {
-		case pod != nil:
-			e = podResult(pod, nodeGone, obs.Now)
-		case e.Phase == ntv1.NodeRunning:
-			// The pod of a running attempt is gone, and no one recorded how it ended.
-			e = lostAttempt(e, nodeGone, obs.Now)
-		}
-	default:
-		e = ntv1.NodeStatus{Name: name, Phase: ntv1.NodePending, Revision: rev}
-	}
-
-	if hadPrev && prev.Revision == e.Revision && prev.Attempts == e.Attempts && prev.FinishTime != nil && e.FinishTime != nil {
-		// Times that were read from the clock must not change from one reconcile to the
-		// next, or every reconcile would write the status again.
-		e.FinishTime = prev.FinishTime
-	}
-	current := e.Revision == rev
-	if current && e.Phase == ntv1.NodeFailed && e.Attempts <= pl.retries && !nodeGone {
-		e.Phase, e.Reason = ntv1.NodePending, ntv1.NodeReasonRetryBackoff
-	}
-	if current && e.Phase == ntv1.NodePending && e.Reason != ntv1.NodeReasonRetryBackoff {
-		e.Reason = ""
-		if !nodeGone && !nodeReady(node) {
-			e.Reason = ntv1.NodeReasonNodeNotReady
-		}
-	}
-	if current && e.Phase == ntv1.NodeFailed && !(hadPrev && prev.Revision == rev && prev.Phase == ntv1.NodeFailed && prev.Attempts == e.Attempts) {
-		p.NewlyFailed = append(p.NewlyFailed, name)
-	}
-
-	target := p.Targets[name]
-	if target || inFlight || (current && e.Attempts > 0) {
-		p.Nodes = append(p.Nodes, e)
-	}
-	if inFlight {
-		p.InFlight++
-	}
-	pl.deletions(pods, prev, hadPrev, nodeGone)
-
-	if !target || inFlight || nodeGone || !nodeReady(node) {
-		return PodRequest{}, false
-	}
-	if !current {
-		return PodRequest{Node: name, Attempt: 1}, true
-	}
-	if e.Phase != ntv1.NodePending {
-		return PodRequest{}, false
-	}
-	if e.Reason == ntv1.NodeReasonRetryBackoff && e.FinishTime != nil {
-		if wait := e.FinishTime.Add(retryDelay(e.Attempts)).Sub(obs.Now); wait > 0 {
-			pl.requeue(wait)
-			return PodRequest{}, false
-		}
-	}
-	return PodRequest{Node: name, Attempt: e.Attempts + 1}, true
-}
-
-// deletions queues the node's pods that may go: finished pods whose result the observed
-// status already holds, once their TTL has run out, and any recorded pod of a deleted node.
-// Only a result read back from the stored status counts as recorded, so a pod is never
-// deleted before its result is safe.
-func (pl *planner) deletions(pods []*corev1.Pod, prev ntv1.NodeStatus, hadPrev, nodeGone bool) {
-	ttl := pl.obs.Task.Spec.PodTTLSecondsAfterFinished
-	for _, pod := range pods {
-		if pod.DeletionTimestamp != nil || !hadPrev || !recorded(prev, pod, pl.plan.Revision) {
-			continue
-		}
-		switch {
-		case nodeGone:
-			pl.plan.Delete = append(pl.plan.Delete, pod)
-		case ttl != nil && podFinished(pod):
-			wait := podFinishTime(pod, pl.obs.Now).Add(time.Duration(*ttl) * time.Second).Sub(pl.obs.Now)
-			if wait <= 0 {
-				pl.plan.Delete = append(pl.plan.Delete, pod)
-			} else {
-				pl.requeue(wait)
-			}
-		}
-	}
-}
-
-func (pl *planner) requeue(d time.Duration) {
-	pl.plan.RequeueAfter = soonest(pl.plan.RequeueAfter, d)
-}
-
 // soonest returns the earlier of two requeue delays, where 0 means never.
 func soonest(a, b time.Duration) time.Duration {
 	if a == 0 || (b != 0 && b < a) {
 		return b
 	}
 	return a
-}
-
-// recorded reports whether the stored entry already accounts for the pod's outcome: it holds
-// that attempt's final result, a later attempt, or the pod belongs to a superseded revision.
-func recorded(prev ntv1.NodeStatus, pod *corev1.Pod, current string) bool {
-	rev, attempt := podRevision(pod), podAttempt(pod)
-	if prev.Revision != rev {
-		return rev != current
-	}
-	return prev.Attempts > attempt || (prev.Attempts == attempt && prev.Phase != ntv1.NodeRunning)
 }
 
 // retryDelay is the backoff before the attempt after the given one.
@@ -303,43 +217,19 @@ func retryDelay(attempts int32) time.Duration {
 	return min(d, retryMaxDelay)
 }
 
-// lostAttempt records an attempt whose pod disappeared before it finished.
-func lostAttempt(e ntv1.NodeStatus, nodeGone bool, now time.Time) ntv1.NodeStatus {
-	e.Phase, e.Reason, e.ExitCode = ntv1.NodeFailed, ntv1.NodeReasonPodDeleted, nil
-	if nodeGone {
-		e.Reason = ntv1.NodeReasonNodeLost
-	}
-	e.FinishTime = &metav1.Time{Time: now}
-	return e
-}
-
-func findPod(pods []*corev1.Pod, rev string, attempt int32) *corev1.Pod {
-	for _, pod := range pods {
-		if podRevision(pod) == rev && podAttempt(pod) == attempt {
-			return pod
-		}
-	}
-	return nil
-}
-
-func podRevision(pod *corev1.Pod) string { return pod.Labels[LabelRevision] }
-
-func podAttempt(pod *corev1.Pod) int32 {
-	n, _ := strconv.ParseInt(pod.Labels[LabelAttempt], 10, 32)
-	return int32(n)
-}
-
-func podFinished(pod *corev1.Pod) bool {
-	return pod.Status.Phase == corev1.PodSucceeded || pod.Status.Phase == corev1.PodFailed
-}
-
-// expandEntries reads status.nodes into a map, filling in the revisions that the stored form
-// leaves out because they equal status.revision.
-func expandEntries(st *ntv1.NodeTaskStatus) map[string]ntv1.NodeStatus {
+// storedEntries reads status.nodes into a map, filling in the runs that the stored form
+// leaves out because they equal status.run. The entry of a node whose Node object was
+// created after the entry's attempt started belongs to a machine that is gone (deleted and
+// registered again under the same name: a reimage, a reused name) and is left out: the new
+// machine starts afresh.
+func storedEntries(st *ntv1.NodeTaskStatus, nodes map[string]*corev1.Node) map[string]ntv1.NodeStatus {
 	m := make(map[string]ntv1.NodeStatus, len(st.Nodes))
 	for _, e := range st.Nodes {
-		if e.Revision == "" {
-			e.Revision = st.Revision
+		if e.Run == 0 {
+			e.Run = st.Run
+		}
+		if n := nodes[e.Name]; n != nil && e.StartTime != nil && n.CreationTimestamp.After(e.StartTime.Time) {
+			continue
 		}
 		m[e.Name] = e
 	}

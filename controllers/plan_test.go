@@ -121,7 +121,7 @@ func TestPlanMaxConcurrent(t *testing.T) {
 			names := nodeNames(tc.nodes)
 			var pods []*corev1.Pod
 			for i := 0; i < tc.running; i++ {
-				pods = append(pods, taskPod(task, names[len(names)-1-i], Revision(&task.Spec), 1))
+				pods = append(pods, taskPod(task, names[len(names)-1-i], 1, 1))
 			}
 			p := ComputePlan(observe(task, nodes(names...), pods...))
 			g.Expect(p.Create).To(HaveLen(tc.want))
@@ -140,11 +140,10 @@ func TestPlanFailureBudget(t *testing.T) {
 		t.Spec.Rollout.MaxConcurrent = ptr.To(intstr.FromInt32(2))
 		t.Spec.Rollout.MaxFailures = ptr.To(intstr.FromInt32(1))
 	})
-	rev := Revision(&task.Spec)
 	names := nodeNames(6)
 	pods := []*corev1.Pod{
-		taskPod(task, names[0], rev, 1, exited(1, "boom", t0.Add(-time.Second))),
-		taskPod(task, names[1], rev, 1, exited(0, "ok", t0.Add(-time.Second))),
+		taskPod(task, names[0], 1, 1, exited(1, "boom", t0.Add(-time.Second))),
+		taskPod(task, names[1], 1, 1, exited(0, "ok", t0.Add(-time.Second))),
 	}
 	obs := observe(task, nodes(names...), pods...)
 	p := settle(obs)
@@ -152,13 +151,14 @@ func TestPlanFailureBudget(t *testing.T) {
 	g.Expect(requestNodes(p.Create)).To(Equal([]string{names[2] + "#1", names[3] + "#1"}))
 
 	pods = append(pods,
-		taskPod(task, names[2], rev, 1, exited(2, "boom", t0)),
-		taskPod(task, names[3], rev, 1))
+		taskPod(task, names[2], 1, 1, exited(2, "boom", t0)),
+		taskPod(task, names[3], 1, 1))
 	obs = observe(obs.Task, nodes(names...), pods...)
+	before := *obs.Task.Status.DeepCopy()
 	p = settle(obs)
 	g.Expect(p.BudgetExceeded).To(BeTrue())
 	g.Expect(p.Create).To(BeEmpty(), "no node starts once failures exceed maxFailures")
-	g.Expect(p.NewlyFailed).To(Equal([]string{names[2]}))
+	g.Expect(newlyFailed(&before, &obs.Task.Status)).To(Equal([]string{names[2]}))
 	st := &obs.Task.Status
 	g.Expect(findCondition(st, ntv1.ConditionStalled).Status).To(Equal(metav1.ConditionTrue))
 	g.Expect(findCondition(st, ntv1.ConditionStalled).Reason).To(Equal(ntv1.ReasonFailureBudgetExceeded))
@@ -169,9 +169,8 @@ func TestPlanFailureBudget(t *testing.T) {
 func TestPlanRetries(t *testing.T) {
 	g := NewWithT(t)
 	task := newTask(func(t *ntv1.NodeTask) { t.Spec.Retries = ptr.To[int32](2) })
-	rev := Revision(&task.Spec)
 	failedAt := t0.Add(-4 * time.Second)
-	pods := []*corev1.Pod{taskPod(task, "win-a", rev, 1, exited(5, "flaky", failedAt))}
+	pods := []*corev1.Pod{taskPod(task, "win-a", 1, 1, exited(5, "flaky", failedAt))}
 	obs := observe(task, nodes("win-a"), pods...)
 	p := settle(obs)
 	e := entry(&obs.Task.Status, "win-a")
@@ -187,14 +186,14 @@ func TestPlanRetries(t *testing.T) {
 	g.Expect(requestNodes(p.Create)).To(Equal([]string{"win-a#2"}))
 
 	// The second attempt fails too: the next wait is 20s; the third attempt's failure is final.
-	pods = append(pods, taskPod(task, "win-a", rev, 2, exited(5, "flaky", t0)))
+	pods = append(pods, taskPod(task, "win-a", 1, 2, exited(5, "flaky", t0)))
 	obs = observe(obs.Task, nodes("win-a"), pods...)
 	obs.Now = t0.Add(19 * time.Second)
 	p = settle(obs)
 	g.Expect(p.Create).To(BeEmpty())
 	obs.Now = t0.Add(21 * time.Second)
 	g.Expect(requestNodes(ComputePlan(obs).Create)).To(Equal([]string{"win-a#3"}))
-	pods = append(pods, taskPod(task, "win-a", rev, 3, exited(5, "flaky", t0.Add(30*time.Second))))
+	pods = append(pods, taskPod(task, "win-a", 1, 3, exited(5, "flaky", t0.Add(30*time.Second))))
 	obs = observe(obs.Task, nodes("win-a"), pods...)
 	settle(obs)
 	e = entry(&obs.Task.Status, "win-a")
@@ -210,7 +209,6 @@ func TestRetryDelay(t *testing.T) {
 
 func TestPlanResults(t *testing.T) {
 	task := newTask()
-	rev := Revision(&task.Spec)
 	cases := []struct {
 		name       string
 		pod        *corev1.Pod
@@ -220,13 +218,13 @@ func TestPlanResults(t *testing.T) {
 		wantExit   *int32
 		wantOutput string
 	}{
-		{"success with output", taskPod(task, "win-a", rev, 1, exited(0, "done\n", t0)), false, ntv1.NodeSucceeded, "", ptr.To[int32](0), "done\n"},
-		{"non-zero exit", taskPod(task, "win-a", rev, 1, exited(3, "not found", t0)), false, ntv1.NodeFailed, ntv1.NodeReasonError, ptr.To[int32](3), "not found"},
-		{"NTSTATUS exit code", taskPod(task, "win-a", rev, 1, exited(-1073741510, "", t0)), false, ntv1.NodeFailed, ntv1.NodeReasonError, ptr.To[int32](-1073741510), ""},
-		{"timeout", taskPod(task, "win-a", rev, 1, deadlineExceeded), false, ntv1.NodeFailed, ntv1.NodeReasonTimeout, nil, "Pod was active on the node longer than the specified deadline"},
-		{"image pull failure while waiting", taskPod(task, "win-a", rev, 1, waitingFor("ImagePullBackOff")), false, ntv1.NodeRunning, "ImagePullBackOff", nil, "pull access denied"},
-		{"deleted by someone else", taskPod(task, "win-a", rev, 1, func(p *corev1.Pod) { p.DeletionTimestamp = &metav1.Time{Time: t0} }), false, ntv1.NodeFailed, ntv1.NodeReasonPodDeleted, nil, ""},
-		{"node deleted mid-run", taskPod(task, "win-a", rev, 1), true, ntv1.NodeFailed, ntv1.NodeReasonNodeLost, nil, ""},
+		{"success with output", taskPod(task, "win-a", 1, 1, exited(0, "done\n", t0)), false, ntv1.NodeSucceeded, "", nil, "done\n"},
+		{"non-zero exit", taskPod(task, "win-a", 1, 1, exited(3, "not found", t0)), false, ntv1.NodeFailed, ntv1.NodeReasonError, ptr.To[int32](3), "not found"},
+		{"NTSTATUS exit code", taskPod(task, "win-a", 1, 1, exited(-1073741510, "", t0)), false, ntv1.NodeFailed, ntv1.NodeReasonError, ptr.To[int32](-1073741510), ""},
+		{"timeout", taskPod(task, "win-a", 1, 1, deadlineExceeded), false, ntv1.NodeFailed, ntv1.NodeReasonTimeout, nil, "Pod was active on the node longer than the specified deadline"},
+		{"image pull failure while waiting", taskPod(task, "win-a", 1, 1, waitingFor("ImagePullBackOff")), false, ntv1.NodeRunning, "ImagePullBackOff", nil, "pull access denied"},
+		{"deleted by someone else", taskPod(task, "win-a", 1, 1, func(p *corev1.Pod) { p.DeletionTimestamp = &metav1.Time{Time: t0} }), false, ntv1.NodeFailed, ntv1.NodeReasonPodDeleted, nil, ""},
+		{"node deleted mid-run", taskPod(task, "win-a", 1, 1), true, ntv1.NodeFailed, ntv1.NodeReasonNodeLost, nil, ""},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
@@ -251,8 +249,7 @@ func TestPlanResults(t *testing.T) {
 func TestPlanPodVanished(t *testing.T) {
 	g := NewWithT(t)
 	task := newTask(func(t *ntv1.NodeTask) { t.Spec.Retries = ptr.To[int32](1) })
-	rev := Revision(&task.Spec)
-	obs := observe(task, nodes("win-a"), taskPod(task, "win-a", rev, 1))
+	obs := observe(task, nodes("win-a"), taskPod(task, "win-a", 1, 1))
 	settle(obs)
 	g.Expect(entry(&obs.Task.Status, "win-a").Phase).To(Equal(ntv1.NodeRunning))
 
@@ -270,12 +267,12 @@ func TestPlanPodVanished(t *testing.T) {
 func TestPlanNodeLostDeletesRecordedPod(t *testing.T) {
 	g := NewWithT(t)
 	task := newTask()
-	pod := taskPod(task, "win-a", Revision(&task.Spec), 1)
+	pod := taskPod(task, "win-a", 1, 1)
 	obs := observe(task, nil, pod)
 	p := settle(obs)
 	g.Expect(p.Delete).To(BeEmpty(), "the result is not stored yet")
 	p = settle(observe(obs.Task, nil, pod))
-	g.Expect(p.Delete).To(ConsistOf(pod))
+	g.Expect(deletedPods(p)).To(ConsistOf(pod))
 	e := entry(&obs.Task.Status, "win-a")
 	g.Expect(e.Reason).To(Equal(ntv1.NodeReasonNodeLost))
 	g.Expect(obs.Task.Status.Targets).To(BeEquivalentTo(0))
@@ -286,9 +283,9 @@ func TestPlanRevisionChange(t *testing.T) {
 	task := newTask(func(t *ntv1.NodeTask) { t.Spec.Rollout.MaxConcurrent = ptr.To(intstr.FromInt32(2)) })
 	old := Revision(&task.Spec)
 	pods := []*corev1.Pod{
-		taskPod(task, "win-a", old, 1, exited(0, "v1", t0)),
-		taskPod(task, "win-b", old, 1, exited(0, "v1", t0)),
-		taskPod(task, "win-c", old, 1), // still running the old script
+		taskPod(task, "win-a", 1, 1, exited(0, "v1", t0)),
+		taskPod(task, "win-b", 1, 1, exited(0, "v1", t0)),
+		taskPod(task, "win-c", 1, 1), // still running the old script
 	}
 	obs := observe(task, nodes("win-a", "win-b", "win-c"), pods...)
 	settle(obs)
@@ -297,24 +294,24 @@ func TestPlanRevisionChange(t *testing.T) {
 	obs.Task.Generation = 2
 	obs = observe(obs.Task, nodes("win-a", "win-b", "win-c"), pods...)
 	p := settle(obs)
-	g.Expect(p.NewRevision).To(BeTrue())
+	g.Expect(p.NewRun).To(BeTrue())
 	g.Expect(requestNodes(p.Create)).To(Equal([]string{"win-a#1"}), "the old pod on win-c holds a slot and its node")
 	st := &obs.Task.Status
 	g.Expect(st.Revision).NotTo(Equal(old))
 	g.Expect(st.Pending).To(BeEquivalentTo(2))
 	g.Expect(st.Running).To(BeEquivalentTo(1))
-	// win-b still shows its old result, with the old revision spelled out.
+	g.Expect(st.Run).To(BeEquivalentTo(2))
+	// win-b still shows its old result, with the old run spelled out.
 	b := entry(st, "win-b")
-	g.Expect(b.Revision).To(Equal(old))
+	g.Expect(b.Run).To(BeEquivalentTo(1))
 	g.Expect(b.Output).To(Equal("v1"))
-	g.Expect(entry(st, "win-a").Revision).To(BeEmpty(), "the current revision is left out of entries")
+	g.Expect(entry(st, "win-a").Run).To(BeZero(), "the current run is left out of entries")
 }
 
 func TestPlanRolloutChangeDoesNotRerun(t *testing.T) {
 	g := NewWithT(t)
 	task := newTask()
-	rev := Revision(&task.Spec)
-	pods := []*corev1.Pod{taskPod(task, "win-a", rev, 1, exited(0, "ok", t0))}
+	pods := []*corev1.Pod{taskPod(task, "win-a", 1, 1, exited(0, "ok", t0))}
 	obs := observe(task, nodes("win-a"), pods...)
 	settle(obs)
 	obs.Task.Spec.Rollout.MaxConcurrent = ptr.To(intstr.FromInt32(7))
@@ -322,7 +319,7 @@ func TestPlanRolloutChangeDoesNotRerun(t *testing.T) {
 	obs.Task.Spec.Tolerations = []corev1.Toleration{{Operator: corev1.TolerationOpExists}}
 	obs.Task.Spec.TimeoutSeconds = ptr.To[int32](60)
 	p := ComputePlan(observe(obs.Task, nodes("win-a"), pods...))
-	g.Expect(p.NewRevision).To(BeFalse())
+	g.Expect(p.NewRun).To(BeFalse())
 	g.Expect(p.Create).To(BeEmpty())
 }
 
@@ -331,8 +328,7 @@ func TestPlanNewNodes(t *testing.T) {
 		t.Run(string(policy), func(t *testing.T) {
 			g := NewWithT(t)
 			task := newTask(func(t *ntv1.NodeTask) { t.Spec.NewNodes = policy })
-			rev := Revision(&task.Spec)
-			pods := []*corev1.Pod{taskPod(task, "win-a", rev, 1, exited(0, "", t0))}
+			pods := []*corev1.Pod{taskPod(task, "win-a", 1, 1, exited(0, "", t0))}
 			obs := observe(task, nodes("win-a"), pods...)
 			settle(obs)
 			p := ComputePlan(observe(obs.Task, nodes("win-a", "win-new"), pods...))
@@ -360,8 +356,7 @@ func TestPlanSuspend(t *testing.T) {
 func TestPlanPodTTL(t *testing.T) {
 	g := NewWithT(t)
 	task := newTask(func(t *ntv1.NodeTask) { t.Spec.PodTTLSecondsAfterFinished = ptr.To[int32](60) })
-	rev := Revision(&task.Spec)
-	pod := taskPod(task, "win-a", rev, 1, exited(0, "ok", t0.Add(-2*time.Minute)))
+	pod := taskPod(task, "win-a", 1, 1, exited(0, "ok", t0.Add(-2*time.Minute)))
 	obs := observe(task, nodes("win-a"), pod)
 	p := settle(obs)
 	g.Expect(p.Delete).To(BeEmpty(), "a result not yet stored keeps its pod")
@@ -372,7 +367,7 @@ func TestPlanPodTTL(t *testing.T) {
 	g.Expect(p.Delete).To(BeEmpty())
 	g.Expect(p.RequeueAfter).To(Equal(30 * time.Second))
 	obs.Now = t0
-	g.Expect(ComputePlan(obs).Delete).To(ConsistOf(pod))
+	g.Expect(deletedPods(ComputePlan(obs))).To(ConsistOf(pod))
 
 	// Once deleted, the stored result stays.
 	obs = observe(obs.Task, nodes("win-a"))
@@ -387,12 +382,11 @@ func TestPlanIsStable(t *testing.T) {
 	// would write it again and trigger the next one.
 	g := NewWithT(t)
 	task := newTask(func(t *ntv1.NodeTask) { t.Spec.Retries = ptr.To[int32](1) })
-	rev := Revision(&task.Spec)
 	pods := []*corev1.Pod{
-		taskPod(task, "win-a", rev, 1, exited(0, "ok", t0)),
-		taskPod(task, "win-b", rev, 1, deadlineExceeded),
-		taskPod(task, "win-c", rev, 1),
-		taskPod(task, "win-d", rev, 1, func(p *corev1.Pod) { p.DeletionTimestamp = &metav1.Time{Time: t0} }),
+		taskPod(task, "win-a", 1, 1, exited(0, "ok", t0)),
+		taskPod(task, "win-b", 1, 1, deadlineExceeded),
+		taskPod(task, "win-c", 1, 1),
+		taskPod(task, "win-d", 1, 1, func(p *corev1.Pod) { p.DeletionTimestamp = &metav1.Time{Time: t0} }),
 	}
 	ns := nodes("win-a", "win-b", "win-c", "win-d", "win-e")
 	ns = append(ns, winNode("win-f", notReady))

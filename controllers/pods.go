@@ -21,10 +21,15 @@ const (
 	LabelTask = "nodetask.io/task"
 	// LabelNode names the node a pod runs on, when the name fits in a label value.
 	LabelNode = "nodetask.io/node"
-	// LabelRevision is the task revision a pod runs.
+	// LabelRevision is the task revision (the hash of what runs) a pod runs.
 	LabelRevision = "nodetask.io/revision"
-	// LabelAttempt is the attempt number, from 1, of a pod on its node in its revision.
+	// LabelRun is the run (status.run) a pod or script ConfigMap belongs to.
+	LabelRun = "nodetask.io/run"
+	// LabelAttempt is the attempt number, from 1, of a pod on its node in its run.
 	LabelAttempt = "nodetask.io/attempt"
+	// LabelNodeUID is the UID of the Node object a pod was made for: a node deleted and
+	// created again under its name is another machine.
+	LabelNodeUID = "nodetask.io/node-uid"
 	// LabelManagedBy marks objects made by this operator.
 	LabelManagedBy = "app.kubernetes.io/managed-by"
 	// ManagedByValue is the value of LabelManagedBy.
@@ -71,30 +76,41 @@ func taskLabelValue(name string) string {
 	return trimName(name, validation.LabelValueMaxLength-revisionLength-1) + "-" + shortHash(name)
 }
 
-// PodName is the deterministic name of a task's pod for one node, revision and attempt:
-// a controller that restarts, or whose cache lags, can never create a second pod for them.
-func PodName(task, node, revision string, attempt int32) string {
-	return trimName(task, 40) + "-" + shortHash(node+"/"+revision+"/"+strconv.Itoa(int(attempt)))
+// PodName is the deterministic name of the pod of one attempt. Deterministic, so that a
+// controller that restarts, or whose cache lags, can never create a second pod for the
+// attempt; hashed with the task's and the node's UIDs, so that another task whose name
+// starts alike, a task re-created under the same name, or a machine registered again under
+// the same node name never finds its name taken by a pod that is not its own.
+func PodName(task *ntv1.NodeTask, run int64, revision string, req PodRequest) string {
+	key := strings.Join([]string{string(task.UID), req.Node, string(req.NodeUID),
+		strconv.FormatInt(run, 10), revision, strconv.Itoa(int(req.Attempt))}, "/")
+	return trimName(task.Name, 40) + "-" + shortHash(key)
 }
 
-// ScriptConfigMapName is the name of the immutable ConfigMap that holds a revision's script.
-func ScriptConfigMapName(task, revision string) string {
-	return trimName(task, 200) + "-script-" + revision
+// ScriptConfigMapName is the name of the immutable ConfigMap that holds a run's script,
+// unique to the task's UID and the run.
+func ScriptConfigMapName(task *ntv1.NodeTask, run int64, revision string) string {
+	return trimName(task.Name, 200) + "-script-" + shortHash(string(task.UID)+"/"+strconv.FormatInt(run, 10)+"/"+revision)
 }
 
-// Pod builds the HostProcess pod that runs one attempt of the task on one node.
-func (b *PodBuilder) Pod(task *ntv1.NodeTask, node, revision string, attempt int32) *corev1.Pod {
+// Pod builds the HostProcess pod that runs one attempt of the task's run on one node.
+func (b *PodBuilder) Pod(task *ntv1.NodeTask, run int64, revision string, req PodRequest) *corev1.Pod {
 	spec := &task.Spec
-	labels := make(map[string]string, len(spec.PodLabels)+5)
+	node, attempt := req.Node, req.Attempt
+	labels := make(map[string]string, len(spec.PodLabels)+7)
 	for k, v := range spec.PodLabels {
 		labels[k] = v
 	}
 	labels[LabelTask] = taskLabelValue(task.Name)
 	labels[LabelRevision] = revision
+	labels[LabelRun] = strconv.FormatInt(run, 10)
 	labels[LabelAttempt] = strconv.Itoa(int(attempt))
 	labels[LabelManagedBy] = ManagedByValue
 	if len(validation.IsValidLabelValue(node)) == 0 {
 		labels[LabelNode] = node
+	}
+	if req.NodeUID != "" {
+		labels[LabelNodeUID] = string(req.NodeUID)
 	}
 	var annotations map[string]string
 	if len(spec.PodAnnotations) > 0 {
@@ -117,6 +133,7 @@ func (b *PodBuilder) Pod(task *ntv1.NodeTask, node, revision string, attempt int
 		{Name: "NODETASK_NAME", Value: task.Name},
 		{Name: "NODETASK_NAMESPACE", Value: task.Namespace},
 		{Name: "NODETASK_REVISION", Value: revision},
+		{Name: "NODETASK_RUN", Value: strconv.FormatInt(run, 10)},
 		{Name: "NODETASK_ATTEMPT", Value: strconv.Itoa(int(attempt))},
 		{Name: "NODETASK_NODE_NAME", Value: node},
 	}
@@ -146,7 +163,7 @@ func (b *PodBuilder) Pod(task *ntv1.NodeTask, node, revision string, attempt int
 		volumes = []corev1.Volume{{
 			Name: scriptVolume,
 			VolumeSource: corev1.VolumeSource{ConfigMap: &corev1.ConfigMapVolumeSource{
-				LocalObjectReference: corev1.LocalObjectReference{Name: ScriptConfigMapName(task.Name, revision)},
+				LocalObjectReference: corev1.LocalObjectReference{Name: ScriptConfigMapName(task, run, revision)},
 			}},
 		}}
 	case spec.Container != nil:
@@ -160,7 +177,7 @@ func (b *PodBuilder) Pod(task *ntv1.NodeTask, node, revision string, attempt int
 
 	return &corev1.Pod{
 		ObjectMeta: metav1.ObjectMeta{
-			Name:            PodName(task.Name, node, revision, attempt),
+			Name:            PodName(task, run, revision, req),
 			Namespace:       task.Namespace,
 			Labels:          labels,
 			Annotations:     annotations,
@@ -192,8 +209,8 @@ func (b *PodBuilder) Pod(task *ntv1.NodeTask, node, revision string, attempt int
 	}
 }
 
-// ScriptConfigMap builds the immutable ConfigMap that holds a revision's script and the wrapper.
-func ScriptConfigMap(task *ntv1.NodeTask, revision, script string) *corev1.ConfigMap {
+// ScriptConfigMap builds the immutable ConfigMap that holds a run's script and the wrapper.
+func ScriptConfigMap(task *ntv1.NodeTask, run int64, revision, script string) *corev1.ConfigMap {
 	data := map[string]string{wrapperKey: wrapperScript}
 	if interpreter(task.Spec.Script) == ntv1.InterpreterCmd {
 		data["script.cmd"] = script
@@ -202,11 +219,12 @@ func ScriptConfigMap(task *ntv1.NodeTask, revision, script string) *corev1.Confi
 	}
 	return &corev1.ConfigMap{
 		ObjectMeta: metav1.ObjectMeta{
-			Name:      ScriptConfigMapName(task.Name, revision),
+			Name:      ScriptConfigMapName(task, run, revision),
 			Namespace: task.Namespace,
 			Labels: map[string]string{
 				LabelTask:      taskLabelValue(task.Name),
 				LabelRevision:  revision,
+				LabelRun:       strconv.FormatInt(run, 10),
 				LabelManagedBy: ManagedByValue,
 			},
 			OwnerReferences: []metav1.OwnerReference{ownerRef(task)},

@@ -54,7 +54,7 @@ func TestGoldenScriptPod(t *testing.T) {
 		t.Spec.Resources = &corev1.ResourceRequirements{Limits: corev1.ResourceList{corev1.ResourceMemory: resource.MustParse("256Mi")}}
 	})
 	b := PodBuilder{DefaultScriptImage: ntv1.DefaultScriptImage}
-	golden(t, "pod_script.golden.yaml", toYAML(t, b.Pod(task, "akswin000001", Revision(&task.Spec), 2)))
+	golden(t, "pod_script.golden.yaml", toYAML(t, b.Pod(task, 3, Revision(&task.Spec), PodRequest{Node: "akswin000001", NodeUID: "0b5a8c1e-7f2d-4c55-9a51-3f1f2c7d9e10", Attempt: 2})))
 }
 
 func TestGoldenContainerPod(t *testing.T) {
@@ -66,21 +66,21 @@ func TestGoldenContainerPod(t *testing.T) {
 		t.Spec.TimeoutSeconds = ptr.To[int32](90)
 	})
 	b := PodBuilder{DefaultScriptImage: ntv1.DefaultScriptImage}
-	golden(t, "pod_container.golden.yaml", toYAML(t, b.Pod(task, "akswin000001", Revision(&task.Spec), 1)))
+	golden(t, "pod_container.golden.yaml", toYAML(t, b.Pod(task, 1, Revision(&task.Spec), PodRequest{Node: "akswin000001", Attempt: 1})))
 }
 
 func TestGoldenScriptConfigMap(t *testing.T) {
 	task := newTask()
-	cm := ScriptConfigMap(task, Revision(&task.Spec), "Write-Output 'héllo'\n")
+	cm := ScriptConfigMap(task, 1, Revision(&task.Spec), "Write-Output 'héllo'\n")
 	golden(t, "configmap_script.golden.yaml", toYAML(t, cm))
 	golden(t, "run.ps1.golden", []byte(cm.Data[wrapperKey]))
 }
 
 func TestScriptEncodingAndInterpreters(t *testing.T) {
 	g := NewWithT(t)
-	ps := ScriptConfigMap(newTask(), "r", "\ufeffWrite-Output x")
+	ps := ScriptConfigMap(newTask(), 1, "r", "\ufeffWrite-Output x")
 	g.Expect(ps.Data["script.ps1"]).To(Equal("\ufeffWrite-Output x"), "exactly one BOM, for Windows PowerShell 5.1")
-	cmd := ScriptConfigMap(newTask(func(t *ntv1.NodeTask) { t.Spec.Script.Interpreter = ntv1.InterpreterCmd }), "r", "echo x")
+	cmd := ScriptConfigMap(newTask(func(t *ntv1.NodeTask) { t.Spec.Script.Interpreter = ntv1.InterpreterCmd }), 1, "r", "echo x")
 	g.Expect(cmd.Data).To(HaveKeyWithValue("script.cmd", "echo x"), "no BOM: cmd.exe would read it as a command")
 	g.Expect(cmd.Data).NotTo(HaveKey("script.ps1"))
 	g.Expect(*cmd.Immutable).To(BeTrue())
@@ -92,14 +92,25 @@ func TestScriptEncodingAndInterpreters(t *testing.T) {
 
 func TestNames(t *testing.T) {
 	g := NewWithT(t)
-	long := strings.Repeat("a", 250)
-	g.Expect(validation.IsDNS1123Subdomain(PodName(long, "node", "rev", 1))).To(BeEmpty())
-	g.Expect(validation.IsDNS1123Subdomain(ScriptConfigMapName(long, "0123456789"))).To(BeEmpty())
-	g.Expect(validation.IsValidLabelValue(taskLabelValue(long))).To(BeEmpty())
-	g.Expect(taskLabelValue(long)).NotTo(Equal(taskLabelValue(long[:249] + "b")))
-	g.Expect(PodName("t", "n", "r", 1)).To(Equal(PodName("t", "n", "r", 1)), "names are deterministic")
-	g.Expect(PodName("t", "n", "r", 1)).NotTo(Equal(PodName("t", "n", "r", 2)))
-	g.Expect(PodName("t", "n", "r", 1)).NotTo(Equal(PodName("t", "n", "r2", 1)))
+	long := newTask(func(t *ntv1.NodeTask) { t.Name = strings.Repeat("a", 250) })
+	req := PodRequest{Node: "node", NodeUID: "machine-1", Attempt: 1}
+	g.Expect(validation.IsDNS1123Subdomain(PodName(long, 1, "rev", req))).To(BeEmpty())
+	g.Expect(validation.IsDNS1123Subdomain(ScriptConfigMapName(long, 1, "0123456789"))).To(BeEmpty())
+	g.Expect(validation.IsValidLabelValue(taskLabelValue(long.Name))).To(BeEmpty())
+	g.Expect(taskLabelValue(long.Name)).NotTo(Equal(taskLabelValue(long.Name[:249] + "b")))
+	task := newTask()
+	name := PodName(task, 1, "r", req)
+	g.Expect(PodName(task, 1, "r", req)).To(Equal(name), "names are deterministic")
+	for what, other := range map[string]string{
+		"attempt":  PodName(task, 1, "r", PodRequest{Node: "node", NodeUID: "machine-1", Attempt: 2}),
+		"revision": PodName(task, 1, "r2", req),
+		"run":      PodName(task, 2, "r", req),
+		"machine":  PodName(task, 1, "r", PodRequest{Node: "node", NodeUID: "machine-2", Attempt: 1}),
+		"task UID": PodName(newTask(func(t *ntv1.NodeTask) { t.UID = "other" }), 1, "r", req),
+	} {
+		g.Expect(other).NotTo(Equal(name), what)
+	}
+	g.Expect(ScriptConfigMapName(task, 2, "r")).NotTo(Equal(ScriptConfigMapName(task, 1, "r")))
 }
 
 func TestRevision(t *testing.T) {

@@ -29,18 +29,15 @@ var waitingProblems = map[string]bool{
 func podResult(pod *corev1.Pod, nodeGone bool, now time.Time) ntv1.NodeStatus {
 	e := ntv1.NodeStatus{
 		Name:      pod.Spec.NodeName,
-		Revision:  podRevision(pod),
+		Run:       podRun(pod),
 		Attempts:  podAttempt(pod),
 		StartTime: pod.CreationTimestamp.DeepCopy(),
 	}
 	term := terminated(pod)
 	switch {
 	case pod.Status.Phase == corev1.PodSucceeded:
+		// Succeeded means exit code 0: leaving it out saves 65 KB at 5000 nodes.
 		e.Phase = ntv1.NodeSucceeded
-		e.ExitCode = ptrInt32(0)
-		if term != nil {
-			e.ExitCode = ptrInt32(term.ExitCode)
-		}
 	case pod.Status.Phase == corev1.PodFailed:
 		e.Phase, e.Reason = ntv1.NodeFailed, ntv1.NodeReasonError
 		switch {
@@ -70,7 +67,7 @@ func podResult(pod *corev1.Pod, nodeGone bool, now time.Time) ntv1.NodeStatus {
 		return e
 	}
 	if e.FinishTime == nil {
-		e.FinishTime = &metav1.Time{Time: podFinishTime(pod, now)}
+		e.FinishTime = &metav1.Time{Time: podFinishTime(pod)}
 	}
 	switch {
 	case term != nil && term.Message != "":
@@ -81,14 +78,24 @@ func podResult(pod *corev1.Pod, nodeGone bool, now time.Time) ntv1.NodeStatus {
 	return e
 }
 
-// podFinishTime is when the pod's container ended, as the kubelet reports it; a pod that
-// ended without one (killed before it started) counts from now, and the planner then keeps
-// the first time it recorded.
-func podFinishTime(pod *corev1.Pod, now time.Time) time.Time {
+// podFinishTime is when the pod's container ended, as the kubelet reports it. A pod that
+// ended without a container state (timed out before it started, refused by the kubelet,
+// evicted) counts from its last condition change, else from its creation: never from the
+// clock, so that the time, and a TTL counted from it, stays put from one reconcile to the next.
+func podFinishTime(pod *corev1.Pod) time.Time {
 	if t := terminated(pod); t != nil && !t.FinishedAt.IsZero() {
 		return t.FinishedAt.Time
 	}
-	return now
+	at := pod.CreationTimestamp.Time
+	if pod.Status.StartTime != nil && pod.Status.StartTime.After(at) {
+		at = pod.Status.StartTime.Time
+	}
+	for _, c := range pod.Status.Conditions {
+		if c.LastTransitionTime.After(at) {
+			at = c.LastTransitionTime.Time
+		}
+	}
+	return at
 }
 
 func terminated(pod *corev1.Pod) *corev1.ContainerStateTerminated {

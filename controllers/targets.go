@@ -17,13 +17,28 @@ const (
 	WindowsOS = "windows"
 )
 
-// conditionTaints are taints that describe a node's state rather than a user's wish to keep
-// workloads away. The planner handles that state itself (a NotReady node waits, a cordoned
-// node is still a target), so these never exclude a node.
+// conditionTaints are taints that describe a node's passing state rather than a user's
+// wish to keep workloads away. The planner handles that state itself (a NotReady node or a
+// node under pressure waits, a cordoned node is still a target), so these never exclude a
+// node: a short spell of disk pressure must not drop a node from the run, nor make the task
+// report Ready and then flip back.
 var conditionTaints = map[string]bool{
-	corev1.TaintNodeNotReady:      true,
-	corev1.TaintNodeUnreachable:   true,
-	corev1.TaintNodeUnschedulable: true,
+	corev1.TaintNodeNotReady:           true,
+	corev1.TaintNodeUnreachable:        true,
+	corev1.TaintNodeUnschedulable:      true,
+	corev1.TaintNodeDiskPressure:       true,
+	corev1.TaintNodeMemoryPressure:     true,
+	corev1.TaintNodePIDPressure:        true,
+	corev1.TaintNodeNetworkUnavailable: true,
+}
+
+// unavailableTaints are the condition taints during which a node waits to start the task.
+// (A cordon does not stop it: node maintenance tasks must run on cordoned nodes.)
+var unavailableTaints = map[string]bool{
+	corev1.TaintNodeDiskPressure:       true,
+	corev1.TaintNodeMemoryPressure:     true,
+	corev1.TaintNodePIDPressure:        true,
+	corev1.TaintNodeNetworkUnavailable: true,
 }
 
 // nodeSelection is a task's node selector, parsed once per reconcile.
@@ -73,20 +88,23 @@ func (s *nodeSelection) tolerates(taints []corev1.Taint) bool {
 		if t.Effect == corev1.TaintEffectPreferNoSchedule || conditionTaints[t.Key] {
 			continue
 		}
-		tolerated := false
-		for j := range s.tolerations {
-			// Gt/Lt tolerations are alpha in Kubernetes 1.37; like a cluster without the
-			// feature gate, the operator does not honour them.
-			if s.tolerations[j].ToleratesTaint(klog.Background(), t, false) {
-				tolerated = true
-				break
-			}
-		}
-		if !tolerated {
+		if !toleratedBy(t, s.tolerations) {
 			return false
 		}
 	}
 	return true
+}
+
+// toleratedBy reports whether one of the tolerations tolerates the taint.
+func toleratedBy(t *corev1.Taint, tolerations []corev1.Toleration) bool {
+	for j := range tolerations {
+		// Gt/Lt tolerations are alpha in Kubernetes 1.37; like a cluster without the
+		// feature gate, the operator does not honour them.
+		if tolerations[j].ToleratesTaint(klog.Background(), t, false) {
+			return true
+		}
+	}
+	return false
 }
 
 // nodeReady reports whether the node's Ready condition is True.
@@ -97,4 +115,22 @@ func nodeReady(node *corev1.Node) bool {
 		}
 	}
 	return false
+}
+
+// nodeBlocked says why a target node cannot start an attempt now: NodeNotReady,
+// NodeUnavailable (a pressure or network taint the task does not tolerate), or "" if it can.
+func nodeBlocked(node *corev1.Node, tolerations []corev1.Toleration) string {
+	if !nodeReady(node) {
+		return ntv1.NodeReasonNodeNotReady
+	}
+	for i := range node.Spec.Taints {
+		t := &node.Spec.Taints[i]
+		if !unavailableTaints[t.Key] || t.Effect == corev1.TaintEffectPreferNoSchedule {
+			continue
+		}
+		if !toleratedBy(t, tolerations) {
+			return ntv1.NodeReasonNodeUnavailable
+		}
+	}
+	return ""
 }

@@ -38,13 +38,23 @@ const (
 	ReasonInvalidSpec = "InvalidSpec"
 	// ReasonPodCreateFailed: the API server refused the pods for another reason.
 	ReasonPodCreateFailed = "PodCreateFailed"
+	// ReasonQuotaExceeded: a ResourceQuota refused some pods; the rollout goes on as pods
+	// finish and free the quota (Reconciling, not Stalled).
+	ReasonQuotaExceeded = "QuotaExceeded"
+	// ReasonScriptConfigMapConflict: an object the task does not own holds the name of the
+	// run's script ConfigMap.
+	ReasonScriptConfigMapConflict = "ScriptConfigMapConflict"
+	// ReasonStatusTooLarge: the per-node results no longer fit in the object under the API
+	// server's size limit; no further node starts and no pod is deleted, so no result is lost.
+	ReasonStatusTooLarge = "StatusTooLarge"
 )
 
 // Per-node reasons, in status.nodes[].reason.
 const (
 	// NodeReasonError: the attempt exited with a non-zero code.
 	NodeReasonError = "Error"
-	// NodeReasonTimeout: the attempt ran longer than timeoutSeconds and was stopped.
+	// NodeReasonTimeout: the attempt ran longer than timeoutSeconds and was stopped, by the
+	// kubelet or, when the kubelet did not (an unreachable node), by the operator.
 	NodeReasonTimeout = "Timeout"
 	// NodeReasonNodeLost: the node was deleted while its pod ran.
 	NodeReasonNodeLost = "NodeLost"
@@ -52,6 +62,12 @@ const (
 	NodeReasonPodDeleted = "PodDeleted"
 	// NodeReasonNodeNotReady: the node is not Ready, so the task waits to start there.
 	NodeReasonNodeNotReady = "NodeNotReady"
+	// NodeReasonNodeUnavailable: the kubelet tainted the node for disk, memory or PID
+	// pressure or an unavailable network, so the task waits to start there.
+	NodeReasonNodeUnavailable = "NodeUnavailable"
+	// NodeReasonPodRejected: the API server refused the attempt's pod (an admission webhook,
+	// a LimitRange...); the output holds its message. It counts as a failed attempt.
+	NodeReasonPodRejected = "PodRejected"
 	// NodeReasonRetryBackoff: the last attempt failed and the next waits for its backoff.
 	NodeReasonRetryBackoff = "RetryBackoff"
 )

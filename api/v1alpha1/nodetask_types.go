@@ -21,6 +21,9 @@ type NodeTaskSpec struct {
 	// nodeSelector selects the nodes to run on by their labels. It is always combined with
 	// kubernetes.io/os=windows: Linux nodes are never targeted. Unset selects every Windows node.
 	// +optional
+	// +kubebuilder:validation:XValidation:rule="!has(self.matchExpressions) || self.matchExpressions.all(e, e.operator in ['In', 'NotIn', 'Exists', 'DoesNotExist'])",message="nodeSelector.matchExpressions[].operator must be one of In, NotIn, Exists, DoesNotExist"
+	// +kubebuilder:validation:XValidation:rule="!has(self.matchExpressions) || self.matchExpressions.all(e, !(e.operator in ['In', 'NotIn']) || (has(e.values) && size(e.values) > 0))",message="nodeSelector.matchExpressions[] with operator In or NotIn needs at least one value"
+	// +kubebuilder:validation:XValidation:rule="!has(self.matchExpressions) || self.matchExpressions.all(e, !(e.operator in ['Exists', 'DoesNotExist']) || !has(e.values) || size(e.values) == 0)",message="nodeSelector.matchExpressions[] with operator Exists or DoesNotExist must not have values"
 	NodeSelector *metav1.LabelSelector `json:"nodeSelector,omitempty"`
 
 	// nodeNames, when set, limits the task to the nodes with these names (still only Windows
@@ -120,8 +123,8 @@ type NodeTaskSpec struct {
 	Rollout RolloutSpec `json:"rollout,omitempty"`
 
 	// newNodes says what happens to a node that joins, or starts to match, after the current
-	// revision started: Run (it gets the task too) or Ignore (the targets are fixed when a
-	// revision starts).
+	// run started: Run (it gets the task too) or Ignore (the targets are fixed when a
+	// run starts).
 	// +optional
 	// +kubebuilder:default=Run
 	NewNodes NewNodesPolicy `json:"newNodes,omitempty"`
@@ -254,7 +257,7 @@ type NewNodesPolicy string
 const (
 	// NewNodesRun gives the task to a node that joins or starts matching later.
 	NewNodesRun NewNodesPolicy = "Run"
-	// NewNodesIgnore fixes the target nodes when a revision starts.
+	// NewNodesIgnore fixes the target nodes when a run starts.
 	NewNodesIgnore NewNodesPolicy = "Ignore"
 )
 
@@ -263,7 +266,7 @@ const (
 type NodePhase string
 
 const (
-	// NodePending: the node has not started the current revision yet (waiting for a
+	// NodePending: the node has not started the current run yet (waiting for a
 	// rollout slot, a retry's backoff, or the node to become Ready).
 	NodePending NodePhase = "Pending"
 	// NodeRunning: the node's pod exists and has not finished.
@@ -282,18 +285,19 @@ type NodeStatus struct {
 	// phase is Pending, Running, Succeeded or Failed.
 	Phase NodePhase `json:"phase"`
 
-	// revision is the task revision this entry's attempt ran. It is left out when it equals
-	// status.revision, which keeps the status small at thousands of nodes.
+	// run is the run (see status.run) this entry belongs to. It is left out when it equals
+	// status.run, which keeps the status small at thousands of nodes; an entry of an earlier
+	// run is a node that has not started the current one yet.
 	// +optional
-	Revision string `json:"revision,omitempty"`
+	Run int64 `json:"run,omitempty"`
 
-	// attempts is how many pods have been started for this node in its revision.
+	// attempts is how many pods have been started for this node in its run.
 	// +optional
 	Attempts int32 `json:"attempts,omitempty"`
 
-	// exitCode is the exit code of the last finished attempt. Windows exit codes may be
+	// exitCode is the exit code of the last failed attempt. Windows exit codes may be
 	// NTSTATUS values, which read as negative numbers. A pod stopped by its timeout or
-	// deleted has none.
+	// deleted has none, and a Succeeded node leaves it out: success is exit code 0.
 	// +optional
 	ExitCode *int32 `json:"exitCode,omitempty"`
 
@@ -330,31 +334,37 @@ type NodeTaskStatus struct {
 	// +optional
 	Revision string `json:"revision,omitempty"`
 
-	// startTime is when the current revision started.
+	// run counts the runs of this task: it goes up by one whenever revision changes, also
+	// when the spec goes back to content that ran before (a GitOps revert), so that such a
+	// change runs again on every node. Pods carry it in their nodetask.io/run label.
+	// +optional
+	Run int64 `json:"run,omitempty"`
+
+	// startTime is when the current run started.
 	// +optional
 	StartTime *metav1.Time `json:"startTime,omitempty"`
 
-	// completionTime is when every target of the current revision finished.
+	// completionTime is when every target of the current run finished.
 	// +optional
 	CompletionTime *metav1.Time `json:"completionTime,omitempty"`
 
-	// targets is how many nodes the current revision runs on.
+	// targets is how many nodes the current run runs on.
 	// +optional
 	Targets int32 `json:"targets"`
 
-	// pending is how many targets have not started the current revision.
+	// pending is how many targets have not started the current run.
 	// +optional
 	Pending int32 `json:"pending"`
 
-	// running is how many targets are running the current revision.
+	// running is how many targets are running the current run.
 	// +optional
 	Running int32 `json:"running"`
 
-	// succeeded is how many targets finished the current revision successfully.
+	// succeeded is how many targets finished the current run successfully.
 	// +optional
 	Succeeded int32 `json:"succeeded"`
 
-	// failed is how many targets failed the current revision with no retry left.
+	// failed is how many targets failed the current run with no retry left.
 	// +optional
 	Failed int32 `json:"failed"`
 
@@ -365,8 +375,10 @@ type NodeTaskStatus struct {
 	Conditions []metav1.Condition `json:"conditions,omitempty"`
 
 	// nodes has one entry per target node, sorted by name. A node that has not started the
-	// current revision keeps its previous revision's result until it does; a node that was
-	// deleted or stopped matching keeps the result it reached in the current revision.
+	// current run keeps its previous run's result until it does; a node that stopped
+	// matching keeps the result it reached in the current run. The entry of a deleted node
+	// is dropped once its pods are gone, so that node churn does not grow the status; a
+	// node deleted and created again under the same name is a new machine and starts afresh.
 	// The list is atomic so that managedFields stays one line however many nodes there are.
 	// +optional
 	// +listType=atomic
@@ -380,6 +392,7 @@ type NodeTaskStatus struct {
 // +kubebuilder:object:root=true
 // +kubebuilder:subresource:status
 // +kubebuilder:resource:shortName=nt,categories=all
+// +kubebuilder:printcolumn:name="Run",type=integer,JSONPath=`.status.run`,priority=1
 // +kubebuilder:printcolumn:name="Targets",type=integer,JSONPath=`.status.targets`
 // +kubebuilder:printcolumn:name="Running",type=integer,JSONPath=`.status.running`,priority=1
 // +kubebuilder:printcolumn:name="Succeeded",type=integer,JSONPath=`.status.succeeded`

@@ -76,6 +76,18 @@ var invalidCases = []struct {
 	{`maxConcurrent "101%"`, func(t *ntv1.NodeTask) {
 		t.Spec.Rollout.MaxConcurrent = ptr.To(intstr.FromString("101%"))
 	}, "rollout.maxConcurrent must be a whole number of at least 1"},
+	{"a nodeSelector expression with an unknown operator", func(t *ntv1.NodeTask) {
+		t.Spec.NodeSelector = &metav1.LabelSelector{MatchExpressions: []metav1.LabelSelectorRequirement{
+			{Key: "pool", Operator: "Equals", Values: []string{"win22"}}}}
+	}, "nodeSelector.matchExpressions[].operator must be one of In, NotIn, Exists, DoesNotExist"},
+	{"a nodeSelector In expression without values", func(t *ntv1.NodeTask) {
+		t.Spec.NodeSelector = &metav1.LabelSelector{MatchExpressions: []metav1.LabelSelectorRequirement{
+			{Key: "pool", Operator: metav1.LabelSelectorOpIn}}}
+	}, "with operator In or NotIn needs at least one value"},
+	{"a nodeSelector Exists expression with values", func(t *ntv1.NodeTask) {
+		t.Spec.NodeSelector = &metav1.LabelSelector{MatchExpressions: []metav1.LabelSelectorRequirement{
+			{Key: "pool", Operator: metav1.LabelSelectorOpExists, Values: []string{"x"}}}}
+	}, "with operator Exists or DoesNotExist must not have values"},
 	{"maxConcurrent a malformed percentage", func(t *ntv1.NodeTask) {
 		t.Spec.Rollout.MaxConcurrent = ptr.To(intstr.FromString("25 percent"))
 	}, "rollout.maxConcurrent must be a whole number of at least 1"},
@@ -144,6 +156,21 @@ var _ = Describe("NodeTask validation", func() {
 			Expect(k8sClient.Create(ctx, task)).To(Succeed(), "runAsUserName %q", user)
 			DeferCleanup(k8sClient.Delete, ctx, task)
 		}
+	})
+
+	It("accepts nodeSelector expressions of every operator used as documented", func() {
+		task := validTask("selector")
+		task.Spec.NodeSelector = &metav1.LabelSelector{
+			MatchLabels: map[string]string{"pool": "win22"},
+			MatchExpressions: []metav1.LabelSelectorRequirement{
+				{Key: "ring", Operator: metav1.LabelSelectorOpIn, Values: []string{"0", "1"}},
+				{Key: "gpu", Operator: metav1.LabelSelectorOpNotIn, Values: []string{"true"}},
+				{Key: "node.kubernetes.io/windows-build", Operator: metav1.LabelSelectorOpExists},
+				{Key: "quarantine", Operator: metav1.LabelSelectorOpDoesNotExist},
+			},
+		}
+		Expect(k8sClient.Create(ctx, task)).To(Succeed())
+		DeferCleanup(k8sClient.Delete, ctx, task)
 	})
 
 	DescribeTable("rejects invalid NodeTasks with a clear message",

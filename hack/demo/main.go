@@ -174,8 +174,11 @@ func printNodes(nt *ntv1.NodeTask) {
 	fmt.Fprintln(w, "NODE\tPHASE\tEXIT\tATTEMPTS\tOUTPUT")
 	for _, e := range nt.Status.Nodes {
 		exit := "-"
-		if e.ExitCode != nil {
+		switch {
+		case e.ExitCode != nil:
 			exit = fmt.Sprint(*e.ExitCode)
+		case e.Phase == ntv1.NodeSucceeded:
+			exit = "0"
 		}
 		fmt.Fprintf(w, "%s\t%s\t%s\t%d\t%s\n", e.Name, e.Phase, exit, e.Attempts, strings.ReplaceAll(strings.TrimSpace(e.Output), "\n", " | "))
 	}
