@@ -11,9 +11,9 @@ import (
 	"time"
 
 	"k8s.io/apimachinery/pkg/runtime"
-	"k8s.io/utils/ptr"
 	utilruntime "k8s.io/apimachinery/pkg/util/runtime"
 	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
+	"k8s.io/utils/ptr"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/healthz"
@@ -72,8 +72,8 @@ func main() {
 		// Running reconciles get this long to finish on SIGTERM; the Deployment's
 		// terminationGracePeriodSeconds (30) must stay above it.
 		GracefulShutdownTimeout: ptr.To(controllers.GracefulShutdownTimeout),
-		Cache:                         controllers.CacheOptions(),
-		Client:                        client.Options{Cache: &client.CacheOptions{DisableFor: controllers.UncachedObjects}},
+		Cache:                   controllers.CacheOptions(),
+		Client:                  client.Options{Cache: &client.CacheOptions{DisableFor: controllers.UncachedObjects}},
 	})
 	if err != nil {
 		setupLog.Error(err, "unable to create manager")

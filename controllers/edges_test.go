@@ -229,7 +229,6 @@ func TestEdgeSupersededWaitingPodCancelled(t *testing.T) {
 	g.Expect(deletedPods(p)).To(ConsistOf(pod))
 }
 
-
 // Item 11: status writes are held back while only progress changes, never when a condition
 // changes or a run starts.
 func TestWriteDelay(t *testing.T) {

@@ -94,7 +94,9 @@ type nodeDecision struct {
 	requeue time.Duration
 }
 
-func (d *nodeDecision) after(wait time.Duration) { d.requeue = soonest(d.requeue, max(wait, time.Millisecond)) }
+func (d *nodeDecision) after(wait time.Duration) {
+	d.requeue = soonest(d.requeue, max(wait, time.Millisecond))
+}
 
 // decide runs one node's lifecycle one step.
 func (lc *lifecycle) decide(in nodeInput) nodeDecision {
