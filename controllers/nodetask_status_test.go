@@ -287,3 +287,20 @@ func settleWith(obs *Observed, p *Plan) ntv1.NodeTaskStatus {
 	obs.Task.Status = ComputeStatus(obs, p, Outcome{Started: started})
 	return obs.Task.Status
 }
+
+func TestEntryJSONLen(t *testing.T) {
+	g := NewWithT(t)
+	at := metav1.NewTime(time.Date(2026, 11, 26, 12, 0, 0, 123, time.FixedZone("CET", 3600)))
+	for _, e := range []ntv1.NodeStatus{
+		{Name: "akswin000001", Phase: ntv1.NodePending},
+		{Name: eksName(70000), Phase: ntv1.NodeSucceeded, Attempts: 1, StartTime: &at, FinishTime: &at},
+		{Name: "win-a", Phase: ntv1.NodeFailed, Run: 12345678901, Attempts: 11, ExitCode: ptr.To[int32](-1073741510),
+			Reason: ntv1.NodeReasonTimeout, Output: "line 1\r\n\"quoted\" <b>\u2028 é", StartTime: &at, FinishTime: &at},
+	} {
+		b, err := json.Marshal(&e)
+		g.Expect(err).NotTo(HaveOccurred())
+		g.Expect(entryJSONLen(&e)).To(Equal(len(b)), string(b))
+	}
+	task, st := bigStatus(50, func(i int) string { return fmt.Sprintf("akswin%06d", i) })
+	g.Expect(objectSize(task, &st)).To(Equal(storedSize(g, task, st)))
+}
