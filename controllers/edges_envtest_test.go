@@ -243,6 +243,26 @@ var _ = Describe("NodeTask controller at the edges", func() {
 		}).Should(ConsistOf("3"), "only the current run's script is kept")
 	})
 
+	It("reports a ConfigMap it does not own under its script's name as a conflict, and goes on once it is gone", func() {
+		f := newFixture()
+		f.addWindowsNodes(1)
+		task := f.task("squatted", func(t *ntv1.NodeTask) { t.Spec.Suspend = true })
+		create(task)
+		squatter := &corev1.ConfigMap{ObjectMeta: metav1.ObjectMeta{
+			Name: ScriptConfigMapName(get(task), 1, Revision(&task.Spec)), Namespace: f.ns}}
+		create(squatter)
+		updateSpec(task, func(t *ntv1.NodeTask) { t.Spec.Suspend = false })
+		Eventually(conditionReason(task, ntv1.ConditionStalled)).Should(Equal(ntv1.ReasonScriptConfigMapConflict))
+		Expect(condition(task, ntv1.ConditionStalled).Message).To(ContainSubstring(squatter.Name))
+		Expect(f.pods(task)).To(BeEmpty())
+
+		Expect(k8sClient.Delete(suiteCtx, squatter)).To(Succeed())
+		// A stalled task retries within a minute; any change of the task retries at once.
+		updateSpec(task, func(t *ntv1.NodeTask) { t.Annotations = map[string]string{"example.com/poke": "1"} })
+		Eventually(func() int { return len(f.pods(task)) }).Should(Equal(1))
+		Eventually(conditionStatus(task, ntv1.ConditionStalled)).Should(Equal(metav1.ConditionFalse))
+	})
+
 	It("runs a GitOps revert (A, B, A) again on every node", func() {
 		f := newFixture()
 		f.addWindowsNodes(2)

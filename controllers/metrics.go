@@ -1,7 +1,6 @@
 package controllers
 
 import (
-	"encoding/json"
 	"sync"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -30,7 +29,5 @@ func registerMetrics() {
 // recordStatusWrite counts one accepted status write and the size of the object written.
 func recordStatusWrite(task *ntv1.NodeTask) {
 	statusWrites.Inc()
-	if b, err := json.Marshal(task); err == nil {
-		statusWriteBytes.Add(float64(len(b)))
-	}
+	statusWriteBytes.Add(float64(objectSize(task, &task.Status)))
 }
