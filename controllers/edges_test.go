@@ -279,3 +279,22 @@ func TestWriteDelay(t *testing.T) {
 		})
 	}
 }
+
+// A node starts no attempt while a pod of an earlier one is still being deleted, however
+// long that takes: its process may still be running.
+func TestEdgeOnePodPerNodeAtATime(t *testing.T) {
+	g := NewWithT(t)
+	task := newTask(func(t *ntv1.NodeTask) { t.Spec.Retries = ptr.To[int32](1) })
+	lingering := taskPod(task, "win-a", 1, 1, func(p *corev1.Pod) { p.DeletionTimestamp = &metav1.Time{Time: t0} })
+	obs := observe(task, nodes("win-a"), lingering)
+	settle(obs)
+	g.Expect(entry(&obs.Task.Status, "win-a").Reason).To(Equal(ntv1.NodeReasonRetryBackoff))
+	obs = observe(obs.Task, nodes("win-a"), lingering)
+	obs.Now = t0.Add(10 * time.Minute)
+	p := settle(obs)
+	g.Expect(p.Create).To(BeEmpty())
+	g.Expect(p.InFlight).To(Equal(0), "it no longer holds a rollout slot")
+	obs = observe(obs.Task, nodes("win-a")) // gone at last
+	obs.Now = t0.Add(10 * time.Minute)
+	g.Expect(requestNodes(ComputePlan(obs).Create)).To(Equal([]string{"win-a#2"}))
+}

@@ -117,8 +117,10 @@ func (lc *lifecycle) decide(in nodeInput) nodeDecision {
 	}
 
 	var cur *corev1.Pod // the latest attempt of the current run
+	busy := false       // a pod of the node has not finished: the node starts nothing else
 	for _, pod := range mine {
 		if !podFinished(pod) {
+			busy = true
 			if lc.holdsSlot(pod, gone, ready) {
 				d.inFlight = true
 			}
@@ -149,7 +151,7 @@ func (lc *lifecycle) decide(in nodeInput) nodeDecision {
 
 	lc.deletions(in, mine, ready, &d)
 
-	if !in.target || d.inFlight || gone || nodeBlocked(in.node, lc.tolerations) != "" {
+	if !in.target || busy || gone || nodeBlocked(in.node, lc.tolerations) != "" {
 		return d
 	}
 	req := PodRequest{Node: in.name, NodeUID: in.node.UID, Attempt: 1}
