@@ -68,6 +68,20 @@ test: verify-generated vet setup-envtest ## Run the unit and envtest integration
 test-e2e: setup-envtest kwok kustomize build ## Run the end-to-end suite: the manager as its own process against a simulated cluster (KWOK).
 	K8S_ASSETS="$(K8S_ASSETS)" KWOK="$(KWOK)" KUSTOMIZE="$(KUSTOMIZE)" MANAGER="$(LOCALBIN)/manager" go test $(GO_TEST_FLAGS) -timeout 30m -v ./test/e2e/ -ginkgo.v
 
+.PHONY: argocd-testdata
+argocd-testdata: setup-envtest kwok build ## Regenerate the Argo CD health check's testdata from tasks run on the simulated cluster.
+	go run ./hack/argocd-testdata --assets "$(K8S_ASSETS)" --kwok "$(KWOK)"
+
+.PHONY: test-argocd-testdata
+test-argocd-testdata: setup-envtest kwok build ## Produce the Argo CD testdata afresh on the simulated cluster and check each state's health again.
+	rm -rf bin/argocd-testdata-out && mkdir -p bin/argocd-testdata-out
+	go run ./hack/argocd-testdata --assets "$(K8S_ASSETS)" --kwok "$(KWOK)" --out bin/argocd-testdata-out
+	ARGOCD_TESTDATA="$(CURDIR)/bin/argocd-testdata-out" go test $(GO_TEST_FLAGS) ./integrations/argocd/ -run TestFreshTestdata -v
+
+.PHONY: argocd-cm
+argocd-cm: ## Write config/argocd/argocd-cm.yaml (the health check as an argocd-cm customization) from health.lua.
+	hack/argocd-cm.sh > config/argocd/argocd-cm.yaml
+
 .PHONY: bench
 bench: ## Run the planner and status benchmarks at 1000 and 5000 nodes.
 	go test -run '^$$' -bench . -benchmem ./controllers/

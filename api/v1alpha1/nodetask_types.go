@@ -407,8 +407,11 @@ type NodeTask struct {
 	// spec says what to run, where, and how fast.
 	Spec NodeTaskSpec `json:"spec"`
 
-	// status is the observed progress and the per-node results.
+	// status is the observed progress and the per-node results. A task no controller has
+	// acted on yet reads as status.observedGeneration 0 (a default), so that kstatus-based
+	// tools (Flux's wait) see a generation not yet observed instead of a finished task.
 	// +optional
+	// +kubebuilder:default={observedGeneration: 0}
 	Status NodeTaskStatus `json:"status,omitempty"`
 }
 

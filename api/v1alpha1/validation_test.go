@@ -18,6 +18,8 @@ import (
 	"k8s.io/apimachinery/pkg/util/intstr"
 	utilyaml "k8s.io/apimachinery/pkg/util/yaml"
 	"k8s.io/utils/ptr"
+	kstatus "sigs.k8s.io/cli-utils/pkg/kstatus/status"
+	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/envtest"
 
 	ntv1 "github.com/nodetask/nodetask-operator/api/v1alpha1"
@@ -156,6 +158,22 @@ var _ = Describe("NodeTask validation", func() {
 			Expect(k8sClient.Create(ctx, task)).To(Succeed(), "runAsUserName %q", user)
 			DeferCleanup(k8sClient.Delete, ctx, task)
 		}
+	})
+
+	It("reads a task no controller has acted on as a generation not yet observed", func() {
+		task := validTask("unobserved")
+		Expect(k8sClient.Create(ctx, task)).To(Succeed())
+		DeferCleanup(k8sClient.Delete, ctx, task)
+		u := &unstructured.Unstructured{}
+		u.SetGroupVersionKind(ntv1.GroupVersion.WithKind("NodeTask"))
+		Expect(k8sClient.Get(ctx, client.ObjectKeyFromObject(task), u)).To(Succeed())
+		observed, found, err := unstructured.NestedInt64(u.Object, "status", "observedGeneration")
+		Expect(err).NotTo(HaveOccurred())
+		Expect(found).To(BeTrue(), "status.observedGeneration defaults to 0")
+		Expect(observed).To(BeZero())
+		res, err := kstatus.Compute(u)
+		Expect(err).NotTo(HaveOccurred())
+		Expect(res.Status).To(Equal(kstatus.InProgressStatus), "Flux's wait must not take a new task for a finished one")
 	})
 
 	It("accepts nodeSelector expressions of every operator used as documented", func() {
