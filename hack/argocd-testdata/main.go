@@ -66,13 +66,7 @@ type gen struct {
 }
 
 func run(ctx context.Context, opts cluster.Options, manager, out string) error {
-	if err := cluster.CheckBinaries(opts); err != nil {
-		return err
-	}
-	if err := os.RemoveAll(opts.WorkDir); err != nil {
-		return err
-	}
-	c, err := cluster.Start(ctx, opts)
+	c, err := cluster.StartFresh(ctx, opts)
 	if c != nil {
 		defer func() { _ = c.Stop() }()
 	}

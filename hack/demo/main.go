@@ -65,13 +65,7 @@ func main() {
 }
 
 func run(ctx context.Context, opts cluster.Options, manager, sample string, keep bool, timeout time.Duration) error {
-	if err := cluster.CheckBinaries(opts); err != nil {
-		return err
-	}
-	if err := os.RemoveAll(opts.WorkDir); err != nil {
-		return err
-	}
-	c, err := cluster.Start(ctx, opts)
+	c, err := cluster.StartFresh(ctx, opts)
 	if c != nil {
 		defer func() {
 			fmt.Println("[demo] stopping the manager, kwok and the control plane")

@@ -320,6 +320,19 @@ func (c *Cluster) logf(format string, args ...any) {
 // ErrMissingBinary tells which prerequisite is missing.
 var ErrMissingBinary = errors.New("missing binary")
 
+// StartFresh checks that the binaries exist, empties opts.WorkDir of an earlier run's files,
+// and starts the cluster. On error, whatever was started is stopped; a non-nil cluster is
+// returned whenever something may need stopping.
+func StartFresh(ctx context.Context, opts Options) (*Cluster, error) {
+	if err := CheckBinaries(opts); err != nil {
+		return nil, err
+	}
+	if err := os.RemoveAll(opts.WorkDir); err != nil {
+		return nil, err
+	}
+	return Start(ctx, opts)
+}
+
 // CheckBinaries verifies that the binaries the cluster needs exist.
 func CheckBinaries(opts Options) error {
 	for _, p := range []string{

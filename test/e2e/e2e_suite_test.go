@@ -68,9 +68,7 @@ var _ = BeforeSuite(func() {
 		WorkDir:    filepath.Join(root, "bin", "e2e"),
 		Log:        GinkgoWriter,
 	}
-	Expect(cluster.CheckBinaries(opts)).To(Succeed())
-	Expect(os.RemoveAll(opts.WorkDir)).To(Succeed())
-	c, err = cluster.Start(ctx, opts)
+	c, err = cluster.StartFresh(ctx, opts)
 	Expect(err).NotTo(HaveOccurred())
 	k8s = c.Client
 	for i := range windowsNodes {
