@@ -86,7 +86,14 @@ func taskPod(task *ntv1.NodeTask, node string, run int64, attempt int32, opts ..
 	return p
 }
 
+// exited plays the end of an attempt as the wrapper reports it: the output, then the
+// completion marker with the exit code.
 func exited(code int32, msg string, at time.Time) podOpt {
+	return exitedRaw(code, msg+"\n"+completionMarker+strconv.Itoa(int(code)), at)
+}
+
+// exitedRaw is an end with exactly this termination message.
+func exitedRaw(code int32, msg string, at time.Time) podOpt {
 	return func(p *corev1.Pod) {
 		p.Status.Phase = corev1.PodSucceeded
 		if code != 0 {

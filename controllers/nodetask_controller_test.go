@@ -132,8 +132,10 @@ func unfinished(pods []corev1.Pod) []corev1.Pod {
 	return out
 }
 
-// finish plays the kubelet: the pod's container ended with this exit code and message.
+// finish plays the kubelet: the pod's container ended with this exit code and output, which
+// the wrapper ends with its completion marker.
 func finish(pod *corev1.Pod, code int32, message string) {
+	message += "\n" + completionMarker + fmt.Sprint(code)
 	Eventually(func() error {
 		if err := k8sClient.Get(suiteCtx, client.ObjectKeyFromObject(pod), pod); err != nil {
 			return err

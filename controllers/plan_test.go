@@ -225,6 +225,9 @@ func TestPlanResults(t *testing.T) {
 		{"image pull failure while waiting", taskPod(task, "win-a", 1, 1, waitingFor("ImagePullBackOff")), false, ntv1.NodeRunning, "ImagePullBackOff", nil, "pull access denied"},
 		{"deleted by someone else", taskPod(task, "win-a", 1, 1, func(p *corev1.Pod) { p.DeletionTimestamp = &metav1.Time{Time: t0} }), false, ntv1.NodeFailed, ntv1.NodeReasonPodDeleted, nil, ""},
 		{"node deleted mid-run", taskPod(task, "win-a", 1, 1), true, ntv1.NodeFailed, ntv1.NodeReasonNodeLost, nil, ""},
+		{"exit 0 without the completion marker: interrupted", taskPod(task, "win-a", 1, 1, exitedRaw(0, "half way", t0)), false, ntv1.NodeFailed, ntv1.NodeReasonInterrupted, nil, "half way"},
+		{"exit 0 with no message at all: interrupted", taskPod(task, "win-a", 1, 1, exitedRaw(0, "", t0)), false, ntv1.NodeFailed, ntv1.NodeReasonInterrupted, nil, ""},
+		{"a failure without the marker keeps its exit code", taskPod(task, "win-a", 1, 1, exitedRaw(2, "crashed", t0)), false, ntv1.NodeFailed, ntv1.NodeReasonError, ptr.To[int32](2), "crashed"},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {

@@ -39,8 +39,10 @@ const (
 const (
 	containerName = "task"
 	scriptVolume  = "nodetask"
-	// scriptMountPath is relative to the container's sandbox: HostProcess containers see
-	// volumes under $env:CONTAINER_SANDBOX_MOUNT_POINT\nodetask on containerd 1.6 and 1.7+.
+	// scriptMountPath is relative to the container's sandbox: in both of hcsshim's modes
+	// (bind filter, and the fallback on nodes without it) the volume is reachable as
+	// $env:CONTAINER_SANDBOX_MOUNT_POINT\nodetask; only the bind filter also binds it at
+	// C:\nodetask.
 	scriptMountPath = "/nodetask"
 	wrapperKey      = "run.ps1"
 	// utf8BOM lets Windows PowerShell 5.1 read a script as UTF-8; without it, 5.1 reads
@@ -54,8 +56,9 @@ const (
 var wrapperScript string
 
 // wrapperCommand starts the wrapper with Windows PowerShell 5.1, which every Windows host
-// has. hcsshim expands %CONTAINER_SANDBOX_MOUNT_POINT% in the command line, and containerd
-// 1.7+ runs it through cmd /c, which expands it too.
+// has. hcsshim expands %CONTAINER_SANDBOX_MOUNT_POINT% in the command line in both of its
+// modes, before the bind-filter mode puts `cmd /c` in front; the line holds nothing else
+// cmd would interpret, so it runs alike in both.
 var wrapperCommand = []string{
 	"powershell.exe", "-NoLogo", "-NoProfile", "-NonInteractive", "-ExecutionPolicy", "Bypass",
 	"-File", `%CONTAINER_SANDBOX_MOUNT_POINT%\nodetask\run.ps1`,
@@ -213,7 +216,8 @@ func (b *PodBuilder) Pod(task *ntv1.NodeTask, run int64, revision string, req Po
 func ScriptConfigMap(task *ntv1.NodeTask, run int64, revision, script string) *corev1.ConfigMap {
 	data := map[string]string{wrapperKey: wrapperScript}
 	if interpreter(task.Spec.Script) == ntv1.InterpreterCmd {
-		data["script.cmd"] = script
+		// cmd.exe can jump to the wrong label in a batch file with LF-only line endings.
+		data["script.cmd"] = crlf(script)
 	} else {
 		data["script.ps1"] = utf8BOM + strings.TrimPrefix(script, utf8BOM)
 	}
@@ -232,6 +236,11 @@ func ScriptConfigMap(task *ntv1.NodeTask, run int64, revision, script string) *c
 		Immutable: ptr.To(true),
 		Data:      data,
 	}
+}
+
+// crlf gives every line of s a CRLF ending.
+func crlf(s string) string {
+	return strings.ReplaceAll(strings.ReplaceAll(s, "\r\n", "\n"), "\n", "\r\n")
 }
 
 func interpreter(s *ntv1.ScriptSpec) ntv1.Interpreter {

@@ -88,6 +88,45 @@ func TestScriptEncodingAndInterpreters(t *testing.T) {
 	g.Expect(wrapperScript).To(ContainSubstring("'-File'"))
 	g.Expect(wrapperScript).NotTo(ContainSubstring("'-Command'"))
 	g.Expect(strings.Join(wrapperCommand, " ")).To(ContainSubstring(`-File %CONTAINER_SANDBOX_MOUNT_POINT%\nodetask\run.ps1`))
+
+	// Batch files get CRLF line endings, whatever the spec held.
+	batch := ScriptConfigMap(newTask(func(t *ntv1.NodeTask) { t.Spec.Script.Interpreter = ntv1.InterpreterCmd }), 1, "r",
+		"@echo off\ngoto :end\r\n:end\necho done\n")
+	g.Expect(batch.Data["script.cmd"]).To(Equal("@echo off\r\ngoto :end\r\n:end\r\necho done\r\n"))
+}
+
+// TestWrapperReportsCompletion checks what the wrapper must do on a real node (it cannot run
+// here): mark completion the way the operator parses it, decode output as UTF-8, and write
+// the termination message only where the kubelet reads it.
+func TestWrapperReportsCompletion(t *testing.T) {
+	g := NewWithT(t)
+	g.Expect(wrapperScript).To(ContainSubstring("`n" + completionMarker + "$code\""), "the marker the operator parses")
+	g.Expect(wrapperScript).To(ContainSubstring("[Console]::OutputEncoding = New-Object System.Text.UTF8Encoding($false)"))
+	g.Expect(wrapperScript).To(ContainSubstring(`$paths = @(Join-Path $env:CONTAINER_SANDBOX_MOUNT_POINT 'dev\termination-log')`))
+	g.Expect(wrapperScript).To(ContainSubstring(`if ($env:CONTAINER_SANDBOX_MOUNT_POINT.TrimEnd('\') -eq 'C:\hpc') { $paths += 'C:\dev\termination-log' }`),
+		"C:\\dev is the kubelet's file only in bind-filter mode")
+	g.Expect(wrapperScript).NotTo(ContainSubstring("catch { }\n}"), "a failed write is reported, not swallowed")
+}
+
+func TestSplitCompletionMarker(t *testing.T) {
+	cases := []struct {
+		msg, want string
+		completed bool
+	}{
+		{"done\nnodetask: exit code 0", "done", true},
+		{"\nnodetask: exit code 0", "", true},
+		{"nodetask: exit code -1073741510", "", true},
+		{"line 1\nline 2\nnodetask: exit code 3", "line 1\nline 2", true},
+		{"stopped half way", "stopped half way", false},
+		{"nodetask: exit code 0\nmore output", "nodetask: exit code 0\nmore output", false},
+		{"nodetask: exit code zero", "nodetask: exit code zero", false},
+	}
+	for _, tc := range cases {
+		g := NewWithT(t)
+		got, completed := splitCompletionMarker(tc.msg)
+		g.Expect(got).To(Equal(tc.want), tc.msg)
+		g.Expect(completed).To(Equal(tc.completed), tc.msg)
+	}
 }
 
 func TestNames(t *testing.T) {

@@ -1,6 +1,7 @@
 package controllers
 
 import (
+	"strconv"
 	"strings"
 	"time"
 
@@ -71,11 +72,50 @@ func podResult(pod *corev1.Pod, nodeGone bool, now time.Time) ntv1.NodeStatus {
 	}
 	switch {
 	case term != nil && term.Message != "":
-		e.Output = tailOutput(term.Message, maxOutputBytes)
+		msg, completed := splitCompletionMarker(term.Message)
+		e.Output = tailOutput(msg, maxOutputBytes)
+		if e.Phase == ntv1.NodeSucceeded && !completed && isScriptPod(pod) {
+			// Exit code 0 without the wrapper's marker: the script was stopped on the way
+			// (`powershell -File` exits 0 on CTRL_SHUTDOWN). Never count that as a success.
+			e.Phase, e.Reason = ntv1.NodeFailed, ntv1.NodeReasonInterrupted
+		}
+	case e.Phase == ntv1.NodeSucceeded && isScriptPod(pod):
+		e.Phase, e.Reason = ntv1.NodeFailed, ntv1.NodeReasonInterrupted
 	case pod.Status.Message != "":
 		e.Output = tailOutput(pod.Status.Message, maxOutputBytes)
 	}
 	return e
+}
+
+// completionMarker starts the last line the wrapper (wrapper/run.ps1) writes to the
+// termination message once the script has ended, followed by its exit code.
+const completionMarker = "nodetask: exit code "
+
+// splitCompletionMarker removes the wrapper's completion marker from the end of a
+// termination message, and says whether it was there.
+func splitCompletionMarker(msg string) (string, bool) {
+	i := strings.LastIndexByte(msg, '\n') + 1
+	last := msg[i:]
+	if !strings.HasPrefix(last, completionMarker) {
+		return msg, false
+	}
+	if _, err := strconv.Atoi(strings.TrimSpace(last[len(completionMarker):])); err != nil {
+		return msg, false
+	}
+	return strings.TrimSuffix(msg[:i], "\n"), true
+}
+
+// isScriptPod reports whether the pod runs a script through the wrapper, which marks
+// completion; a container-mode program does not.
+func isScriptPod(pod *corev1.Pod) bool {
+	for _, c := range pod.Spec.Containers {
+		for _, e := range c.Env {
+			if e.Name == "NODETASK_INTERPRETER" {
+				return true
+			}
+		}
+	}
+	return false
 }
 
 // podFinishTime is when the pod's container ended, as the kubelet reports it. A pod that

@@ -58,6 +58,10 @@ const (
 	NodeReasonTimeout = "Timeout"
 	// NodeReasonNodeLost: the node was deleted while its pod ran.
 	NodeReasonNodeLost = "NodeLost"
+	// NodeReasonInterrupted: a script's pod exited 0 without the wrapper's completion
+	// marker: the script was stopped before it ended (a shutdown, a deleted pod), or the
+	// wrapper could not write its termination message. It counts as a failure.
+	NodeReasonInterrupted = "Interrupted"
 	// NodeReasonPodDeleted: someone else deleted the pod before it finished.
 	NodeReasonPodDeleted = "PodDeleted"
 	// NodeReasonNodeNotReady: the node is not Ready, so the task waits to start there.

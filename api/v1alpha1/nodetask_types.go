@@ -8,8 +8,12 @@ import (
 
 // DefaultScriptImage is the image a script runs in unless spec.script.image or the manager's
 // --default-script-image flag names another. It is Microsoft's HostProcess base image: a few
-// kilobytes, it runs on every Windows Server version, and PowerShell comes from the host.
-const DefaultScriptImage = "mcr.microsoft.com/oss/kubernetes/windows-host-process-containers-base-image:v1.0.0"
+// kilobytes with no os.version, so containerd pulls it on every Windows Server version, and
+// PowerShell comes from the host. It is pinned by digest, so that every node runs the same
+// bytes; the digest is the one public build files record for v1.0.0 (`skopeo inspect`), not
+// checked against the registry here.
+const DefaultScriptImage = "mcr.microsoft.com/oss/kubernetes/windows-host-process-containers-base-image:v1.0.0" +
+	"@sha256:b4c9637e032f667c52d1eccfa31ad8c63f1b035e8639f3f48a510536bf34032b"
 
 // DefaultRunAsUserName is the account a NodeTask's pods run as unless spec.runAsUserName says otherwise.
 const DefaultRunAsUserName = `NT AUTHORITY\SYSTEM`
@@ -52,11 +56,13 @@ type NodeTaskSpec struct {
 	// +optional
 	Container *ContainerSpec `json:"container,omitempty"`
 
-	// env sets environment variables for the script or container.
+	// env sets environment variables for the script or container. Names starting with
+	// NODETASK_ are reserved for the ones the operator sets (NODETASK_NAME, NODETASK_RUN...).
 	// +optional
 	// +listType=map
 	// +listMapKey=name
 	// +kubebuilder:validation:MaxItems=128
+	// +kubebuilder:validation:XValidation:rule="self.all(e, !e.name.startsWith('NODETASK_'))",message="env names must not start with NODETASK_: the operator sets those variables itself"
 	Env []corev1.EnvVar `json:"env,omitempty"`
 
 	// runAsUserName is the Windows account the process runs as: NT AUTHORITY\SYSTEM (full
@@ -66,11 +72,15 @@ type NodeTaskSpec struct {
 	// +optional
 	// +kubebuilder:default="NT AUTHORITY\\SYSTEM"
 	// +kubebuilder:validation:MaxLength=256
+	// +kubebuilder:validation:XValidation:rule="self.size() <= 104",message="runAsUserName must be at most 104 characters, the API server's limit for a Windows user name"
+	// +kubebuilder:validation:XValidation:rule="!self.matches('[[:cntrl:]]')",message="runAsUserName must not contain control characters"
 	// +kubebuilder:validation:XValidation:rule=`self in ['NT AUTHORITY\\SYSTEM', 'NT AUTHORITY\\Local service', 'NT AUTHORITY\\NetworkService'] || (self.matches('^[^"/\\\\\\[\\]:;|=,+*?<>@]+$') && !self.matches('^[. ]+$'))`,message="runAsUserName must be NT AUTHORITY\\SYSTEM, NT AUTHORITY\\Local service, NT AUTHORITY\\NetworkService, or a local group name (no backslash and none of \"/[]:;|=,+*?<>@)"
 	RunAsUserName string `json:"runAsUserName,omitempty"`
 
 	// resources are the pod's CPU and memory requests and limits. On Windows the limits
-	// become job-object limits for every process the task starts.
+	// become job-object limits for every process the task starts, the wrapper's own
+	// powershell.exe included: a memory limit must leave room for PowerShell itself
+	// (docs/hostprocess.md suggests no less than 256Mi).
 	// +optional
 	Resources *corev1.ResourceRequirements `json:"resources,omitempty"`
 
@@ -185,8 +195,11 @@ type ScriptSpec struct {
 	Interpreter Interpreter `json:"interpreter,omitempty"`
 
 	// image is the image of the pod's container. Unset, the manager's default is used:
-	// Microsoft's HostProcess base image, or the mirror given by --default-script-image.
-	// The script runs on the host, so the image only has to start.
+	// Microsoft's HostProcess base image (pinned by digest), or the mirror given by
+	// --default-script-image. The script runs on the host, so the image only has to start,
+	// and be pullable on the node: containerd pulls an entry of a multi-platform image only
+	// if its os.version matches the node's Windows build (nanoserver:ltsc2022 does not start
+	// on Windows Server 2019).
 	// +optional
 	// +kubebuilder:validation:MaxLength=1024
 	Image string `json:"image,omitempty"`
@@ -215,14 +228,26 @@ type ContainerSpec struct {
 	Image string `json:"image"`
 
 	// command replaces the image's entrypoint. In a HostProcess container it runs on the
-	// host; paths inside the image are under $env:CONTAINER_SANDBOX_MOUNT_POINT.
+	// host; paths inside the image are under %CONTAINER_SANDBOX_MOUNT_POINT%. On nodes where
+	// hcsshim uses the bind filter (Windows Server 2022 and later with containerd 1.7+) the
+	// command line goes through `cmd /c`, and on others it does not: so that a command runs
+	// alike on both, it may not hold the characters cmd treats specially (" % & | < > ^,
+	// except in %CONTAINER_SANDBOX_MOUNT_POINT%), and the program's path no space. To run
+	// anything more, run a script (spec.script) instead.
 	// +optional
 	// +listType=atomic
+	// +kubebuilder:validation:MaxItems=64
+	// +kubebuilder:validation:items:MaxLength=2048
+	// +kubebuilder:validation:XValidation:rule=`self.all(a, !a.replace('%CONTAINER_SANDBOX_MOUNT_POINT%', '').matches('["%&|<>^]'))`,message="container.command must not contain \" % & | < > ^ (cmd /c treats them specially on bind-filter nodes); use spec.script for anything more"
+	// +kubebuilder:validation:XValidation:rule="size(self) == 0 || !self[0].contains(' ')",message="container.command[0] must not contain a space (cmd /c would strip its quotes on bind-filter nodes); use a path without spaces, or spec.script"
 	Command []string `json:"command,omitempty"`
 
-	// args are the arguments to command.
+	// args are the arguments to command. Like command, they may not hold " % & | < > ^.
 	// +optional
 	// +listType=atomic
+	// +kubebuilder:validation:MaxItems=64
+	// +kubebuilder:validation:items:MaxLength=2048
+	// +kubebuilder:validation:XValidation:rule=`self.all(a, !a.replace('%CONTAINER_SANDBOX_MOUNT_POINT%', '').matches('["%&|<>^]'))`,message="container.args must not contain \" % & | < > ^ (cmd /c treats them specially on bind-filter nodes); use spec.script for anything more"
 	Args []string `json:"args,omitempty"`
 
 	// workingDir is the working directory of the process.

@@ -12,6 +12,7 @@ import (
 
 	. "github.com/onsi/ginkgo/v2"
 	. "github.com/onsi/gomega"
+	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
@@ -66,6 +67,27 @@ var invalidCases = []struct {
 	{"runAsUserName with a forbidden character", func(t *ntv1.NodeTask) {
 		t.Spec.RunAsUserName = "ops@contoso"
 	}, "runAsUserName must be NT AUTHORITY"},
+	{"runAsUserName longer than the API server allows", func(t *ntv1.NodeTask) {
+		t.Spec.RunAsUserName = strings.Repeat("g", 105)
+	}, "runAsUserName must be at most 104 characters"},
+	{"runAsUserName with a control character", func(t *ntv1.NodeTask) {
+		t.Spec.RunAsUserName = "node\tops"
+	}, "runAsUserName must not contain control characters"},
+	{"an env variable the operator sets", func(t *ntv1.NodeTask) {
+		t.Spec.Env = []corev1.EnvVar{{Name: "NODETASK_INTERPRETER", Value: "Cmd"}}
+	}, "env names must not start with NODETASK_"},
+	{"a container command with a cmd metacharacter", func(t *ntv1.NodeTask) {
+		t.Spec.Script = nil
+		t.Spec.Container = &ntv1.ContainerSpec{Image: "example.com/tool:1", Command: []string{"tool.exe", "a&b"}}
+	}, "container.command must not contain"},
+	{"a container program path with a space", func(t *ntv1.NodeTask) {
+		t.Spec.Script = nil
+		t.Spec.Container = &ntv1.ContainerSpec{Image: "example.com/tool:1", Command: []string{`C:\Program Files\Tool\tool.exe`}}
+	}, "container.command[0] must not contain a space"},
+	{"container args with an environment variable", func(t *ntv1.NodeTask) {
+		t.Spec.Script = nil
+		t.Spec.Container = &ntv1.ContainerSpec{Image: "example.com/tool:1", Args: []string{"--path", "%PATH%"}}
+	}, "container.args must not contain"},
 	{"runAsUserName of dots only", func(t *ntv1.NodeTask) {
 		t.Spec.RunAsUserName = ".."
 	}, "runAsUserName must be NT AUTHORITY"},
@@ -174,6 +196,18 @@ var _ = Describe("NodeTask validation", func() {
 		res, err := kstatus.Compute(u)
 		Expect(err).NotTo(HaveOccurred())
 		Expect(res.Status).To(Equal(kstatus.InProgressStatus), "Flux's wait must not take a new task for a finished one")
+	})
+
+	It("accepts container commands that run alike with and without cmd /c", func() {
+		task := validTask("container")
+		task.Spec.Script = nil
+		task.Spec.Container = &ntv1.ContainerSpec{
+			Image:   "example.com/node-exporter:1",
+			Command: []string{`%CONTAINER_SANDBOX_MOUNT_POINT%\windows_exporter.exe`},
+			Args:    []string{"--collectors.enabled", "cpu,os", "--log.file", `C:\Program Files\exporter\log.txt`},
+		}
+		Expect(k8sClient.Create(ctx, task)).To(Succeed())
+		DeferCleanup(k8sClient.Delete, ctx, task)
 	})
 
 	It("accepts nodeSelector expressions of every operator used as documented", func() {

@@ -185,6 +185,19 @@ var _ = Describe("NodeTask on a simulated Windows cluster", func() {
 		Eventually(conditionTrue(hung, ntv1.ConditionStalled)).Should(BeTrue())
 	})
 
+	It("records a script stopped on the way (exit 0 without the completion marker) as Interrupted, not a success", func() {
+		ns := namespace(true)
+		task := newTask(ns, "interrupted", mainPool, annotate("sim.nodetask.io/interrupted", "true"), func(t *ntv1.NodeTask) {
+			t.Spec.NodeNames = []string{"win-0003"}
+		})
+		Eventually(func() string { return entry(task, "win-0003").Reason }).Should(Equal(ntv1.NodeReasonInterrupted))
+		e := entry(task, "win-0003")
+		Expect(e.Phase).To(Equal(ntv1.NodeFailed))
+		Expect(e.Output).To(Equal("simulated run on win-0003 exited 0"))
+		Eventually(conditionTrue(task, ntv1.ConditionStalled)).Should(BeTrue())
+		Expect(get(task).Status.Succeeded).To(BeZero())
+	})
+
 	It("survives kill -9 of the manager mid-rollout with no duplicate pod and a correct status", func() {
 		ns := namespace(true)
 		task := newTask(ns, "resilient", mainPool, annotate("sim.nodetask.io/duration", "2s"), func(t *ntv1.NodeTask) {
