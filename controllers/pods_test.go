@@ -100,7 +100,7 @@ func TestScriptEncodingAndInterpreters(t *testing.T) {
 // the termination message only where the kubelet reads it.
 func TestWrapperReportsCompletion(t *testing.T) {
 	g := NewWithT(t)
-	g.Expect(wrapperScript).To(ContainSubstring("`n" + completionMarker + "$code\""), "the marker the operator parses")
+	g.Expect(wrapperScript).To(ContainSubstring("`n"+completionMarker+"$code\""), "the marker the operator parses")
 	g.Expect(wrapperScript).To(ContainSubstring("[Console]::OutputEncoding = New-Object System.Text.UTF8Encoding($false)"))
 	g.Expect(wrapperScript).To(ContainSubstring(`$paths = @(Join-Path $env:CONTAINER_SANDBOX_MOUNT_POINT 'dev\termination-log')`))
 	g.Expect(wrapperScript).To(ContainSubstring(`if ($env:CONTAINER_SANDBOX_MOUNT_POINT.TrimEnd('\') -eq 'C:\hpc') { $paths += 'C:\dev\termination-log' }`),
