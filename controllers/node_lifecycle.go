@@ -2,6 +2,7 @@ package controllers
 
 import (
 	"fmt"
+	"slices"
 	"strconv"
 	"time"
 
@@ -39,6 +40,7 @@ const (
 
 // lifecycle holds what the per-node decisions share in one reconcile.
 type lifecycle struct {
+	rebootCodes []int32
 	run         int64
 	revision    string
 	retries     int32
@@ -49,7 +51,8 @@ type lifecycle struct {
 }
 
 func newLifecycle(task *ntv1.NodeTask, run int64, revision string, now time.Time) *lifecycle {
-	lc := &lifecycle{run: run, revision: revision, timeout: 600 * time.Second, tolerations: task.Spec.Tolerations, now: now}
+	lc := &lifecycle{run: run, revision: revision, timeout: 600 * time.Second, tolerations: task.Spec.Tolerations, now: now,
+		rebootCodes: task.Spec.RebootExitCodes}
 	if task.Spec.Retries != nil {
 		lc.retries = *task.Spec.Retries
 	}
@@ -182,7 +185,7 @@ func (lc *lifecycle) entry(in nodeInput, cur *corev1.Pod, gone, ready bool, d *n
 		// A stored final result is never rewritten, and an older pod never replaces it.
 		return *prev
 	case cur != nil && (!prevCurrent || podAttempt(cur) >= prev.Attempts):
-		e := podResult(cur, gone, lc.now)
+		e := lc.result(cur, gone)
 		e.Run = lc.run
 		if e.Phase == ntv1.NodeRunning && cur.DeletionTimestamp == nil {
 			deadline := lc.deadline(cur)
@@ -202,7 +205,7 @@ func (lc *lifecycle) entry(in nodeInput, cur *corev1.Pod, gone, ready bool, d *n
 		if !isFinal(prev) {
 			switch pod := findPod(in.pods, prev.Run, prev.Attempts); {
 			case pod != nil:
-				e = podResult(pod, gone, lc.now)
+				e = lc.result(pod, gone)
 				e.Run = prev.Run
 			case prev.Phase == ntv1.NodeRunning:
 				e = lostAttempt(e, gone, lc.now)
@@ -212,6 +215,16 @@ func (lc *lifecycle) entry(in nodeInput, cur *corev1.Pod, gone, ready bool, d *n
 	default:
 		return ntv1.NodeStatus{Name: in.name, Phase: ntv1.NodePending, Run: lc.run}
 	}
+}
+
+// result reads an attempt's entry from its pod; an exit code of spec.rebootExitCodes is a
+// success that needs a reboot.
+func (lc *lifecycle) result(pod *corev1.Pod, gone bool) ntv1.NodeStatus {
+	e := podResult(pod, gone, lc.now)
+	if e.Phase == ntv1.NodeFailed && e.Reason == ntv1.NodeReasonError && e.ExitCode != nil && slices.Contains(lc.rebootCodes, *e.ExitCode) {
+		e.Phase, e.Reason = ntv1.NodeSucceeded, ntv1.NodeReasonRebootRequired
+	}
+	return e
 }
 
 // retryState turns a failure with retries left into a wait for the retry, and a wait for a

@@ -146,6 +146,13 @@ func ComputeStatus(obs *Observed, p *Plan, out Outcome) ntv1.NodeTaskStatus {
 		MaxFailures:    p.MaxFailures,
 		Problem:        p.Problem,
 		Namespace:      task.Namespace,
+		WindowClosed:   p.WindowClosed,
+		NextWindow:     p.NextWindow,
+	}
+	if w := task.Spec.Window; w != nil && w.TimeZone != "" {
+		if loc, err := time.LoadLocation(w.TimeZone); err == nil {
+			f.NextWindow = f.NextWindow.In(loc)
+		}
 	}
 	if f.Problem == nil {
 		f.Problem = out.Problem
@@ -159,6 +166,8 @@ func ComputeStatus(obs *Observed, p *Plan, out Outcome) ntv1.NodeTaskStatus {
 		switch {
 		case e.Phase == ntv1.NodeFailed:
 			f.Failed = append(f.Failed, e.Name)
+		case e.Reason == ntv1.NodeReasonRebootRequired:
+			f.RebootRequired = append(f.RebootRequired, e.Name)
 		case e.Reason == ntv1.NodeReasonNodeNotReady || e.Reason == ntv1.NodeReasonNodeUnavailable:
 			f.NotReady = append(f.NotReady, e.Name)
 		case e.Reason == ntv1.NodeReasonRetryBackoff:
@@ -194,6 +203,11 @@ type conditionFacts struct {
 	// Waiting is why some pods wait, while the task goes on.
 	Waiting   *Problem
 	Namespace string
+	// WindowClosed says spec.window is closed; NextWindow is its next opening.
+	WindowClosed bool
+	NextWindow   time.Time
+	// RebootRequired names the targets that succeeded with a reboot exit code.
+	RebootRequired []string
 	// Failed, NotReady and Backoff name the targets in those states, sorted. NotReady
 	// includes nodes under kubelet pressure taints.
 	Failed, NotReady, Backoff []string
@@ -246,6 +260,9 @@ func setConditions(st *ntv1.NodeTaskStatus, f conditionFacts) {
 			msg = fmt.Sprintf("%d of %d nodes succeeded; %d failed (%s), within rollout.maxFailures (%d)",
 				c.Succeeded, c.Targets, c.Failed, nameList(f.Failed), f.MaxFailures)
 		}
+		if n := len(f.RebootRequired); n > 0 {
+			msg += fmt.Sprintf("; %d must restart to finish (%s)", n, nameList(f.RebootRequired))
+		}
 		set(ntv1.ConditionReconciling, metav1.ConditionFalse, ntv1.ReasonSucceeded, "")
 		set(ntv1.ConditionReady, metav1.ConditionTrue, ntv1.ReasonSucceeded, msg)
 	case c.Targets == 0:
@@ -264,6 +281,9 @@ func setConditions(st *ntv1.NodeTaskStatus, f conditionFacts) {
 		case f.Waiting != nil:
 			reason, msg = f.Waiting.Reason, progress+"; "+f.Waiting.Message
 		case c.Running > 0:
+		case f.WindowClosed:
+			reason = ntv1.ReasonOutsideMaintenanceWindow
+			msg = progress + "; outside spec.window, which opens next at " + f.NextWindow.Format(time.RFC3339)
 		case len(f.NotReady) > 0 && int32(len(f.NotReady)) == c.Pending:
 			reason = ntv1.ReasonWaitingForNodes
 			msg = progress + "; waiting for nodes that are not Ready or are under pressure: " + nameList(f.NotReady)

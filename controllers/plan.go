@@ -82,6 +82,9 @@ type Plan struct {
 	OtherRunsInFlight bool
 	// BudgetExceeded is true when more targets failed than MaxFailures allows.
 	BudgetExceeded bool
+	// WindowClosed is true when spec.window is closed; NextWindow is when it opens next.
+	WindowClosed bool
+	NextWindow   time.Time
 	// Problem is set when the task cannot go on until a person acts. No pod is created then.
 	Problem *Problem
 	// RequeueAfter is when the plan changes by itself (a backoff, a TTL or a deadline ends); 0 for never.
@@ -191,7 +194,20 @@ func ComputePlan(obs *Observed) *Plan {
 		// record, so none is deleted, and no node starts.
 		p.Delete = nil
 	}
-	if !task.Spec.Suspend && !p.BudgetExceeded && p.Problem == nil {
+	if w := task.Spec.Window; w != nil && p.Problem == nil {
+		open, next, err := windowState(w, obs.Now)
+		switch {
+		case err != nil:
+			p.Problem = &Problem{Reason: ntv1.ReasonInvalidSpec, Message: err.Error()}
+		case !open:
+			p.WindowClosed, p.NextWindow = true, next
+			if len(candidates) > 0 {
+				// Woken by the clock at the opening, not by polling.
+				p.RequeueAfter = soonest(p.RequeueAfter, next.Sub(obs.Now))
+			}
+		}
+	}
+	if !task.Spec.Suspend && !p.BudgetExceeded && !p.WindowClosed && p.Problem == nil {
 		slots := p.MaxConcurrent - p.InFlight
 		if slots > 0 && len(candidates) > 0 {
 			p.Create = candidates[:min(slots, len(candidates))]

@@ -24,6 +24,8 @@ const (
 	ReasonWaitingForNodes = "WaitingForNodes"
 	// ReasonRetryBackoff: the only unfinished targets wait for a retry's backoff to end.
 	ReasonRetryBackoff = "RetryBackoff"
+	// ReasonOutsideMaintenanceWindow: the only unfinished targets wait for spec.window to open.
+	ReasonOutsideMaintenanceWindow = "OutsideMaintenanceWindow"
 	// ReasonSuspended: spec.suspend is true.
 	ReasonSuspended = "Suspended"
 	// ReasonNoTargets: no node matches the task.
@@ -72,6 +74,9 @@ const (
 	// NodeReasonPodRejected: the API server refused the attempt's pod (an admission webhook,
 	// a LimitRange...); the output holds its message. It counts as a failed attempt.
 	NodeReasonPodRejected = "PodRejected"
+	// NodeReasonRebootRequired: the attempt succeeded with one of spec.rebootExitCodes
+	// (3010, 1641): the node must restart to finish what the script did.
+	NodeReasonRebootRequired = "RebootRequired"
 	// NodeReasonRetryBackoff: the last attempt failed and the next waits for its backoff.
 	NodeReasonRetryBackoff = "RetryBackoff"
 )

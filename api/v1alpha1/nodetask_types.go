@@ -150,12 +150,60 @@ type NodeTaskSpec struct {
 	// +optional
 	Suspend bool `json:"suspend,omitempty"`
 
+	// window is a maintenance window: nodes start the task only inside it (a retry too);
+	// nodes already running finish. Outside it the task is Reconciling with reason
+	// OutsideMaintenanceWindow and a message naming the next opening. Unset, nodes start at
+	// any time.
+	// +optional
+	Window *MaintenanceWindow `json:"window,omitempty"`
+
+	// rebootExitCodes are exit codes that mean "succeeded, and the node must restart to
+	// finish": Windows installers and DISM return 3010 (ERROR_SUCCESS_REBOOT_REQUIRED) and
+	// 1641 (ERROR_SUCCESS_REBOOT_INITIATED). Such a node is recorded as Succeeded with reason
+	// RebootRequired and its exit code; the operator does not restart it.
+	// +optional
+	// +kubebuilder:default={3010,1641}
+	// +listType=set
+	// +kubebuilder:validation:MaxItems=16
+	RebootExitCodes []int32 `json:"rebootExitCodes,omitempty"`
+
 	// podTTLSecondsAfterFinished deletes a finished pod this many seconds after its result is
 	// recorded in status. Unset keeps pods, so that `kubectl logs` still works; they are
 	// deleted with the NodeTask.
 	// +optional
 	// +kubebuilder:validation:Minimum=0
 	PodTTLSecondsAfterFinished *int32 `json:"podTTLSecondsAfterFinished,omitempty"`
+}
+
+// Weekday is a day of the week, in English, as its first three letters.
+// +kubebuilder:validation:Enum=Mon;Tue;Wed;Thu;Fri;Sat;Sun
+type Weekday string
+
+// MaintenanceWindow is a recurring span of time, in a time zone, when nodes may start a task.
+//
+// +kubebuilder:validation:XValidation:rule="self.start != self.end",message="window.start and window.end must differ (a window from 22:00 to 04:00 crosses midnight)"
+type MaintenanceWindow struct {
+	// days are the days on which the window opens; a window that crosses midnight ends on
+	// the next day. Unset, it opens every day.
+	// +optional
+	// +listType=set
+	// +kubebuilder:validation:MaxItems=7
+	Days []Weekday `json:"days,omitempty"`
+
+	// start is when the window opens, as HH:MM on a 24-hour clock in timeZone.
+	// +kubebuilder:validation:Pattern=`^([01][0-9]|2[0-3]):[0-5][0-9]$`
+	Start string `json:"start"`
+
+	// end is when the window closes, as HH:MM. An end earlier than start (22:00 to 04:00)
+	// closes it on the next day.
+	// +kubebuilder:validation:Pattern=`^([01][0-9]|2[0-3]):[0-5][0-9]$`
+	End string `json:"end"`
+
+	// timeZone is an IANA time zone name, such as Europe/Berlin or America/New_York; the
+	// window follows its daylight saving time. Unset, UTC.
+	// +optional
+	// +kubebuilder:validation:MaxLength=64
+	TimeZone string `json:"timeZone,omitempty"`
 }
 
 // Interpreter names the host program that runs a script.

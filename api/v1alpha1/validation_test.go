@@ -88,6 +88,15 @@ var invalidCases = []struct {
 		t.Spec.Script = nil
 		t.Spec.Container = &ntv1.ContainerSpec{Image: "example.com/tool:1", Args: []string{"--path", "%PATH%"}}
 	}, "container.args must not contain"},
+	{"a window that opens and closes at once", func(t *ntv1.NodeTask) {
+		t.Spec.Window = &ntv1.MaintenanceWindow{Start: "02:00", End: "02:00"}
+	}, "window.start and window.end must differ"},
+	{"a window time past midnight", func(t *ntv1.NodeTask) {
+		t.Spec.Window = &ntv1.MaintenanceWindow{Start: "24:30", End: "02:00"}
+	}, "spec.window.start"},
+	{"a window on a day that does not exist", func(t *ntv1.NodeTask) {
+		t.Spec.Window = &ntv1.MaintenanceWindow{Days: []ntv1.Weekday{"Funday"}, Start: "01:00", End: "02:00"}
+	}, "spec.window.days[0]"},
 	{"runAsUserName of dots only", func(t *ntv1.NodeTask) {
 		t.Spec.RunAsUserName = ".."
 	}, "runAsUserName must be NT AUTHORITY"},
@@ -169,6 +178,8 @@ var _ = Describe("NodeTask validation", func() {
 		Expect(task.Spec.Rollout.MaxFailures).To(HaveValue(Equal(intstr.FromInt32(0))))
 		Expect(task.Spec.NewNodes).To(Equal(ntv1.NewNodesRun))
 		Expect(task.Spec.Script.Interpreter).To(Equal(ntv1.InterpreterPowerShell))
+		Expect(task.Spec.RebootExitCodes).To(Equal([]int32{3010, 1641}))
+		Expect(task.Spec.Window).To(BeNil())
 	})
 
 	It("accepts every allowed runAsUserName form and percentages at the bounds", func() {

@@ -198,6 +198,49 @@ var _ = Describe("NodeTask on a simulated Windows cluster", func() {
 		Expect(get(task).Status.Succeeded).To(BeZero())
 	})
 
+	It("records exit code 3010 as a success that needs a reboot, and leaves the node alone", func() {
+		ns := namespace(true)
+		task := newTask(ns, "needs-restart", mainPool, annotate("sim.nodetask.io/exit-code", "3010",
+			"sim.nodetask.io/message", "Install-WindowsFeature: a restart is required"), func(t *ntv1.NodeTask) {
+			t.Spec.NodeNames = []string{"win-0004", "win-0005"}
+		})
+		Eventually(conditionTrue(task, ntv1.ConditionReady)).Should(BeTrue())
+		st := get(task).Status
+		Expect(st.Succeeded).To(BeEquivalentTo(2))
+		for _, n := range []string{"win-0004", "win-0005"} {
+			e := entry(task, n)
+			Expect(e.Reason).To(Equal(ntv1.NodeReasonRebootRequired))
+			Expect(e.ExitCode).To(HaveValue(BeEquivalentTo(3010)))
+		}
+		Expect(meta.FindStatusCondition(st.Conditions, ntv1.ConditionReady).Message).To(ContainSubstring("2 must restart to finish"))
+	})
+
+	It("starts nodes only once its maintenance window opens, a minute after the task is created", func() {
+		ns := namespace(true)
+		opens := time.Now().UTC().Add(time.Minute).Truncate(time.Minute)
+		if time.Until(opens) < 20*time.Second {
+			opens = opens.Add(time.Minute) // time to see it closed first
+		}
+		task := newTask(ns, "windowed", mainPool, func(t *ntv1.NodeTask) {
+			t.Spec.NodeNames = []string{"win-0006"}
+			t.Spec.Window = &ntv1.MaintenanceWindow{Start: opens.Format("15:04"), End: opens.Add(time.Hour).Format("15:04")}
+		})
+		Eventually(func() string {
+			c := meta.FindStatusCondition(get(task).Status.Conditions, ntv1.ConditionReconciling)
+			if c == nil {
+				return ""
+			}
+			return c.Reason
+		}).Should(Equal(ntv1.ReasonOutsideMaintenanceWindow))
+		Expect(meta.FindStatusCondition(get(task).Status.Conditions, ntv1.ConditionReconciling).Message).To(ContainSubstring(opens.Format(time.RFC3339)))
+		Expect(pods(ns)).To(BeEmpty())
+		// Nothing else changes: the operator's own requeue at the opening starts the node.
+		Eventually(conditionTrue(task, ntv1.ConditionReady), 3*time.Minute, time.Second).Should(BeTrue())
+		p := pods(ns)
+		Expect(p).To(HaveLen(1))
+		Expect(p[0].CreationTimestamp.Time).To(BeTemporally(">=", opens))
+	})
+
 	It("survives kill -9 of the manager mid-rollout with no duplicate pod and a correct status", func() {
 		ns := namespace(true)
 		task := newTask(ns, "resilient", mainPool, annotate("sim.nodetask.io/duration", "2s"), func(t *ntv1.NodeTask) {
