@@ -167,6 +167,40 @@ var _ = Describe("NodeTask at the edges of a real cluster", func() {
 		Expect(st.Node(names[0]).Attempts).To(BeEquivalentTo(1))
 	})
 
+	It("records Timeout and frees the slot when the kubelet of an unreachable node cannot stop the pod", func() {
+		ns := namespace(true)
+		// A Windows node whose kubelet reported Ready once and then dropped off the network:
+		// no kubelet (no KWOK) plays it, so nothing starts or stops its pods or enforces
+		// activeDeadlineSeconds, and no node lifecycle controller has noticed yet.
+		names := []string{"lost-0000"}
+		node := corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: names[0], Labels: map[string]string{
+			corev1.LabelOSStable: "windows", poolLabel: "lost"}}}
+		Expect(k8s.Create(ctx, &node)).To(Succeed())
+		setReady := func(status corev1.ConditionStatus) {
+			Eventually(func() error {
+				if err := k8s.Get(ctx, client.ObjectKey{Name: names[0]}, &node); err != nil {
+					return err
+				}
+				node.Status.Conditions = []corev1.NodeCondition{{Type: corev1.NodeReady, Status: status, LastHeartbeatTime: metav1.Now()}}
+				return k8s.Status().Update(ctx, &node)
+			}).Should(Succeed())
+		}
+		setReady(corev1.ConditionTrue)
+		task := newTask(ns, "unreachable", "lost", func(t *ntv1.NodeTask) {
+			t.Spec.NodeNames = []string{names[0]}
+			t.Spec.TimeoutSeconds = ptr.To[int32](5)
+		})
+		Eventually(func() ntv1.NodePhase { return entry(task, names[0]).Phase }).Should(Equal(ntv1.NodeRunning))
+		// Then its Ready condition goes Unknown.
+		setReady(corev1.ConditionUnknown)
+
+		// timeoutSeconds (5) plus the operator's grace (1 minute).
+		Eventually(func() string { return entry(task, names[0]).Reason }, 2*time.Minute, time.Second).Should(Equal(ntv1.NodeReasonTimeout))
+		Expect(entry(task, names[0]).Output).To(ContainSubstring("not Ready"))
+		Eventually(func() []corev1.Pod { return pods(ns) }).Should(BeEmpty(), "the pod is deleted at once: no kubelet would confirm it")
+		Eventually(conditionTrue(task, ntv1.ConditionStalled)).Should(BeTrue())
+	})
+
 	It("keeps the status flat through 200 node churns", func() {
 		ns := namespace(true)
 		stable := addPool("flux", 5)
