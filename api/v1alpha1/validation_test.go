@@ -221,6 +221,19 @@ var _ = Describe("NodeTask validation", func() {
 		DeferCleanup(k8sClient.Delete, ctx, task)
 	})
 
+	It("keeps rebootExitCodes: [] (reboot codes count as failures) instead of defaulting it", func() {
+		u := &unstructured.Unstructured{Object: map[string]any{
+			"apiVersion": ntv1.GroupVersion.String(), "kind": "NodeTask",
+			"metadata": map[string]any{"name": "no-reboot-codes", "namespace": "default"},
+			"spec":     map[string]any{"script": map[string]any{"inline": "exit 3010"}, "rebootExitCodes": []any{}},
+		}}
+		Expect(k8sClient.Create(ctx, u)).To(Succeed())
+		DeferCleanup(k8sClient.Delete, ctx, u)
+		task := &ntv1.NodeTask{}
+		Expect(k8sClient.Get(ctx, client.ObjectKeyFromObject(u), task)).To(Succeed())
+		Expect(task.Spec.RebootExitCodes).To(BeEmpty())
+	})
+
 	It("accepts nodeSelector expressions of every operator used as documented", func() {
 		task := validTask("selector")
 		task.Spec.NodeSelector = &metav1.LabelSelector{
