@@ -480,7 +480,7 @@ func (r *NodeTaskReconciler) emitEvents(task *ntv1.NodeTask, old *ntv1.NodeTaskS
 	}
 	if failed := newlyFailed(old, st); len(failed) > 0 {
 		r.Recorder.Eventf(task, nil, corev1.EventTypeWarning, "NodeFailed", "Run",
-			"%d nodes failed: %s", len(failed), nameList(failed))
+			"%s failed: %s", nodeCount(len(failed)), nameList(failed))
 	}
 	was := func(typ string) bool { return meta.IsStatusConditionTrue(old.Conditions, typ) }
 	if stalled := meta.FindStatusCondition(st.Conditions, ntv1.ConditionStalled); stalled != nil &&

@@ -235,8 +235,8 @@ func setConditions(st *ntv1.NodeTaskStatus, f conditionFacts) {
 	switch {
 	case f.BudgetExceeded:
 		stalledReason = ntv1.ReasonFailureBudgetExceeded
-		stalledMsg = fmt.Sprintf("%d nodes failed (%s), more than rollout.maxFailures allows (%d); no further node starts",
-			c.Failed, nameList(f.Failed), f.MaxFailures)
+		stalledMsg = fmt.Sprintf("%s failed (%s), more than rollout.maxFailures allows (%d); no further node starts",
+			nodeCount(int(c.Failed)), nameList(f.Failed), f.MaxFailures)
 		if c.Running > 0 {
 			stalledMsg += fmt.Sprintf(" and the %d running will finish", c.Running)
 		}
@@ -256,6 +256,9 @@ func setConditions(st *ntv1.NodeTaskStatus, f conditionFacts) {
 	switch {
 	case done:
 		msg := fmt.Sprintf("succeeded on all %d nodes", c.Targets)
+		if c.Targets == 1 {
+			msg = "succeeded on its only node"
+		}
 		if c.Failed > 0 {
 			msg = fmt.Sprintf("%d of %d nodes succeeded; %d failed (%s), within rollout.maxFailures (%d)",
 				c.Succeeded, c.Targets, c.Failed, nameList(f.Failed), f.MaxFailures)
@@ -294,6 +297,14 @@ func setConditions(st *ntv1.NodeTaskStatus, f conditionFacts) {
 		set(ntv1.ConditionReconciling, metav1.ConditionTrue, reason, msg)
 		set(ntv1.ConditionReady, metav1.ConditionFalse, reason, msg)
 	}
+}
+
+// nodeCount is "1 node" or "N nodes".
+func nodeCount(n int) string {
+	if n == 1 {
+		return "1 node"
+	}
+	return fmt.Sprintf("%d nodes", n)
 }
 
 // nameList names at most maxNamesInMessage items, then "(N more)".

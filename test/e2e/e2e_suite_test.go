@@ -6,6 +6,7 @@ package e2e
 import (
 	"context"
 	"fmt"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -94,12 +95,22 @@ var _ = AfterSuite(func() {
 
 // startManager runs the manager binary the way the Deployment in config/manager does.
 func startManager() {
+	if probeAddr == "" {
+		// A free port on loopback for the manager's health probes, kept across restarts.
+		l, err := net.Listen("tcp", "127.0.0.1:0")
+		Expect(err).NotTo(HaveOccurred())
+		probeAddr = l.Addr().String()
+		Expect(l.Close()).To(Succeed())
+	}
 	var err error
 	manager, err = c.StartProcess("manager", env("MANAGER"),
 		"--leader-elect", "--leader-election-namespace=nodetask-system",
-		"--metrics-bind-address=0", "--health-probe-bind-address=0")
+		"--metrics-bind-address=0", "--health-probe-bind-address="+probeAddr)
 	Expect(err).NotTo(HaveOccurred())
 }
+
+// probeAddr is where the manager serves /healthz and /readyz.
+var probeAddr string
 
 // killManager ends the manager with SIGKILL: no clean shutdown, the lease is not released.
 func killManager() {

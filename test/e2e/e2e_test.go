@@ -3,6 +3,7 @@ package e2e
 import (
 	"bytes"
 	"fmt"
+	"net/http"
 	"os/exec"
 	"path/filepath"
 	"strings"
@@ -324,6 +325,17 @@ var _ = Describe("NodeTask on a simulated Windows cluster", func() {
 		Expect(cond.Reason).To(Equal(ntv1.ReasonPodSecurityRejected))
 		Expect(cond.Message).To(ContainSubstring("pod-security.kubernetes.io/enforce=privileged"))
 		Expect(pods(ns)).To(BeEmpty())
+	})
+
+	It("answers its readiness probe once its caches have synced", func() {
+		Eventually(func() (int, error) {
+			resp, err := http.Get("http://" + probeAddr + "/readyz")
+			if err != nil {
+				return 0, err
+			}
+			defer resp.Body.Close()
+			return resp.StatusCode, nil
+		}).Should(Equal(http.StatusOK))
 	})
 
 	It("has an install bundle (config/default) that the API server accepts", func() {
