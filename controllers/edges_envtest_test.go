@@ -141,11 +141,7 @@ var _ = Describe("NodeTask controller at the edges", func() {
 		Expect(condition(task, ntv1.ConditionReconciling).Message).To(ContainSubstring("ResourceQuota"))
 		Consistently(conditionStatus(task, ntv1.ConditionStalled), "1s").Should(Equal(metav1.ConditionFalse))
 
-		for len(f.pods(task)) < 4 || len(unfinished(f.pods(task))) > 0 {
-			f.finishAll(task, succeed)
-			syncQuota()
-			time.Sleep(200 * time.Millisecond)
-		}
+		f.finishUntil(task, 4, syncQuota)
 		Eventually(conditionStatus(task, ntv1.ConditionReady)).Should(Equal(metav1.ConditionTrue))
 		Expect(get(task).Status.Succeeded).To(BeEquivalentTo(4))
 	})
@@ -228,10 +224,7 @@ var _ = Describe("NodeTask controller at the edges", func() {
 		for i, script := range []string{"Write-Output v2", "Write-Output v3"} {
 			updateSpec(task, func(t *ntv1.NodeTask) { t.Spec.Script.Inline = ptr.To(script) })
 			Eventually(func() int64 { return get(task).Status.Run }).Should(BeEquivalentTo(i + 2))
-			for len(f.pods(task)) < 2*(i+2) || len(unfinished(f.pods(task))) > 0 {
-				f.finishAll(task, succeed)
-				time.Sleep(100 * time.Millisecond)
-			}
+			f.finishUntil(task, 2*(i+2), nil)
 			Eventually(conditionStatus(task, ntv1.ConditionReady)).Should(Equal(metav1.ConditionTrue))
 		}
 		Eventually(func() []string {

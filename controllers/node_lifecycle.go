@@ -138,23 +138,24 @@ func (lc *lifecycle) decide(in nodeInput) nodeDecision {
 		}
 	}
 
+	blocked := "" // why the node cannot start an attempt now
+	if !gone {
+		blocked = nodeBlocked(in.node, lc.tolerations)
+	}
 	e := lc.entry(in, cur, gone, ready, &d)
 	current := e.Run == lc.run
 	if current && !gone {
 		e = lc.retryState(e)
 	}
 	if current && e.Phase == ntv1.NodePending && e.Reason != ntv1.NodeReasonRetryBackoff {
-		e.Reason = ""
-		if !gone {
-			e.Reason = nodeBlocked(in.node, lc.tolerations)
-		}
+		e.Reason = blocked
 	}
 	d.entry = e
 	d.keep = in.target || d.inFlight || (current && e.Attempts > 0 && (!gone || len(in.pods) > 0))
 
 	lc.deletions(in, mine, ready, &d)
 
-	if !in.target || busy || gone || nodeBlocked(in.node, lc.tolerations) != "" {
+	if !in.target || busy || gone || blocked != "" {
 		return d
 	}
 	req := PodRequest{Node: in.name, NodeUID: in.node.UID, Attempt: 1}

@@ -66,8 +66,6 @@ type NodeTaskReconciler struct {
 	CreateWorkers int
 	// MaxConcurrentReconciles is how many tasks are reconciled at once.
 	MaxConcurrentReconciles int
-	// StatusWriteInterval overrides statusWriteInterval; tests set it.
-	StatusWriteInterval time.Duration
 	// Now is the clock; nil means time.Now.
 	Now func() time.Time
 
@@ -188,11 +186,7 @@ func (r *NodeTaskReconciler) writeDelay(task *ntv1.NodeTask, st *ntv1.NodeTaskSt
 	if !ok {
 		return 0
 	}
-	interval := r.StatusWriteInterval
-	if interval == 0 {
-		interval = statusWriteInterval
-	}
-	return last.Add(interval).Sub(now)
+	return last.Add(statusWriteInterval).Sub(now)
 }
 
 // sameConditionStates reports whether two condition lists hold the same types with the same

@@ -166,6 +166,19 @@ func (f *fixture) finishAll(task *ntv1.NodeTask, code func(node string) int32) i
 	return len(pods)
 }
 
+// finishUntil plays the kubelet through a rollout: it finishes every pod with exit code 0 as
+// pods appear, until the task has made want pods and none is unfinished. between runs after
+// each round (nil for nothing).
+func (f *fixture) finishUntil(task *ntv1.NodeTask, want int, between func()) {
+	for len(f.pods(task)) < want || len(unfinished(f.pods(task))) > 0 {
+		f.finishAll(task, succeed)
+		if between != nil {
+			between()
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
 func succeed(string) int32 { return 0 }
 
 func condition(task *ntv1.NodeTask, typ string) *metav1.Condition {
@@ -430,10 +443,7 @@ var _ = Describe("NodeTask controller", func() {
 		Eventually(func() string { return get(task).Status.Revision }).ShouldNot(Equal(rev1))
 		Eventually(func() int { return len(f.pods(task)) }).Should(Equal(3), "one at a time now")
 		Expect(conditionStatus(task, ntv1.ConditionReady)()).To(Equal(metav1.ConditionFalse))
-		for len(f.pods(task)) < 4 || len(unfinished(f.pods(task))) > 0 {
-			f.finishAll(task, succeed)
-			time.Sleep(100 * time.Millisecond)
-		}
+		f.finishUntil(task, 4, nil)
 		Eventually(conditionStatus(task, ntv1.ConditionReady)).Should(Equal(metav1.ConditionTrue))
 		rev2 := get(task).Status.Revision
 

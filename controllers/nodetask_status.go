@@ -149,11 +149,6 @@ func ComputeStatus(obs *Observed, p *Plan, out Outcome) ntv1.NodeTaskStatus {
 		WindowClosed:   p.WindowClosed,
 		NextWindow:     p.NextWindow,
 	}
-	if w := task.Spec.Window; w != nil && w.TimeZone != "" {
-		if loc, err := time.LoadLocation(w.TimeZone); err == nil {
-			f.NextWindow = f.NextWindow.In(loc)
-		}
-	}
 	if f.Problem == nil {
 		f.Problem = out.Problem
 	}
@@ -359,19 +354,24 @@ func objectSize(task *ntv1.NodeTask, st *ntv1.NodeTaskStatus) int {
 	if err != nil {
 		return 0 // cannot happen for plain data
 	}
-	n := len(b)
-	if len(st.Nodes) > 0 {
-		n += len(`,"nodes":[]`) + len(st.Nodes) - 1
-		for i := range st.Nodes {
-			n += entryJSONLen(&st.Nodes[i])
-		}
+	return len(b) + nodesJSONLen(st.Nodes, true)
+}
+
+// nodesJSONLen is what a list of entries adds to the object, with or without their outputs.
+func nodesJSONLen(entries []ntv1.NodeStatus, outputs bool) int {
+	if len(entries) == 0 {
+		return 0
+	}
+	n := len(`,"nodes":[]`) + len(entries) - 1
+	for i := range entries {
+		n += entryJSONLen(&entries[i], outputs)
 	}
 	return n
 }
 
-// entryJSONLen is the length of an entry's JSON encoding, at most a few bytes more where
-// a string needs escapes that jsonStringLen overcounts.
-func entryJSONLen(e *ntv1.NodeStatus) int {
+// entryJSONLen is the length of an entry's JSON encoding (with or without its output), at
+// most a few bytes more where a string needs escapes that jsonStringLen overcounts.
+func entryJSONLen(e *ntv1.NodeStatus, output bool) int {
 	const timeLen = len(`"2006-01-02T15:04:05Z"`) // metav1.Time encodes as RFC 3339 in UTC
 	n := len(`{"name":"","phase":""}`) + jsonStringLen(e.Name) + jsonStringLen(string(e.Phase))
 	if e.Run != 0 {
@@ -386,7 +386,7 @@ func entryJSONLen(e *ntv1.NodeStatus) int {
 	if e.Reason != "" {
 		n += len(`,"reason":""`) + jsonStringLen(e.Reason)
 	}
-	if e.Output != "" {
+	if output && e.Output != "" {
 		n += len(`,"output":""`) + jsonStringLen(e.Output)
 	}
 	if e.StartTime != nil {
@@ -404,13 +404,8 @@ func entryJSONLen(e *ntv1.NodeStatus) int {
 func statusTooLarge(task *ntv1.NodeTask, entries []ntv1.NodeStatus, starting int) *Problem {
 	budget := maxObjectBytes - reservedBytes
 	meta := objectSize(task, &ntv1.NodeTaskStatus{Conditions: task.Status.Conditions})
-	st := ntv1.NodeTaskStatus{Conditions: task.Status.Conditions, Nodes: make([]ntv1.NodeStatus, len(entries))}
-	for i, e := range entries {
-		e.Output = ""
-		st.Nodes[i] = e
-	}
 	// Each pod about to start adds a start time to its entry.
-	size := objectSize(task, &st) + starting*len(`,"startTime":"2006-01-02T15:04:05Z"`)
+	size := meta + nodesJSONLen(entries, false) + starting*len(`,"startTime":"2006-01-02T15:04:05Z"`)
 	if size <= budget {
 		return nil
 	}

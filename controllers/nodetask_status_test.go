@@ -299,7 +299,12 @@ func TestEntryJSONLen(t *testing.T) {
 	} {
 		b, err := json.Marshal(&e)
 		g.Expect(err).NotTo(HaveOccurred())
-		g.Expect(entryJSONLen(&e)).To(Equal(len(b)), string(b))
+		g.Expect(entryJSONLen(&e, true)).To(Equal(len(b)), string(b))
+		withoutOutput := e
+		withoutOutput.Output = ""
+		b, err = json.Marshal(&withoutOutput)
+		g.Expect(err).NotTo(HaveOccurred())
+		g.Expect(entryJSONLen(&e, false)).To(Equal(len(b)), string(b))
 	}
 	task, st := bigStatus(50, func(i int) string { return fmt.Sprintf("akswin%06d", i) })
 	g.Expect(objectSize(task, &st)).To(Equal(storedSize(g, task, st)))

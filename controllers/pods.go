@@ -45,6 +45,9 @@ const (
 	// C:\nodetask.
 	scriptMountPath = "/nodetask"
 	wrapperKey      = "run.ps1"
+	// envInterpreter tells the wrapper which interpreter runs the script; only script pods
+	// have it.
+	envInterpreter = "NODETASK_INTERPRETER"
 	// utf8BOM lets Windows PowerShell 5.1 read a script as UTF-8; without it, 5.1 reads
 	// the file in the system's ANSI code page and mangles non-ASCII text.
 	utf8BOM = "\ufeff"
@@ -161,7 +164,7 @@ func (b *PodBuilder) Pod(task *ntv1.NodeTask, run int64, revision string, req Po
 			container.Image = ntv1.DefaultScriptImage
 		}
 		container.Command = wrapperCommand
-		env = append(env, corev1.EnvVar{Name: "NODETASK_INTERPRETER", Value: string(interpreter(spec.Script))})
+		env = append(env, corev1.EnvVar{Name: envInterpreter, Value: string(interpreter(spec.Script))})
 		container.VolumeMounts = []corev1.VolumeMount{{Name: scriptVolume, MountPath: scriptMountPath, ReadOnly: true}}
 		volumes = []corev1.Volume{{
 			Name: scriptVolume,

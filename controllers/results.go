@@ -110,7 +110,7 @@ func splitCompletionMarker(msg string) (string, bool) {
 func isScriptPod(pod *corev1.Pod) bool {
 	for _, c := range pod.Spec.Containers {
 		for _, e := range c.Env {
-			if e.Name == "NODETASK_INTERPRETER" {
+			if e.Name == envInterpreter {
 				return true
 			}
 		}

@@ -1,6 +1,8 @@
 package controllers
 
 import (
+	"maps"
+
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/labels"
@@ -22,15 +24,15 @@ const (
 // node under pressure waits, a cordoned node is still a target), so these never exclude a
 // node: a short spell of disk pressure must not drop a node from the run, nor make the task
 // report Ready and then flip back.
-var conditionTaints = map[string]bool{
-	corev1.TaintNodeNotReady:           true,
-	corev1.TaintNodeUnreachable:        true,
-	corev1.TaintNodeUnschedulable:      true,
-	corev1.TaintNodeDiskPressure:       true,
-	corev1.TaintNodeMemoryPressure:     true,
-	corev1.TaintNodePIDPressure:        true,
-	corev1.TaintNodeNetworkUnavailable: true,
-}
+var conditionTaints = func() map[string]bool {
+	m := map[string]bool{
+		corev1.TaintNodeNotReady:      true,
+		corev1.TaintNodeUnreachable:   true,
+		corev1.TaintNodeUnschedulable: true,
+	}
+	maps.Copy(m, unavailableTaints)
+	return m
+}()
 
 // unavailableTaints are the condition taints during which a node waits to start the task.
 // (A cordon does not stop it: node maintenance tasks must run on cordoned nodes.)
