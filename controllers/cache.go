@@ -1,6 +1,8 @@
 package controllers
 
 import (
+	"strings"
+
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/apimachinery/pkg/selection"
@@ -35,7 +37,8 @@ func CacheOptions() cache.Options {
 var UncachedObjects = []client.Object{&corev1.ConfigMap{}}
 
 // TrimNode is a cache transform that keeps only the fields of a Node the planner reads:
-// name, UID and creation time, labels, taints, schedulability and the Ready condition.
+// name, UID and creation time, labels, the operator's own annotations (claims), taints,
+// schedulability, the boot ID and the Ready condition.
 func TrimNode(obj any) (any, error) {
 	node, ok := obj.(*corev1.Node)
 	if !ok {
@@ -49,15 +52,28 @@ func TrimNode(obj any) (any, error) {
 	trimmed.ResourceVersion = node.ResourceVersion
 	trimmed.Labels = node.Labels
 	trimmed.DeletionTimestamp = node.DeletionTimestamp
+	for k, v := range node.Annotations {
+		if strings.HasPrefix(k, annotationPrefix) {
+			if trimmed.Annotations == nil {
+				trimmed.Annotations = map[string]string{}
+			}
+			trimmed.Annotations[k] = v
+		}
+	}
+	trimmed.Status.NodeInfo.BootID = node.Status.NodeInfo.BootID
 	trimmed.Spec.Taints = node.Spec.Taints
 	trimmed.Spec.Unschedulable = node.Spec.Unschedulable
 	for _, c := range node.Status.Conditions {
 		if c.Type == corev1.NodeReady {
-			trimmed.Status.Conditions = []corev1.NodeCondition{{Type: c.Type, Status: c.Status}}
+			// The transition time tells a restart from a kubelet that reports no boot ID.
+			trimmed.Status.Conditions = []corev1.NodeCondition{{Type: c.Type, Status: c.Status, LastTransitionTime: c.LastTransitionTime}}
 		}
 	}
 	return trimmed, nil
 }
+
+// annotationPrefix starts the node annotations the operator reads.
+const annotationPrefix = "nodetask.io/"
 
 // keepLabelsOnly is a cache transform that keeps an object's identity and labels.
 func keepLabelsOnly(obj any) (any, error) {

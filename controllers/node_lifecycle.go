@@ -48,11 +48,12 @@ type lifecycle struct {
 	ttl         *time.Duration
 	tolerations []corev1.Toleration
 	now         time.Time
+	maint       maintenance
 }
 
 func newLifecycle(task *ntv1.NodeTask, run int64, revision string, now time.Time) *lifecycle {
 	lc := &lifecycle{run: run, revision: revision, timeout: 600 * time.Second, tolerations: task.Spec.Tolerations, now: now,
-		rebootCodes: task.Spec.RebootExitCodes}
+		rebootCodes: task.Spec.RebootExitCodes, maint: newMaintenance(task)}
 	if task.Spec.Retries != nil {
 		lc.retries = *task.Spec.Retries
 	}
@@ -76,6 +77,10 @@ type nodeInput struct {
 	stored *ntv1.NodeStatus
 	// pods are the task's pods bound to this node name.
 	pods []*corev1.Pod
+	// drain is what the node's drain sees, when the task drains and the node is draining.
+	drain *DrainObservation
+	// staleClaim: the node's claim names a task that no longer exists.
+	staleClaim bool
 }
 
 // nodeDecision is what the lifecycle decided for one node.
@@ -95,6 +100,26 @@ type nodeDecision struct {
 	otherRunInFlight bool
 	// requeue is when this node's decision changes by itself; 0 for never.
 	requeue time.Duration
+
+	// For a task that claims its nodes (maintenance.go):
+	// claim: the node asks for its claim, which takes a rollout slot if one is free.
+	claim bool
+	// claimed: the start goes ahead within the slot the node's claim holds.
+	claimed bool
+	// ops change the node's claim or schedulability.
+	ops []NodeOp
+	// evict are the node's pods its drain evicts.
+	evict []*corev1.Pod
+	// reboot asks for the pod that restarts the node.
+	reboot *RebootRequest
+	// releasing: the node's work is done, and this task still holds its claim.
+	releasing bool
+}
+
+// holding reports whether the node holds its claim while waiting to start an attempt
+// (cordoned, draining, or about to start): such a node is let go when the rollout stops.
+func (d *nodeDecision) holding() bool {
+	return d.claimed || len(d.evict) > 0 || slices.ContainsFunc(d.ops, func(op NodeOp) bool { return op.Kind == OpCordon })
 }
 
 func (d *nodeDecision) after(wait time.Duration) {
@@ -119,8 +144,10 @@ func (lc *lifecycle) decide(in nodeInput) nodeDecision {
 		mine = append(mine, pod)
 	}
 
-	var cur *corev1.Pod // the latest attempt of the current run
-	busy := false       // a pod of the node has not finished: the node starts nothing else
+	var cur *corev1.Pod    // the latest attempt of the current run
+	var reboot *corev1.Pod // the current run's restart pod
+	busy := false          // a pod of the node has not finished: the node starts nothing else
+	attempts := mine[:0:0] // the run pods, without the restart pods
 	for _, pod := range mine {
 		if !podFinished(pod) {
 			busy = true
@@ -129,10 +156,17 @@ func (lc *lifecycle) decide(in nodeInput) nodeDecision {
 			}
 			if !lc.isCurrent(pod) {
 				d.otherRunInFlight = true
-			} else if podUnstarted(pod) {
+			} else if podUnstarted(pod) && !isRebootPod(pod) {
 				d.unstarted++
 			}
 		}
+		if isRebootPod(pod) {
+			if lc.isCurrent(pod) {
+				reboot = pod
+			}
+			continue
+		}
+		attempts = append(attempts, pod)
 		if lc.isCurrent(pod) && (cur == nil || podAttempt(pod) > podAttempt(cur)) {
 			cur = pod
 		}
@@ -142,6 +176,7 @@ func (lc *lifecycle) decide(in nodeInput) nodeDecision {
 	if !gone {
 		blocked = nodeBlocked(in.node, lc.tolerations)
 	}
+	in.pods = attempts
 	e := lc.entry(in, cur, gone, ready, &d)
 	current := e.Run == lc.run
 	if current && !gone {
@@ -154,27 +189,37 @@ func (lc *lifecycle) decide(in nodeInput) nodeDecision {
 	d.keep = in.target || d.inFlight || (current && e.Attempts > 0 && (!gone || len(in.pods) > 0))
 
 	lc.deletions(in, mine, ready, &d)
-
-	if !in.target || busy || gone || blocked != "" {
-		return d
+	lc.startable(in, busy, gone, blocked, &d)
+	if lc.maint.claims {
+		lc.maint.maintain(lc, maintainInput{nodeInput: in, busy: busy, blocked: blocked, reboot: reboot,
+			storedFinal: in.stored != nil && in.stored.Run == lc.run && isFinal(in.stored)}, &d)
+		d.keep = d.keep || d.inFlight
 	}
+	return d
+}
+
+// startable decides whether the node may start its next attempt now, if a slot is free.
+func (lc *lifecycle) startable(in nodeInput, busy, gone bool, blocked string, d *nodeDecision) {
+	if !in.target || busy || gone || blocked != "" {
+		return
+	}
+	e := &d.entry
 	req := PodRequest{Node: in.name, NodeUID: in.node.UID, Attempt: 1}
-	if !current {
+	if e.Run != lc.run {
 		d.start, d.request = true, req
-		return d
+		return
 	}
 	if e.Phase != ntv1.NodePending {
-		return d
+		return
 	}
 	if e.Reason == ntv1.NodeReasonRetryBackoff && e.FinishTime != nil {
 		if wait := e.FinishTime.Add(retryDelay(e.Attempts)).Sub(lc.now); wait > 0 {
 			d.after(wait)
-			return d
+			return
 		}
 	}
 	req.Attempt = e.Attempts + 1
 	d.start, d.request = true, req
-	return d
 }
 
 // entry works out the node's entry from its stored entry and the current run's latest pod.
@@ -232,7 +277,7 @@ func (lc *lifecycle) result(pod *corev1.Pod, gone bool) ntv1.NodeStatus {
 // retry that is no longer allowed (retries was lowered) back into the failure.
 func (lc *lifecycle) retryState(e ntv1.NodeStatus) ntv1.NodeStatus {
 	switch {
-	case e.Phase == ntv1.NodeFailed && e.Attempts <= lc.retries:
+	case e.Phase == ntv1.NodeFailed && e.Attempts <= lc.retries && !maintenanceFailures[e.Reason]:
 		e.Phase, e.Reason = ntv1.NodePending, ntv1.NodeReasonRetryBackoff
 	case e.Phase == ntv1.NodePending && e.Reason == ntv1.NodeReasonRetryBackoff && e.Attempts > lc.retries:
 		// The failure's own reason was replaced by RetryBackoff when it was stored; its
@@ -240,6 +285,14 @@ func (lc *lifecycle) retryState(e ntv1.NodeStatus) ntv1.NodeStatus {
 		e.Phase, e.Reason = ntv1.NodeFailed, ntv1.NodeReasonError
 	}
 	return e
+}
+
+// maintenanceFailures are failures of the work around a run, not of the run: running the
+// script again would not help.
+var maintenanceFailures = map[string]bool{
+	ntv1.NodeReasonDrainTimeout:  true,
+	ntv1.NodeReasonRebootTimeout: true,
+	ntv1.NodeReasonRebootFailed:  true,
 }
 
 // deadline is when the operator stops waiting for the kubelet to end an attempt.

@@ -74,6 +74,10 @@ type NodeTaskReconciler struct {
 	lastWrite sync.Map
 	// cleaned holds, by task key, a uidMark with the run whose older script ConfigMaps are deleted.
 	cleaned sync.Map
+	// nodeWrites holds the nodes this process patched until the cache shows them.
+	nodeWrites nodeWrites
+	// drainRefusals holds, by task UID and node, why the last evictions were refused.
+	drainRefusals sync.Map
 }
 
 // uidMark is a value remembered for one incarnation of a task: a task deleted and created
@@ -253,6 +257,9 @@ func (r *NodeTaskReconciler) observe(ctx context.Context, task *ntv1.NodeTask) (
 	}
 	var awaiting bool
 	obs.Pods, awaiting = r.expectations.merge(client.ObjectKeyFromObject(task), task.UID, cached, now)
+	if err := r.observeMaintenance(ctx, obs); err != nil {
+		return nil, false, err
+	}
 	return obs, awaiting, nil
 }
 
@@ -276,6 +283,9 @@ func (r *NodeTaskReconciler) apply(ctx context.Context, task *ntv1.NodeTask, obs
 		logger.V(1).Info("deleted pod", "task", klog.KObj(task), "pod", klog.KObj(pod), "node", pod.Spec.NodeName, "why", del.Why)
 	}
 	if err := r.cleanScripts(ctx, task, plan); err != nil {
+		return Outcome{}, err
+	}
+	if err := r.applyMaintenance(ctx, task, obs, plan); err != nil {
 		return Outcome{}, err
 	}
 	if task.Spec.Script != nil && (len(plan.Create) > 0 || plan.Unstarted > 0) {
@@ -599,7 +609,8 @@ var labelsChanged = predicate.Funcs{
 }
 
 // nodeChanged passes node events that can change a plan: a node appearing or going, and
-// changes of labels, taints, schedulability or readiness. Heartbeats and image lists do not.
+// changes of labels, the operator's annotations (claims), taints, schedulability, readiness
+// or boot ID (a restart). Heartbeats and image lists do not.
 var nodeChanged = predicate.Funcs{
 	UpdateFunc: func(e event.UpdateEvent) bool {
 		a, okA := e.ObjectOld.(*corev1.Node)
@@ -608,7 +619,10 @@ var nodeChanged = predicate.Funcs{
 			return true
 		}
 		return !maps.Equal(a.Labels, b.Labels) || !slices.EqualFunc(a.Spec.Taints, b.Spec.Taints, sameTaint) ||
-			a.Spec.Unschedulable != b.Spec.Unschedulable || nodeReady(a) != nodeReady(b)
+			a.Spec.Unschedulable != b.Spec.Unschedulable || nodeReady(a) != nodeReady(b) ||
+			a.Status.NodeInfo.BootID != b.Status.NodeInfo.BootID ||
+			a.Annotations[AnnotationClaim] != b.Annotations[AnnotationClaim] ||
+			a.Annotations[AnnotationCordonedBy] != b.Annotations[AnnotationCordonedBy]
 	},
 	GenericFunc: func(event.GenericEvent) bool { return false },
 }

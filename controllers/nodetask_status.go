@@ -78,7 +78,7 @@ func countTargets(entries []ntv1.NodeStatus, targets map[string]bool, run int64)
 		switch {
 		case e.Run != run || e.Phase == ntv1.NodePending:
 			c.Pending++
-		case e.Phase == ntv1.NodeRunning:
+		case e.Phase == ntv1.NodeRunning || e.Phase == ntv1.NodeRebooting:
 			c.Running++
 		case e.Phase == ntv1.NodeSucceeded:
 			c.Succeeded++
@@ -148,6 +148,7 @@ func ComputeStatus(obs *Observed, p *Plan, out Outcome) ntv1.NodeTaskStatus {
 		Namespace:      task.Namespace,
 		WindowClosed:   p.WindowClosed,
 		NextWindow:     p.NextWindow,
+		Releasing:      p.Releasing,
 	}
 	if f.Problem == nil {
 		f.Problem = out.Problem
@@ -203,6 +204,8 @@ type conditionFacts struct {
 	NextWindow   time.Time
 	// RebootRequired names the targets that succeeded with a reboot exit code.
 	RebootRequired []string
+	// Releasing names the nodes still claimed (and maybe cordoned) after their work.
+	Releasing []string
 	// Failed, NotReady and Backoff name the targets in those states, sorted. NotReady
 	// includes nodes under kubelet pressure taints.
 	Failed, NotReady, Backoff []string
@@ -247,7 +250,7 @@ func setConditions(st *ntv1.NodeTaskStatus, f conditionFacts) {
 	}
 
 	set(ntv1.ConditionStalled, metav1.ConditionFalse, ntv1.ReasonProgressing, "")
-	done := c.Targets > 0 && c.Pending == 0 && c.Running == 0
+	done := c.Targets > 0 && c.Pending == 0 && c.Running == 0 && len(f.Releasing) == 0
 	switch {
 	case done:
 		msg := fmt.Sprintf("succeeded on all %d nodes", c.Targets)
@@ -279,6 +282,8 @@ func setConditions(st *ntv1.NodeTaskStatus, f conditionFacts) {
 		case f.Waiting != nil:
 			reason, msg = f.Waiting.Reason, progress+"; "+f.Waiting.Message
 		case c.Running > 0:
+		case len(f.Releasing) > 0 && c.Pending == 0:
+			msg = progress + "; releasing (uncordoning) " + nameList(f.Releasing)
 		case f.WindowClosed:
 			reason = ntv1.ReasonOutsideMaintenanceWindow
 			msg = progress + "; outside spec.window, which opens next at " + f.NextWindow.Format(time.RFC3339)
@@ -394,6 +399,12 @@ func entryJSONLen(e *ntv1.NodeStatus, output bool) int {
 	}
 	if e.FinishTime != nil {
 		n += len(`,"finishTime":`) + timeLen
+	}
+	if e.BootIDBefore != "" {
+		n += len(`,"bootIDBefore":""`) + jsonStringLen(e.BootIDBefore)
+	}
+	if e.BootIDAfter != "" {
+		n += len(`,"bootIDAfter":""`) + jsonStringLen(e.BootIDAfter)
 	}
 	return n
 }

@@ -296,6 +296,8 @@ func TestEntryJSONLen(t *testing.T) {
 		{Name: eksName(70000), Phase: ntv1.NodeSucceeded, Attempts: 1, StartTime: &at, FinishTime: &at},
 		{Name: "win-a", Phase: ntv1.NodeFailed, Run: 12345678901, Attempts: 11, ExitCode: ptr.To[int32](-1073741510),
 			Reason: ntv1.NodeReasonTimeout, Output: "line 1\r\n\"quoted\" <b>\u2028 é", StartTime: &at, FinishTime: &at},
+		{Name: "win-b", Phase: ntv1.NodeSucceeded, Attempts: 1, ExitCode: ptr.To[int32](3010), Reason: ntv1.NodeReasonRebooted,
+			BootIDBefore: "17", BootIDAfter: "18", StartTime: &at, FinishTime: &at},
 	} {
 		b, err := json.Marshal(&e)
 		g.Expect(err).NotTo(HaveOccurred())

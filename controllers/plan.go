@@ -1,6 +1,7 @@
 package controllers
 
 import (
+	"slices"
 	"sort"
 	"time"
 
@@ -31,6 +32,12 @@ type Observed struct {
 	Pods []*corev1.Pod
 	// Now is the reconcile's clock.
 	Now time.Time
+	// Drains holds, by node name, what the drain of each node this task claimed and still
+	// drains sees (only for a task with spec.drain).
+	Drains map[string]*DrainObservation
+	// StaleClaims names the nodes whose claim (AnnotationClaim) names a task that no longer
+	// exists: such a claim holds nobody back.
+	StaleClaims map[string]bool
 }
 
 // PodRequest asks for the pod of one attempt on one node.
@@ -65,6 +72,16 @@ type Plan struct {
 	Nodes []ntv1.NodeStatus
 	// Create lists the pods to start, in node-name order, within the free rollout slots.
 	Create []PodRequest
+	// NodeOps claim, cordon and release nodes (a task that cordons, drains or reboots);
+	// claims come within the free rollout slots, like Create.
+	NodeOps []NodeOp
+	// Evict lists the pods the drains evict.
+	Evict []*corev1.Pod
+	// Reboots lists the restart pods to create.
+	Reboots []RebootRequest
+	// Releasing names the nodes whose work is done and whose claim this task still holds:
+	// the task is not Ready until they are uncordoned and let go.
+	Releasing []string
 	// Delete lists the pods to delete: recorded finished pods past their TTL, recorded pods
 	// of deleted nodes or of a machine that was replaced, pods past the operator's deadline,
 	// and superseded pods that never started.
@@ -162,21 +179,44 @@ func ComputePlan(obs *Observed) *Plan {
 	p.MaxFailures, _ = intstr.GetScaledValueFromIntOrPercent(
 		intstr.ValueOrDefault(task.Spec.Rollout.MaxFailures, intstr.FromInt32(0)), len(p.Targets), false)
 
-	var candidates []PodRequest
+	var (
+		candidates []PodRequest   // starts that need a free slot
+		claims     []NodeOp       // claims, which need a free slot
+		claimed    []PodRequest   // starts within the slot of the node's claim
+		holding    []nodeDecision // claimed nodes that wait to start
+	)
 	for _, name := range names {
 		var prev *ntv1.NodeStatus
 		if e, ok := stored[name]; ok {
 			prev = &e
 		}
-		d := lc.decide(nodeInput{name: name, node: obs.Nodes[name], target: p.Targets[name], stored: prev, pods: podsByNode[name]})
+		d := lc.decide(nodeInput{name: name, node: obs.Nodes[name], target: p.Targets[name], stored: prev,
+			pods: podsByNode[name], drain: obs.Drains[name], staleClaim: obs.StaleClaims[name]})
 		if d.keep {
 			p.Nodes = append(p.Nodes, d.entry)
 		}
 		if d.inFlight {
 			p.InFlight++
 		}
-		if d.start {
+		switch {
+		case d.claim:
+			claims = append(claims, d.ops...)
+		case d.holding():
+			holding = append(holding, d)
+		default:
+			p.NodeOps = append(p.NodeOps, d.ops...)
+		}
+		if d.releasing {
+			p.Releasing = append(p.Releasing, name)
+		}
+		switch {
+		case d.start && d.claimed:
+			claimed = append(claimed, d.request)
+		case d.start:
 			candidates = append(candidates, d.request)
+		}
+		if d.reboot != nil {
+			p.Reboots = append(p.Reboots, *d.reboot)
 		}
 		p.Delete = append(p.Delete, d.deletes...)
 		p.Unstarted += d.unstarted
@@ -207,11 +247,29 @@ func ComputePlan(obs *Observed) *Plan {
 			}
 		}
 	}
-	if !task.Spec.Suspend && !p.BudgetExceeded && !p.WindowClosed && p.Problem == nil {
-		slots := p.MaxConcurrent - p.InFlight
-		if slots > 0 && len(candidates) > 0 {
-			p.Create = candidates[:min(slots, len(candidates))]
+	stopped := task.Spec.Suspend || p.BudgetExceeded || p.Problem != nil
+	if !stopped && !p.WindowClosed {
+		slots := max(0, p.MaxConcurrent-p.InFlight)
+		p.Create = candidates[:min(slots, len(candidates))]
+		p.NodeOps = append(p.NodeOps, claims[:min(slots, len(claims))]...)
+	}
+	// A claimed node has started its maintenance: it goes on in a closed window, but lets
+	// go of its claim (and the cordon it made) when the rollout stops before its run.
+	for _, d := range holding {
+		if !stopped {
+			p.NodeOps = append(p.NodeOps, d.ops...)
+			p.Evict = append(p.Evict, d.evict...)
+			continue
 		}
+		p.NodeOps = append(p.NodeOps, NodeOp{Node: d.entry.Name, Kind: OpRelease, Uncordon: true,
+			Why: "the rollout stopped before its run"})
+		claimed = slices.DeleteFunc(claimed, func(r PodRequest) bool { return r.Node == d.entry.Name })
+	}
+	if !stopped {
+		p.Create = append(p.Create, claimed...)
+	}
+	if len(p.Create) == 0 {
+		p.Create = nil
 	}
 	return p
 }

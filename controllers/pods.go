@@ -2,6 +2,7 @@ package controllers
 
 import (
 	"crypto/sha256"
+	"fmt"
 	_ "embed"
 	"encoding/hex"
 	"strconv"
@@ -71,6 +72,14 @@ var wrapperCommand = []string{
 type PodBuilder struct {
 	// DefaultScriptImage is the image of script pods whose task names none.
 	DefaultScriptImage string
+}
+
+// scriptImage is the image of a pod whose process is a host program.
+func (b *PodBuilder) scriptImage() string {
+	if b.DefaultScriptImage != "" {
+		return b.DefaultScriptImage
+	}
+	return ntv1.DefaultScriptImage
 }
 
 // taskLabelValue returns the value of LabelTask for a task name: the name itself when it is
@@ -158,10 +167,7 @@ func (b *PodBuilder) Pod(task *ntv1.NodeTask, run int64, revision string, req Po
 	case spec.Script != nil:
 		container.Image = spec.Script.Image
 		if container.Image == "" {
-			container.Image = b.DefaultScriptImage
-		}
-		if container.Image == "" {
-			container.Image = ntv1.DefaultScriptImage
+			container.Image = b.scriptImage()
 		}
 		container.Command = wrapperCommand
 		env = append(env, corev1.EnvVar{Name: envInterpreter, Value: string(interpreter(spec.Script))})
@@ -211,6 +217,75 @@ func (b *PodBuilder) Pod(task *ntv1.NodeTask, run int64, revision string, req Po
 			Tolerations:                  spec.Tolerations,
 			Containers:                   []corev1.Container{container},
 			Volumes:                      volumes,
+		},
+	}
+}
+
+// rebootDelaySeconds is how long shutdown.exe waits before it restarts the node: time for
+// the kubelet to report the restart pod's success.
+const rebootDelaySeconds = 15
+
+// RebootPodName is the name of the pod that restarts one node after one run: fixed per
+// task, machine and run, so that a run never restarts a node twice.
+func RebootPodName(task *ntv1.NodeTask, run int64, req PodRequest) string {
+	key := strings.Join([]string{string(task.UID), req.Node, string(req.NodeUID), strconv.FormatInt(run, 10), RoleReboot}, "/")
+	return trimName(task.Name, 33) + "-reboot-" + shortHash(key)
+}
+
+// RebootPod builds the HostProcess pod that restarts a node: `shutdown.exe /r` as SYSTEM,
+// with a delay, a planned-maintenance reason code and a comment that names the task (Windows
+// logs both in the System event log, event 1074). It runs in the task's namespace with the
+// task's tolerations and priority class, and the boot ID before the restart in an annotation.
+func (b *PodBuilder) RebootPod(task *ntv1.NodeTask, run int64, revision string, req RebootRequest) *corev1.Pod {
+	labels := map[string]string{
+		LabelTask:      taskLabelValue(task.Name),
+		LabelRevision:  revision,
+		LabelRun:       strconv.FormatInt(run, 10),
+		LabelAttempt:   strconv.Itoa(int(req.Attempt)),
+		LabelRole:      RoleReboot,
+		LabelManagedBy: ManagedByValue,
+	}
+	if len(validation.IsValidLabelValue(req.Node)) == 0 {
+		labels[LabelNode] = req.Node
+	}
+	if req.NodeUID != "" {
+		labels[LabelNodeUID] = string(req.NodeUID)
+	}
+	comment := fmt.Sprintf("NodeTask %s/%s run %d restarts this node", task.Namespace, task.Name, run)
+	return &corev1.Pod{
+		ObjectMeta: metav1.ObjectMeta{
+			Name:            RebootPodName(task, run, req.PodRequest),
+			Namespace:       task.Namespace,
+			Labels:          labels,
+			Annotations:     map[string]string{AnnotationBootID: req.BootID},
+			OwnerReferences: []metav1.OwnerReference{ownerRef(task)},
+		},
+		Spec: corev1.PodSpec{
+			NodeName:      req.Node,
+			RestartPolicy: corev1.RestartPolicyNever,
+			HostNetwork:   true,
+			// The restart is one command; it must not hold the node for a task's timeout.
+			ActiveDeadlineSeconds: ptr.To[int64](300),
+			OS:                    &corev1.PodOS{Name: corev1.Windows},
+			SecurityContext: &corev1.PodSecurityContext{
+				WindowsOptions: &corev1.WindowsSecurityContextOptions{
+					HostProcess:   ptr.To(true),
+					RunAsUserName: ptr.To(ntv1.DefaultRunAsUserName),
+				},
+			},
+			AutomountServiceAccountToken: ptr.To(false),
+			EnableServiceLinks:           ptr.To(false),
+			PriorityClassName:            task.Spec.PriorityClassName,
+			ImagePullSecrets:             task.Spec.ImagePullSecrets,
+			Tolerations:                  task.Spec.Tolerations,
+			Containers: []corev1.Container{{
+				Name:  "reboot",
+				Image: b.scriptImage(),
+				// p:4:1 is "Application: Maintenance (Planned)". The comment goes through
+				// cmd /c on bind-filter nodes: it holds no character cmd treats specially.
+				Command: []string{"shutdown.exe", "/r", "/t", strconv.Itoa(rebootDelaySeconds), "/d", "p:4:1", "/c", comment},
+				TerminationMessagePolicy: corev1.TerminationMessageFallbackToLogsOnError,
+			}},
 		},
 	}
 }

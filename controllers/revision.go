@@ -15,7 +15,7 @@ const revisionLength = 10
 // Revision returns the hash of the spec fields that define what runs on a node: the payload,
 // env, identity, resources, pod metadata, service account, image pull secrets, priority class
 // and rerunToken. Selection, rollout, newNodes, suspend, window, timeout, retries, reboot exit
-// codes and TTL are left out on purpose: changing them must not re-run nodes that have finished.
+// codes, the maintenance around a run (reboot, cordon, drain) and TTL are left out on purpose: changing them must not re-run nodes that have finished.
 func Revision(spec *ntv1.NodeTaskSpec) string {
 	in := spec.DeepCopy()
 	in.NodeSelector, in.NodeNames, in.Tolerations = nil, nil, nil
@@ -23,6 +23,7 @@ func Revision(spec *ntv1.NodeTaskSpec) string {
 	in.TimeoutSeconds, in.Retries, in.PodTTLSecondsAfterFinished = nil, nil, nil
 	// How results are read and when nodes may start is not what runs either.
 	in.Window, in.RebootExitCodes = nil, nil
+	in.Reboot, in.RebootTimeoutSeconds, in.Cordon, in.Drain = "", nil, false, nil
 	// encoding/json sorts map keys and leaves out empty fields, so equal specs always hash
 	// alike, and a field added to the API later does not change existing revisions.
 	b, err := json.Marshal(in)

@@ -79,4 +79,22 @@ const (
 	NodeReasonRebootRequired = "RebootRequired"
 	// NodeReasonRetryBackoff: the last attempt failed and the next waits for its backoff.
 	NodeReasonRetryBackoff = "RetryBackoff"
+	// NodeReasonNodeBusy: another NodeTask has claimed the node (nodetask.io/claim) to
+	// cordon, drain or restart it; this task waits for the claim's release.
+	NodeReasonNodeBusy = "NodeBusy"
+	// NodeReasonDraining: the node is cordoned and its pods are being evicted (spec.drain).
+	NodeReasonDraining = "Draining"
+	// NodeReasonDrainBlocked: an eviction was refused, usually by a PodDisruptionBudget
+	// (named in the output); the drain tries again until drain.timeoutSeconds.
+	NodeReasonDrainBlocked = "DrainBlocked"
+	// NodeReasonDrainTimeout: the drain did not finish within drain.timeoutSeconds.
+	NodeReasonDrainTimeout = "DrainTimeout"
+	// NodeReasonRebootRequested: the operator's restart pod was created on the node.
+	NodeReasonRebootRequested = "RebootRequested"
+	// NodeReasonRebooted: the node came back Ready with a new boot ID after the restart.
+	NodeReasonRebooted = "Rebooted"
+	// NodeReasonRebootTimeout: the node did not come back within spec.rebootTimeoutSeconds.
+	NodeReasonRebootTimeout = "RebootTimeout"
+	// NodeReasonRebootFailed: the restart command failed (its output says why).
+	NodeReasonRebootFailed = "RebootFailed"
 )

@@ -167,12 +167,87 @@ type NodeTaskSpec struct {
 	// +kubebuilder:validation:MaxItems=16
 	RebootExitCodes []int32 `json:"rebootExitCodes,omitempty"`
 
+	// reboot says when the operator restarts a node after the task succeeded there: Never
+	// (an exit code of rebootExitCodes is recorded as Succeeded with reason RebootRequired,
+	// and nothing else happens), IfRequired (restart the node when the script exits with one
+	// of rebootExitCodes) or Always (restart it after every successful run). The restart is
+	// done by the operator, with a HostProcess pod that runs `shutdown.exe /r`; the node is
+	// Rebooting until it is Ready again with a new status.nodeInfo.bootID, and only then
+	// Succeeded. A task that may reboot holds a per-node claim (see cordon), so two tasks
+	// never restart one node at once.
+	// +optional
+	// +kubebuilder:default=Never
+	Reboot RebootPolicy `json:"reboot,omitempty"`
+
+	// rebootTimeoutSeconds bounds the wait for a restarted node to come back Ready with a new
+	// boot ID; past it the node fails with reason RebootTimeout.
+	// +optional
+	// +kubebuilder:default=1800
+	// +kubebuilder:validation:XValidation:rule="self >= 60 && self <= 86400",message="rebootTimeoutSeconds must be between 60 and 86400 (one day)"
+	RebootTimeoutSeconds *int32 `json:"rebootTimeoutSeconds,omitempty"`
+
+	// cordon marks each node unschedulable before its run, and schedulable again once the
+	// node's work (run and restart) succeeded; a node that someone else had cordoned stays
+	// cordoned. A task that cordons, drains or reboots claims each node it works on with the
+	// node annotation nodetask.io/claim, and a node another task has claimed waits with
+	// reason NodeBusy. Such a node counts against rollout.maxConcurrent from its claim to
+	// its release.
+	// +optional
+	Cordon bool `json:"cordon,omitempty"`
+
+	// drain cordons each node and evicts its pods through the Eviction API (so that
+	// PodDisruptionBudgets hold) before the node's run. DaemonSet pods, mirror pods and
+	// finished pods are left alone.
+	// +optional
+	Drain *DrainSpec `json:"drain,omitempty"`
+
 	// podTTLSecondsAfterFinished deletes a finished pod this many seconds after its result is
 	// recorded in status. Unset keeps pods, so that `kubectl logs` still works; they are
 	// deleted with the NodeTask.
 	// +optional
 	// +kubebuilder:validation:Minimum=0
 	PodTTLSecondsAfterFinished *int32 `json:"podTTLSecondsAfterFinished,omitempty"`
+}
+
+// RebootPolicy says when the operator restarts a node after the task succeeded there.
+// +kubebuilder:validation:Enum=Never;IfRequired;Always
+type RebootPolicy string
+
+const (
+	// RebootNever never restarts a node; a reboot exit code is recorded as RebootRequired.
+	RebootNever RebootPolicy = "Never"
+	// RebootIfRequired restarts a node whose run exited with one of spec.rebootExitCodes.
+	RebootIfRequired RebootPolicy = "IfRequired"
+	// RebootAlways restarts a node after every successful run.
+	RebootAlways RebootPolicy = "Always"
+)
+
+// DrainSpec says how a node is drained before its run.
+type DrainSpec struct {
+	// timeoutSeconds bounds the drain, from the node's claim. A drain still blocked then (a
+	// PodDisruptionBudget that allows no disruption) fails the node with reason DrainTimeout.
+	// +optional
+	// +kubebuilder:default=600
+	// +kubebuilder:validation:XValidation:rule="self >= 1 && self <= 86400",message="drain.timeoutSeconds must be between 1 and 86400 (one day)"
+	TimeoutSeconds *int32 `json:"timeoutSeconds,omitempty"`
+
+	// deleteEmptyDirData allows evicting pods with emptyDir volumes, whose data is lost.
+	// Without it such a pod blocks the drain (reason DrainBlocked), as with `kubectl drain`.
+	// +optional
+	DeleteEmptyDirData bool `json:"deleteEmptyDirData,omitempty"`
+
+	// podSelector limits the evicted pods to those with matching labels. Unset evicts every
+	// pod but DaemonSet pods, mirror pods and NodeTask pods.
+	// +optional
+	// +kubebuilder:validation:XValidation:rule="!has(self.matchExpressions) || self.matchExpressions.all(e, e.operator in ['In', 'NotIn', 'Exists', 'DoesNotExist'])",message="drain.podSelector.matchExpressions[].operator must be one of In, NotIn, Exists, DoesNotExist"
+	// +kubebuilder:validation:XValidation:rule="!has(self.matchExpressions) || self.matchExpressions.all(e, !(e.operator in ['In', 'NotIn']) || (has(e.values) && size(e.values) > 0))",message="drain.podSelector.matchExpressions[] with operator In or NotIn needs at least one value"
+	// +kubebuilder:validation:XValidation:rule="!has(self.matchExpressions) || self.matchExpressions.all(e, !(e.operator in ['Exists', 'DoesNotExist']) || !has(e.values) || size(e.values) == 0)",message="drain.podSelector.matchExpressions[] with operator Exists or DoesNotExist must not have values"
+	PodSelector *metav1.LabelSelector `json:"podSelector,omitempty"`
+
+	// uncordonOnFailure makes a node whose run, drain or restart failed schedulable again.
+	// By default such a node stays cordoned for a person to look at.
+	// +optional
+	UncordonOnFailure bool `json:"uncordonOnFailure,omitempty"`
 }
 
 // Weekday is a day of the week, in English, as its first three letters.
@@ -335,7 +410,7 @@ const (
 )
 
 // NodePhase is where one node stands with the task.
-// +kubebuilder:validation:Enum=Pending;Running;Succeeded;Failed
+// +kubebuilder:validation:Enum=Pending;Running;Rebooting;Succeeded;Failed
 type NodePhase string
 
 const (
@@ -344,6 +419,9 @@ const (
 	NodePending NodePhase = "Pending"
 	// NodeRunning: the node's pod exists and has not finished.
 	NodeRunning NodePhase = "Running"
+	// NodeRebooting: the node's run succeeded and the operator restarted the node (spec.reboot);
+	// it is Succeeded once the node is Ready again with a new boot ID.
+	NodeRebooting NodePhase = "Rebooting"
 	// NodeSucceeded: the node's last attempt exited 0.
 	NodeSucceeded NodePhase = "Succeeded"
 	// NodeFailed: the node's last attempt failed and no retry is left.
@@ -355,7 +433,7 @@ type NodeStatus struct {
 	// name is the node's name.
 	Name string `json:"name"`
 
-	// phase is Pending, Running, Succeeded or Failed.
+	// phase is Pending, Running, Rebooting, Succeeded or Failed.
 	Phase NodePhase `json:"phase"`
 
 	// run is the run (see status.run) this entry belongs to. It is left out when it equals
@@ -392,6 +470,14 @@ type NodeStatus struct {
 	// finishTime is when the last attempt finished.
 	// +optional
 	FinishTime *metav1.Time `json:"finishTime,omitempty"`
+
+	// bootIDBefore is the node's status.nodeInfo.bootID when the operator restarted it.
+	// +optional
+	BootIDBefore string `json:"bootIDBefore,omitempty"`
+
+	// bootIDAfter is the node's boot ID once it came back from the restart.
+	// +optional
+	BootIDAfter string `json:"bootIDAfter,omitempty"`
 }
 
 // NodeTaskStatus is what the operator observed and did. The operator writes it; nothing in
@@ -429,7 +515,7 @@ type NodeTaskStatus struct {
 	// +optional
 	Pending int32 `json:"pending"`
 
-	// running is how many targets are running the current run.
+	// running is how many targets are running the current run, or restarting after it.
 	// +optional
 	Running int32 `json:"running"`
 

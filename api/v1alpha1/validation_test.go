@@ -151,6 +151,27 @@ var invalidCases = []struct {
 	{"an unknown newNodes policy", func(t *ntv1.NodeTask) {
 		t.Spec.NewNodes = "Sometimes"
 	}, `Unsupported value: "Sometimes"`},
+	{"a reboot timeout under a minute", func(t *ntv1.NodeTask) {
+		t.Spec.RebootTimeoutSeconds = ptr.To[int32](30)
+	}, "rebootTimeoutSeconds must be between 60 and 86400"},
+	{"an unknown reboot policy", func(t *ntv1.NodeTask) {
+		t.Spec.Reboot = "Sometimes"
+	}, `Unsupported value: "Sometimes"`},
+	{"a drain timeout of 0", func(t *ntv1.NodeTask) {
+		t.Spec.Drain = &ntv1.DrainSpec{TimeoutSeconds: ptr.To[int32](0)}
+	}, "drain.timeoutSeconds must be between 1 and 86400"},
+	{"a drain podSelector with an unknown operator", func(t *ntv1.NodeTask) {
+		t.Spec.Drain = &ntv1.DrainSpec{PodSelector: &metav1.LabelSelector{MatchExpressions: []metav1.LabelSelectorRequirement{
+			{Key: "app", Operator: "Gt", Values: []string{"1"}}}}}
+	}, "drain.podSelector.matchExpressions[].operator must be one of"},
+	{"a drain podSelector In without values", func(t *ntv1.NodeTask) {
+		t.Spec.Drain = &ntv1.DrainSpec{PodSelector: &metav1.LabelSelector{MatchExpressions: []metav1.LabelSelectorRequirement{
+			{Key: "app", Operator: metav1.LabelSelectorOpIn}}}}
+	}, "drain.podSelector.matchExpressions[] with operator In or NotIn needs at least one value"},
+	{"a drain podSelector Exists with values", func(t *ntv1.NodeTask) {
+		t.Spec.Drain = &ntv1.DrainSpec{PodSelector: &metav1.LabelSelector{MatchExpressions: []metav1.LabelSelectorRequirement{
+			{Key: "app", Operator: metav1.LabelSelectorOpExists, Values: []string{"x"}}}}}
+	}, "drain.podSelector.matchExpressions[] with operator Exists or DoesNotExist must not have values"},
 	{"a container without image", func(t *ntv1.NodeTask) {
 		t.Spec.Script = nil
 		t.Spec.Container = &ntv1.ContainerSpec{}
@@ -180,6 +201,19 @@ var _ = Describe("NodeTask validation", func() {
 		Expect(task.Spec.Script.Interpreter).To(Equal(ntv1.InterpreterPowerShell))
 		Expect(task.Spec.RebootExitCodes).To(Equal([]int32{3010, 1641}))
 		Expect(task.Spec.Window).To(BeNil())
+		Expect(task.Spec.Reboot).To(Equal(ntv1.RebootNever))
+		Expect(task.Spec.RebootTimeoutSeconds).To(HaveValue(BeEquivalentTo(1800)))
+		Expect(task.Spec.Cordon).To(BeFalse())
+		Expect(task.Spec.Drain).To(BeNil())
+	})
+
+	It("fills in the drain's defaults when spec.drain is set", func() {
+		task := validTask("drain-defaults")
+		task.Spec.Drain = &ntv1.DrainSpec{}
+		Expect(k8sClient.Create(ctx, task)).To(Succeed())
+		DeferCleanup(k8sClient.Delete, ctx, task)
+		Expect(task.Spec.Drain.TimeoutSeconds).To(HaveValue(BeEquivalentTo(600)))
+		Expect(task.Spec.Drain.UncordonOnFailure).To(BeFalse())
 	})
 
 	It("accepts every allowed runAsUserName form and percentages at the bounds", func() {

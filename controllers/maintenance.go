@@ -1,0 +1,396 @@
+package controllers
+
+import (
+	"encoding/json"
+	"fmt"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
+
+	ntv1 "github.com/nodetask/nodetask-operator/api/v1alpha1"
+)
+
+// The maintenance around one node's run, for a task that cordons, drains or reboots:
+//
+//	Pending ──claim(+cordon)──▶ Pending(Draining|DrainBlocked) ──drained──▶ Running
+//	   │ NodeBusy: another task's claim       │ drain.timeoutSeconds ──▶ Failed(DrainTimeout)
+//	Running ──success, reboot wanted──▶ Rebooting ──new bootID, Ready──▶ Succeeded(Rebooted)
+//	                                        ├── restart pod failed ──▶ Failed(RebootFailed)
+//	                                        └── rebootTimeoutSeconds ──▶ Failed(RebootTimeout)
+//	final result stored ──▶ release: uncordon (if this task cordoned it, and it succeeded or
+//	                        drain.uncordonOnFailure) and remove the claim
+//
+// Every step's state is kept where a restarted manager reads it back, never in memory: the
+// claim (with its time) and the cordon mark are node annotations, the cordon is the node's
+// own spec.unschedulable, the drain is the pods still on the node, the restart is a pod
+// with a deterministic name that records the boot ID it restarted, and the result is the
+// status entry. So a kill -9 at any step resumes at that step, a node is restarted at most
+// once per run, and a node this task cordoned is uncordoned once its success is stored.
+
+// Node annotations through which tasks coordinate their work on one node.
+const (
+	// AnnotationClaim holds the claim of the task that cordons, drains or restarts the
+	// node: JSON with the task's namespace/name, its UID and the claim's time.
+	AnnotationClaim = "nodetask.io/claim"
+	// AnnotationCordonedBy holds the UID of the task that cordoned the node, so that only
+	// that task uncordons it: a node someone else cordoned stays cordoned.
+	AnnotationCordonedBy = "nodetask.io/cordoned-by"
+	// AnnotationBootID on a restart pod is the node's boot ID when the pod was made.
+	AnnotationBootID = "nodetask.io/boot-id"
+	// LabelRole is "reboot" on the pod that restarts a node; a task's run pods have none.
+	LabelRole = "nodetask.io/role"
+	// RoleReboot is the value of LabelRole on restart pods.
+	RoleReboot = "reboot"
+)
+
+// drainPoll is how often a draining node is looked at again: the evicted pods are not the
+// operator's, so no watch event says when they are gone.
+const drainPoll = 5 * time.Second
+
+// NodeClaim is the value of AnnotationClaim.
+type NodeClaim struct {
+	// Task is the claiming task's namespace/name, for people reading the node.
+	Task string `json:"task"`
+	// UID is the claiming task's UID: a task re-created under the same name is another task.
+	UID types.UID `json:"uid"`
+	// Since is when the claim was taken; the drain's timeout counts from it.
+	Since metav1.Time `json:"since"`
+}
+
+// readClaim returns the node's claim, or nil when it has none. A value that does not parse
+// is someone's claim all the same: it comes back with an empty UID, which no task has.
+func readClaim(node *corev1.Node) *NodeClaim {
+	if node == nil {
+		return nil
+	}
+	v, ok := node.Annotations[AnnotationClaim]
+	if !ok {
+		return nil
+	}
+	var c NodeClaim
+	if err := json.Unmarshal([]byte(v), &c); err != nil {
+		return &NodeClaim{Task: v}
+	}
+	return &c
+}
+
+// claimValue is the AnnotationClaim value of the task's claim taken at the given time.
+func claimValue(task *ntv1.NodeTask, at time.Time) string {
+	b, err := json.Marshal(NodeClaim{Task: task.Namespace + "/" + task.Name, UID: task.UID, Since: metav1.NewTime(at)})
+	if err != nil {
+		panic(err) // plain strings and a time
+	}
+	return string(b)
+}
+
+// NodeOpKind says what a NodeOp does.
+type NodeOpKind string
+
+const (
+	// OpClaim takes the node's claim for the task, and cordons it if Cordon says so.
+	OpClaim NodeOpKind = "Claim"
+	// OpCordon cordons a node the task has claimed already.
+	OpCordon NodeOpKind = "Cordon"
+	// OpRelease removes the task's claim, and uncordons the node if Uncordon says so.
+	OpRelease NodeOpKind = "Release"
+)
+
+// NodeOp is a change of one node's claim or schedulability.
+type NodeOp struct {
+	Node string
+	Kind NodeOpKind
+	// Cordon (with OpClaim) cordons the node, unless it is cordoned already.
+	Cordon bool
+	// Uncordon (with OpRelease) uncordons the node, if this task cordoned it.
+	Uncordon bool
+	// TakeOverCordon (with OpClaim) makes this task the owner of a cordon whose owner, a
+	// task that no longer exists, left it behind.
+	TakeOverCordon bool
+	// Why says why, for the log.
+	Why string
+}
+
+// RebootRequest asks for the pod that restarts one node after its run succeeded.
+type RebootRequest struct {
+	PodRequest
+	// BootID is the node's boot ID now; the node is back once it reports another.
+	BootID string
+}
+
+// DrainObservation is what a drain of one node sees: the pods it must still evict.
+type DrainObservation struct {
+	// Pods are the node's pods the drain waits for: those to evict, those terminating, and
+	// those it may not evict (emptyDir data without drain.deleteEmptyDirData).
+	Pods []*corev1.Pod
+	// Evictable are the pods of Pods to evict now.
+	Evictable []*corev1.Pod
+	// Blocked says why the last eviction was refused (a PodDisruptionBudget, a pod with
+	// emptyDir data), or "".
+	Blocked string
+}
+
+// maintenance is what a task asks around each node's run.
+type maintenance struct {
+	uid types.UID
+	// claims: the task cordons, drains or reboots, and so claims each node it works on.
+	claims            bool
+	cordon            bool
+	drain             bool
+	drainTimeout      time.Duration
+	uncordonOnFailure bool
+	reboot            ntv1.RebootPolicy
+	rebootTimeout     time.Duration
+}
+
+func newMaintenance(task *ntv1.NodeTask) maintenance {
+	spec := &task.Spec
+	m := maintenance{
+		uid:           task.UID,
+		cordon:        spec.Cordon || spec.Drain != nil,
+		drain:         spec.Drain != nil,
+		reboot:        spec.Reboot,
+		rebootTimeout: 1800 * time.Second,
+	}
+	if m.reboot == "" {
+		m.reboot = ntv1.RebootNever
+	}
+	m.claims = m.cordon || m.reboot != ntv1.RebootNever
+	if spec.RebootTimeoutSeconds != nil {
+		m.rebootTimeout = time.Duration(*spec.RebootTimeoutSeconds) * time.Second
+	}
+	if d := spec.Drain; d != nil {
+		m.drainTimeout = 600 * time.Second
+		if d.TimeoutSeconds != nil {
+			m.drainTimeout = time.Duration(*d.TimeoutSeconds) * time.Second
+		}
+		m.uncordonOnFailure = d.UncordonOnFailure
+	}
+	return m
+}
+
+// claimState is how a node's claim stands for the task.
+type claimState int
+
+const (
+	claimFree    claimState = iota // no claim, or one left by a task that no longer exists
+	claimOurs                      // this task holds the claim
+	claimForeign                   // another task holds it
+)
+
+func (m *maintenance) claimOf(node *corev1.Node, stale bool) (claimState, *NodeClaim) {
+	c := readClaim(node)
+	switch {
+	case c == nil || stale:
+		return claimFree, c
+	case c.UID == m.uid:
+		return claimOurs, c
+	default:
+		return claimForeign, c
+	}
+}
+
+// cordonedByUs reports whether this task cordoned the node.
+func (m *maintenance) cordonedByUs(node *corev1.Node) bool {
+	return node != nil && node.Spec.Unschedulable && node.Annotations[AnnotationCordonedBy] == string(m.uid)
+}
+
+// rebootWanted reports whether a node whose attempt succeeded with entry e is restarted.
+func (m *maintenance) rebootWanted(e *ntv1.NodeStatus) bool {
+	switch m.reboot {
+	case ntv1.RebootAlways:
+		return true
+	case ntv1.RebootIfRequired:
+		return e.Reason == ntv1.NodeReasonRebootRequired
+	}
+	return false
+}
+
+// maintainInput is what one node's maintenance step looks at beyond the lifecycle's input.
+type maintainInput struct {
+	nodeInput
+	// storedFinal: the stored entry holds this run's final result.
+	storedFinal bool
+	// busy: a pod of the task on the node has not finished.
+	busy bool
+	// blocked says why the node cannot start an attempt now (NodeNotReady...), or "".
+	blocked string
+	// reboot is the current run's restart pod, or nil.
+	reboot *corev1.Pod
+}
+
+// maintain runs the maintenance step of one node, after the lifecycle worked out its entry:
+// it turns a success into a restart where one is wanted, holds back the start until the node
+// is claimed, cordoned and drained, and releases the node once its result is stored. It
+// reports whether the lifecycle's start may go ahead, and whether it holds a rollout slot
+// already (the claim holds it).
+func (m *maintenance) maintain(lc *lifecycle, in maintainInput, d *nodeDecision) {
+	e := &d.entry
+	state, claim := m.claimOf(in.node, in.staleClaim)
+	ours := state == claimOurs
+	if ours {
+		// From claim to release the node holds a rollout slot, whatever it is doing.
+		d.inFlight = true
+		defer func() {
+			d.releasing = e.Phase == ntv1.NodeSucceeded || e.Phase == ntv1.NodeFailed
+		}()
+	}
+	current := e.Run == lc.run
+
+	// The restart after a successful run.
+	if current && !in.storedFinal && in.node != nil &&
+		(e.Phase == ntv1.NodeRebooting || (e.Phase == ntv1.NodeSucceeded && m.rebootWanted(e))) {
+		m.rebootStep(lc, in, d)
+		return
+	}
+
+	if ours {
+		switch {
+		case current && in.storedFinal && (e.Phase == ntv1.NodeSucceeded || e.Phase == ntv1.NodeFailed) && !in.busy:
+			// Released only once the result is stored: a restarted manager then never finds
+			// a released node whose result it must work out again.
+			d.ops = append(d.ops, NodeOp{Node: in.name, Kind: OpRelease, Why: "its work is done",
+				Uncordon: m.cordonedByUs(in.node) && (e.Phase == ntv1.NodeSucceeded || m.uncordonOnFailure)})
+		case !in.target && !in.busy && e.Phase != ntv1.NodeRunning:
+			d.ops = append(d.ops, NodeOp{Node: in.name, Kind: OpRelease, Uncordon: m.cordonedByUs(in.node),
+				Why: "it is no longer a target"})
+		case d.start && m.cordon && !in.node.Spec.Unschedulable:
+			d.start = false
+			d.ops = append(d.ops, NodeOp{Node: in.name, Kind: OpCordon, Why: "the task cordons its nodes"})
+		case d.start && m.drain && current && d.request.Attempt == 1:
+			m.drainStep(lc, in, claim, d)
+		}
+		if d.start {
+			d.claimed = true
+		}
+		return
+	}
+
+	if !d.start {
+		return
+	}
+	d.start = false
+	switch {
+	case state == claimForeign:
+		if current && e.Phase == ntv1.NodePending {
+			e.Reason = ntv1.NodeReasonNodeBusy
+		}
+	default:
+		// The claim comes first; the next pass, which sees it, cordons, drains and starts.
+		d.ops = append(d.ops, NodeOp{Node: in.name, Kind: OpClaim, Cordon: m.cordon,
+			TakeOverCordon: in.staleClaim && claim != nil && in.node.Spec.Unschedulable &&
+				in.node.Annotations[AnnotationCordonedBy] == string(claim.UID),
+			Why: "the task cordons, drains or restarts its nodes"})
+		d.claim = true
+	}
+}
+
+// drainStep evicts the node's pods before its first attempt, and starts the attempt once
+// none is left. A drain that outlasts drain.timeoutSeconds fails the node.
+func (m *maintenance) drainStep(lc *lifecycle, in maintainInput, claim *NodeClaim, d *nodeDecision) {
+	e := &d.entry
+	if in.drain != nil && len(in.drain.Pods) == 0 {
+		return // drained: the attempt starts
+	}
+	d.start = false
+	if in.drain == nil {
+		d.after(drainPoll) // not looked at in this pass
+		return
+	}
+	deadline := claim.Since.Add(m.drainTimeout)
+	if !lc.now.Before(deadline) {
+		e.Phase, e.Reason, e.ExitCode = ntv1.NodeFailed, ntv1.NodeReasonDrainTimeout, nil
+		e.FinishTime = &metav1.Time{Time: deadline}
+		e.Output = fmt.Sprintf("the drain did not finish within drain.timeoutSeconds (%ds): %s", int(m.drainTimeout/time.Second),
+			drainSummary(in.drain))
+		return
+	}
+	e.Reason, e.Output = ntv1.NodeReasonDraining, drainSummary(in.drain)
+	if in.drain.Blocked != "" {
+		e.Reason = ntv1.NodeReasonDrainBlocked
+	}
+	d.evict = in.drain.Evictable
+	d.after(min(drainPoll, deadline.Sub(lc.now)))
+}
+
+// drainSummary says what a drain still waits for.
+func drainSummary(o *DrainObservation) string {
+	names := make([]string, 0, len(o.Pods))
+	for _, p := range o.Pods {
+		names = append(names, p.Namespace+"/"+p.Name)
+	}
+	s := fmt.Sprintf("%d pods left to evict: %s", len(o.Pods), nameList(names))
+	if o.Blocked != "" {
+		s += "; " + o.Blocked
+	}
+	return s
+}
+
+// rebootStep restarts a node whose run succeeded, and follows it until the node is back.
+func (m *maintenance) rebootStep(lc *lifecycle, in maintainInput, d *nodeDecision) {
+	e := &d.entry
+	node := in.node
+	bootNow := node.Status.NodeInfo.BootID
+	before := e.BootIDBefore
+	if in.reboot != nil {
+		before = in.reboot.Annotations[AnnotationBootID]
+	}
+	requested := in.reboot != nil || e.BootIDBefore != ""
+	e.Phase, e.Reason, e.BootIDBefore = ntv1.NodeRebooting, ntv1.NodeReasonRebootRequested, before
+	claim, _ := m.claimOf(node, in.staleClaim)
+	switch {
+	case requested && backFromReboot(node, before, in.reboot):
+		// The exit code (3010) and the run's output stay: they say why it restarted.
+		e.Phase, e.Reason, e.BootIDAfter = ntv1.NodeSucceeded, ntv1.NodeReasonRebooted, node.Status.NodeInfo.BootID
+		e.FinishTime = &metav1.Time{Time: lc.now}
+	case in.reboot != nil && in.reboot.Status.Phase == corev1.PodFailed:
+		r := podResult(in.reboot, false, lc.now)
+		e.Phase, e.Reason, e.ExitCode, e.FinishTime = ntv1.NodeFailed, ntv1.NodeReasonRebootFailed, r.ExitCode, r.FinishTime
+		e.Output = "the restart command failed: " + r.Output
+	case in.reboot != nil:
+		deadline := in.reboot.CreationTimestamp.Add(m.rebootTimeout)
+		if !lc.now.Before(deadline) {
+			e.Phase, e.Reason = ntv1.NodeFailed, ntv1.NodeReasonRebootTimeout
+			e.FinishTime = &metav1.Time{Time: deadline}
+			e.Output = fmt.Sprintf("the node did not come back Ready with a new boot ID within rebootTimeoutSeconds (%ds)",
+				int(m.rebootTimeout/time.Second))
+			return
+		}
+		d.after(deadline.Sub(lc.now))
+	case claim == claimForeign:
+		// Someone removed this task's claim and another task took the node: wait for it.
+		e.Reason = ntv1.NodeReasonNodeBusy
+	case claim == claimFree:
+		d.ops = append(d.ops, NodeOp{Node: in.name, Kind: OpClaim, Why: "it must restart and its claim was removed"})
+	default:
+		// No restart pod: never made, or deleted before the node restarted (the boot ID
+		// is still the one recorded). Its name is fixed per run: at most one exists.
+		e.BootIDBefore = bootNow
+		d.reboot = &RebootRequest{PodRequest: PodRequest{Node: in.name, NodeUID: node.UID, Attempt: e.Attempts}, BootID: bootNow}
+	}
+}
+
+// backFromReboot reports whether a node restarted since its boot ID was before: it is Ready
+// and reports another boot ID. A node whose kubelet reports no boot ID is back once it is
+// Ready again after having been not Ready since the restart pod was made.
+func backFromReboot(node *corev1.Node, before string, pod *corev1.Pod) bool {
+	if !nodeReady(node) {
+		return false
+	}
+	if before != "" {
+		return node.Status.NodeInfo.BootID != "" && node.Status.NodeInfo.BootID != before
+	}
+	if pod == nil {
+		return false
+	}
+	for _, c := range node.Status.Conditions {
+		if c.Type == corev1.NodeReady {
+			return c.LastTransitionTime.After(pod.CreationTimestamp.Time)
+		}
+	}
+	return false
+}
+
+// isRebootPod reports whether the pod is a restart pod rather than a run's attempt.
+func isRebootPod(pod *corev1.Pod) bool { return pod.Labels[LabelRole] == RoleReboot }

@@ -1,0 +1,351 @@
+package controllers
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"strconv"
+	"sync"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	policyv1 "k8s.io/api/policy/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/labels"
+	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/klog/v2"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/log"
+
+	ntv1 "github.com/nodetask/nodetask-operator/api/v1alpha1"
+)
+
+// This file holds the side of node maintenance that talks to the API server: reading
+// claims and drains for the planner, and carrying out its NodeOps, evictions and restarts.
+
+// +kubebuilder:rbac:groups="",resources=nodes,verbs=patch
+// +kubebuilder:rbac:groups="",resources=pods/eviction,verbs=create
+
+// nodeWriteTTL bounds how long a node this process patched is read from its own write
+// rather than the cache.
+const nodeWriteTTL = time.Minute
+
+// nodeWrites remembers the nodes this process patched until the cache shows the patch, as
+// expectations does for pods: without it, a reconcile that runs before the cache catches up
+// would see a node it claimed as free, and claim more nodes than rollout.maxConcurrent.
+type nodeWrites struct {
+	m sync.Map // node name → writtenNode
+}
+
+type writtenNode struct {
+	node     *corev1.Node
+	version  uint64
+	deadline time.Time
+}
+
+func (w *nodeWrites) store(node *corev1.Node, now time.Time) {
+	v, err := strconv.ParseUint(node.ResourceVersion, 10, 64)
+	if err != nil {
+		return // not a version we can compare: rely on the cache and the optimistic lock
+	}
+	trimmed, _ := TrimNode(node)
+	w.m.Store(node.Name, writtenNode{node: trimmed.(*corev1.Node), version: v, deadline: now.Add(nodeWriteTTL)})
+}
+
+// overlay replaces the cached nodes that are older than this process's own writes.
+func (w *nodeWrites) overlay(nodes map[string]*corev1.Node, now time.Time) {
+	w.m.Range(func(k, v any) bool {
+		name, wn := k.(string), v.(writtenNode)
+		cached := nodes[name]
+		if cached == nil || now.After(wn.deadline) {
+			w.m.Delete(name)
+			return true
+		}
+		if cv, err := strconv.ParseUint(cached.ResourceVersion, 10, 64); err != nil || cv >= wn.version {
+			w.m.Delete(name)
+			return true
+		}
+		nodes[name] = wn.node
+		return true
+	})
+}
+
+// observeMaintenance adds to obs what the planner needs for a task that claims nodes: the
+// claims of tasks that no longer exist, and the drains of the nodes this task claimed.
+func (r *NodeTaskReconciler) observeMaintenance(ctx context.Context, obs *Observed) error {
+	task := obs.Task
+	m := newMaintenance(task)
+	if !m.claims {
+		return nil
+	}
+	r.nodeWrites.overlay(obs.Nodes, obs.Now)
+	running := map[string]bool{} // nodes with an attempt of the current content
+	rev := obs.Revision
+	for _, pod := range obs.Pods {
+		if podRevision(pod) == rev && !isRebootPod(pod) {
+			running[pod.Spec.NodeName] = true
+		}
+	}
+	for name, node := range obs.Nodes {
+		c := readClaim(node)
+		switch {
+		case c == nil:
+		case c.UID != task.UID:
+			if r.claimIsStale(ctx, c) {
+				if obs.StaleClaims == nil {
+					obs.StaleClaims = map[string]bool{}
+				}
+				obs.StaleClaims[name] = true
+			}
+		case m.drain && node.Spec.Unschedulable && !running[name]:
+			d, err := r.observeDrain(ctx, task, node)
+			if err != nil {
+				return err
+			}
+			if obs.Drains == nil {
+				obs.Drains = map[string]*DrainObservation{}
+			}
+			obs.Drains[name] = d
+		}
+	}
+	return nil
+}
+
+// claimIsStale reports whether a claim names a task that no longer exists (read from the
+// cache, where every task the manager has acted on is).
+func (r *NodeTaskReconciler) claimIsStale(ctx context.Context, c *NodeClaim) bool {
+	ns, name, ok := cutTaskKey(c.Task)
+	if !ok || c.UID == "" {
+		return false // not a claim this operator wrote: respect it
+	}
+	var other ntv1.NodeTask
+	err := r.Client.Get(ctx, types.NamespacedName{Namespace: ns, Name: name}, &other)
+	return apierrors.IsNotFound(err) || (err == nil && other.UID != c.UID)
+}
+
+func cutTaskKey(key string) (ns, name string, ok bool) {
+	for i := 0; i < len(key); i++ {
+		if key[i] == '/' {
+			return key[:i], key[i+1:], i > 0 && i < len(key)-1
+		}
+	}
+	return "", "", false
+}
+
+// observeDrain lists the pods on the node that the drain must still evict, straight from
+// the API server: the cache holds only the operator's own pods.
+func (r *NodeTaskReconciler) observeDrain(ctx context.Context, task *ntv1.NodeTask, node *corev1.Node) (*DrainObservation, error) {
+	var pods corev1.PodList
+	if err := r.APIReader.List(ctx, &pods, client.MatchingFields{"spec.nodeName": node.Name}); err != nil {
+		return nil, fmt.Errorf("listing pods on node %s: %w", node.Name, err)
+	}
+	spec := task.Spec.Drain
+	sel := labels.Everything()
+	if spec.PodSelector != nil {
+		var err error
+		if sel, err = metav1.LabelSelectorAsSelector(spec.PodSelector); err != nil {
+			return nil, err // CEL and the planner's own check make this unreachable
+		}
+	}
+	d := &DrainObservation{}
+	var emptyDir []string
+	for i := range pods.Items {
+		pod := &pods.Items[i]
+		if !drained(pod) || !sel.Matches(labels.Set(pod.Labels)) {
+			continue
+		}
+		d.Pods = append(d.Pods, pod)
+		if pod.DeletionTimestamp != nil {
+			continue // on its way out: wait for it
+		}
+		if !spec.DeleteEmptyDirData && hasEmptyDir(pod) {
+			emptyDir = append(emptyDir, pod.Namespace+"/"+pod.Name)
+			continue
+		}
+		d.Evictable = append(d.Evictable, pod)
+	}
+	if len(emptyDir) > 0 {
+		d.Blocked = fmt.Sprintf("%s with emptyDir data (%s): set spec.drain.deleteEmptyDirData to evict them",
+			podCount(len(emptyDir)), nameList(emptyDir))
+	}
+	if msg, ok := r.drainRefusals.Load(drainKey(task, node.Name)); ok && len(d.Evictable) > 0 {
+		d.Blocked = joinNonEmpty(d.Blocked, msg.(string))
+	}
+	return d, nil
+}
+
+// drained reports whether a drain evicts (or waits for) the pod: not finished, not a mirror
+// pod, not a DaemonSet's (the DaemonSet controller would put it back), not a NodeTask's.
+func drained(pod *corev1.Pod) bool {
+	if podFinished(pod) {
+		return false
+	}
+	if _, mirror := pod.Annotations[corev1.MirrorPodAnnotationKey]; mirror {
+		return false
+	}
+	if _, ours := pod.Labels[LabelTask]; ours {
+		return false
+	}
+	if ref := metav1.GetControllerOf(pod); ref != nil && ref.Kind == "DaemonSet" {
+		return false
+	}
+	return true
+}
+
+func hasEmptyDir(pod *corev1.Pod) bool {
+	for _, v := range pod.Spec.Volumes {
+		if v.EmptyDir != nil {
+			return true
+		}
+	}
+	return false
+}
+
+func podCount(n int) string {
+	if n == 1 {
+		return "1 pod"
+	}
+	return strconv.Itoa(n) + " pods"
+}
+
+func joinNonEmpty(a, b string) string {
+	switch {
+	case a == "":
+		return b
+	case b == "":
+		return a
+	}
+	return a + "; " + b
+}
+
+func drainKey(task *ntv1.NodeTask, node string) string { return string(task.UID) + "/" + node }
+
+// applyMaintenance carries out the plan's node changes, evictions and restart pods. A node
+// changed meanwhile (a conflict) is left for the next pass, which sees the change.
+func (r *NodeTaskReconciler) applyMaintenance(ctx context.Context, task *ntv1.NodeTask, obs *Observed, plan *Plan) error {
+	logger := log.FromContext(ctx)
+	for _, op := range plan.NodeOps {
+		node := obs.Nodes[op.Node]
+		if node == nil {
+			continue
+		}
+		patch := nodePatch(task, node, op, obs.Now)
+		if patch == nil {
+			continue
+		}
+		written := &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: node.Name}}
+		err := r.Client.Patch(ctx, written, client.RawPatch(types.MergePatchType, patch))
+		switch {
+		case apierrors.IsConflict(err) || apierrors.IsNotFound(err):
+			logger.V(1).Info("node changed meanwhile", "task", klog.KObj(task), "node", op.Node, "op", op.Kind)
+			continue
+		case err != nil:
+			return fmt.Errorf("%s node %s: %w", op.Kind, op.Node, err)
+		}
+		r.nodeWrites.store(written, obs.Now)
+		logger.Info("node "+string(op.Kind), "task", klog.KObj(task), "node", op.Node, "why", op.Why,
+			"unschedulable", written.Spec.Unschedulable)
+	}
+	refused := map[string]string{}
+	for _, pod := range plan.Evict {
+		ev := &policyv1.Eviction{ObjectMeta: metav1.ObjectMeta{Name: pod.Name, Namespace: pod.Namespace}}
+		err := r.Client.SubResource("eviction").Create(ctx, pod, ev)
+		switch {
+		case err == nil:
+			logger.V(1).Info("evicted pod", "task", klog.KObj(task), "pod", klog.KObj(pod), "node", pod.Spec.NodeName)
+		case apierrors.IsNotFound(err):
+		case apierrors.IsTooManyRequests(err) || apierrors.IsForbidden(err) || apierrors.IsInternalError(err):
+			// Refused: a PodDisruptionBudget allows no disruption now, or something else
+			// stands in the way. The drain waits, and tries again.
+			refused[pod.Spec.NodeName] = joinNonEmpty(refused[pod.Spec.NodeName],
+				fmt.Sprintf("eviction of pod %s/%s refused: %s", pod.Namespace, pod.Name, evictionMessage(err)))
+		default:
+			return fmt.Errorf("evicting pod %s/%s: %w", pod.Namespace, pod.Name, err)
+		}
+	}
+	for name := range obs.Drains {
+		if msg, ok := refused[name]; ok {
+			r.drainRefusals.Store(drainKey(task, name), msg)
+		} else {
+			r.drainRefusals.Delete(drainKey(task, name))
+		}
+	}
+	var created []*corev1.Pod
+	for _, req := range plan.Reboots {
+		pod := r.Pods.RebootPod(task, plan.Run, plan.Revision, req)
+		err := r.Client.Create(ctx, pod)
+		if apierrors.IsAlreadyExists(err) {
+			// Made by a pass whose status write was lost: the node is not restarted twice.
+			if pod, err = r.existingPod(ctx, task, pod); err != nil {
+				return fmt.Errorf("restart pod for node %s: %w", req.Node, err)
+			}
+		} else if err != nil {
+			return fmt.Errorf("creating restart pod for node %s: %w", req.Node, err)
+		}
+		created = append(created, pod)
+		logger.Info("restarting node", "task", klog.KObj(task), "node", req.Node, "pod", klog.KObj(pod), "bootID", req.BootID)
+	}
+	r.expectations.created(client.ObjectKeyFromObject(task), task.UID, created, obs.Now)
+	return nil
+}
+
+// nodePatch is the JSON merge patch that carries out op on the node as last read, or nil
+// when there is nothing to change. It names the node's resourceVersion, so that the API
+// server refuses it if the node changed meanwhile: two tasks never both take a claim.
+func nodePatch(task *ntv1.NodeTask, node *corev1.Node, op NodeOp, now time.Time) []byte {
+	ann := map[string]any{}
+	spec := map[string]any{}
+	uid := string(task.UID)
+	switch op.Kind {
+	case OpClaim:
+		ann[AnnotationClaim] = claimValue(task, now)
+		if op.TakeOverCordon {
+			ann[AnnotationCordonedBy] = uid
+		}
+		fallthrough
+	case OpCordon:
+		if op.Cordon || op.Kind == OpCordon {
+			if !node.Spec.Unschedulable {
+				spec["unschedulable"] = true
+				ann[AnnotationCordonedBy] = uid
+			}
+		}
+	case OpRelease:
+		if c := readClaim(node); c != nil && c.UID == task.UID {
+			ann[AnnotationClaim] = nil
+		}
+		if op.Uncordon && node.Spec.Unschedulable && node.Annotations[AnnotationCordonedBy] == uid {
+			spec["unschedulable"] = nil
+			ann[AnnotationCordonedBy] = nil
+		}
+	}
+	if len(ann) == 0 && len(spec) == 0 {
+		return nil
+	}
+	patch := map[string]any{"metadata": map[string]any{"resourceVersion": node.ResourceVersion, "annotations": ann}}
+	if len(spec) > 0 {
+		patch["spec"] = spec
+	}
+	b, err := json.Marshal(patch)
+	if err != nil {
+		panic(err) // strings, booleans and nils
+	}
+	return b
+}
+
+// evictionMessage is the API server's refusal with its causes, which name the
+// PodDisruptionBudget ("The disruption budget web needs 2 healthy pods and has 2 currently").
+func evictionMessage(err error) string {
+	msg := apiMessage(err)
+	var status apierrors.APIStatus
+	if errors.As(err, &status) && status.Status().Details != nil {
+		for _, c := range status.Status().Details.Causes {
+			if c.Message != "" {
+				msg = joinNonEmpty(msg, c.Message)
+			}
+		}
+	}
+	return msg
+}
