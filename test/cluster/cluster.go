@@ -68,11 +68,13 @@ type Cluster struct {
 	// WorkDir holds the kubeconfig and the logs.
 	WorkDir string
 
-	opts     Options
-	env      *envtest.Environment
-	mu       sync.Mutex
-	procs    []*Process
-	stopOnce sync.Once
+	opts      Options
+	env       *envtest.Environment
+	hosts     *hosts
+	stopHosts context.CancelFunc
+	mu        sync.Mutex
+	procs     []*Process
+	stopOnce  sync.Once
 }
 
 // Start starts the control plane, kube-controller-manager and KWOK, and creates the nodes.
@@ -123,10 +125,11 @@ func Start(ctx context.Context, opts Options) (c *Cluster, err error) {
 		return c, err
 	}
 
-	c.logf("starting kube-controller-manager (garbage collector, pod garbage collector)")
+	c.logf("starting kube-controller-manager (garbage collector, pod garbage collector, disruption)")
 	if _, err := c.StartProcess("kube-controller-manager", filepath.Join(opts.AssetsDir, "kube-controller-manager"),
 		"--kubeconfig", c.Kubeconfig,
-		"--controllers=garbagecollector,podgc",
+		// disruption keeps PodDisruptionBudgets' status, which the Eviction API reads.
+		"--controllers=garbagecollector,podgc,disruption",
 		"--leader-elect=false",
 		"--secure-port=0",
 		"--use-service-account-credentials=false",
@@ -143,6 +146,13 @@ func Start(ctx context.Context, opts Options) (c *Cluster, err error) {
 		"--manage-nodes-with-annotation-selector", KwokNodeAnnotation+"=fake",
 		"--server-address", "127.0.0.1:0",
 	); err != nil {
+		return c, err
+	}
+
+	c.logf("starting the host simulation (node restarts)")
+	hostCtx, stopHosts := context.WithCancel(context.Background())
+	c.stopHosts = stopHosts
+	if err := c.startHosts(hostCtx); err != nil {
 		return c, err
 	}
 
@@ -300,6 +310,9 @@ func (p *Process) Stop(grace time.Duration) {
 func (c *Cluster) Stop() error {
 	var err error
 	c.stopOnce.Do(func() {
+		if c.stopHosts != nil {
+			c.stopHosts()
+		}
 		c.mu.Lock()
 		procs := c.procs
 		c.mu.Unlock()
