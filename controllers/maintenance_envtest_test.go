@@ -76,12 +76,20 @@ var _ = Describe("NodeTask maintenance", func() {
 		create(&corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: apps}})
 		web := podOn(apps, "web", names[0], map[string]string{"app": "web"})
 		db := podOn(apps, "db", names[1], map[string]string{"app": "db"})
+		// Running and Ready: the Eviction API lets pending pods go whatever their budget says.
+		db.Status.Phase = corev1.PodRunning
+		db.Status.Conditions = []corev1.PodCondition{{Type: corev1.PodReady, Status: corev1.ConditionTrue}}
+		Expect(k8sClient.Status().Update(suiteCtx, db)).To(Succeed())
 		pdb := &policyv1.PodDisruptionBudget{
 			ObjectMeta: metav1.ObjectMeta{Namespace: apps, Name: "db"},
 			Spec: policyv1.PodDisruptionBudgetSpec{MinAvailable: ptr.To(intstr.FromInt32(1)),
 				Selector: &metav1.LabelSelector{MatchLabels: map[string]string{"app": "db"}}},
 		}
 		create(pdb)
+		// Play the disruption controller: one healthy pod, none may go.
+		pdb.Status = policyv1.PodDisruptionBudgetStatus{ObservedGeneration: pdb.Generation, CurrentHealthy: 1,
+			DesiredHealthy: 1, ExpectedPods: 1, DisruptionsAllowed: 0}
+		Expect(k8sClient.Status().Update(suiteCtx, pdb)).To(Succeed())
 		task := f.task("patch", func(t *ntv1.NodeTask) {
 			t.Spec.Reboot = ntv1.RebootIfRequired
 			t.Spec.Drain = &ntv1.DrainSpec{}

@@ -28,6 +28,9 @@ import (
 // +kubebuilder:rbac:groups="",resources=nodes,verbs=patch
 // +kubebuilder:rbac:groups="",resources=pods/eviction,verbs=create
 
+// evictionTimeout bounds one eviction call.
+const evictionTimeout = 10 * time.Second
+
 // nodeWriteTTL bounds how long a node this process patched is read from its own write
 // rather than the cache.
 const nodeWriteTTL = time.Minute
@@ -251,12 +254,19 @@ func (r *NodeTaskReconciler) applyMaintenance(ctx context.Context, task *ntv1.No
 	refused := map[string]string{}
 	for _, pod := range plan.Evict {
 		ev := &policyv1.Eviction{ObjectMeta: metav1.ObjectMeta{Name: pod.Name, Namespace: pod.Namespace}}
-		err := r.Client.SubResource("eviction").Create(ctx, pod, ev)
+		// Bounded: the API server can hold an eviction for a while (a budget it has not
+		// processed yet), and one pod must not hold up the task's reconcile.
+		evictCtx, cancel := context.WithTimeout(ctx, evictionTimeout)
+		err := r.Client.SubResource("eviction").Create(evictCtx, pod, ev)
+		if err != nil && evictCtx.Err() != nil && ctx.Err() == nil {
+			err = apierrors.NewTimeoutError(fmt.Sprintf("the eviction did not answer within %s", evictionTimeout), 0)
+		}
+		cancel()
 		switch {
 		case err == nil:
 			logger.V(1).Info("evicted pod", "task", klog.KObj(task), "pod", klog.KObj(pod), "node", pod.Spec.NodeName)
 		case apierrors.IsNotFound(err):
-		case apierrors.IsTooManyRequests(err) || apierrors.IsForbidden(err) || apierrors.IsInternalError(err):
+		case apierrors.IsTooManyRequests(err) || apierrors.IsForbidden(err) || apierrors.IsInternalError(err) || apierrors.IsTimeout(err):
 			// Refused: a PodDisruptionBudget allows no disruption now, or something else
 			// stands in the way. The drain waits, and tries again.
 			refused[pod.Spec.NodeName] = joinNonEmpty(refused[pod.Spec.NodeName],
