@@ -146,4 +146,33 @@ var _ = Describe("NodeTask maintenance", func() {
 		Expect(restartPodOf(task, names[1])).To(BeNil(), "exit 0 with reboot: IfRequired restarts nothing")
 		Expect(nodeNamed(names[1]).Spec.Unschedulable).To(BeFalse())
 	})
+
+	It("lets go of the nodes of a task deleted in the middle of their maintenance", func() {
+		f := newFixture()
+		names := f.addWindowsNodes(2)
+		admin := nodeNamed(names[1])
+		admin.Spec.Unschedulable = true // an administrator's cordon, which stays
+		Expect(k8sClient.Update(suiteCtx, admin)).To(Succeed())
+		task := f.task("abandoned", func(t *ntv1.NodeTask) {
+			t.Spec.Reboot = ntv1.RebootAlways
+			t.Spec.Cordon = true
+		})
+		create(task)
+		Eventually(func() int {
+			n := 0
+			for _, name := range names {
+				if readClaim(nodeNamed(name)) != nil {
+					n++
+				}
+			}
+			return n
+		}).Should(Equal(2))
+		Expect(nodeNamed(names[0]).Spec.Unschedulable).To(BeTrue())
+		Expect(k8sClient.Delete(suiteCtx, task)).To(Succeed())
+		for _, name := range names {
+			Eventually(func() map[string]string { return nodeNamed(name).Annotations }).ShouldNot(HaveKey(AnnotationClaim))
+		}
+		Expect(nodeNamed(names[0]).Spec.Unschedulable).To(BeFalse(), "the task's own cordon goes with it")
+		Expect(nodeNamed(names[1]).Spec.Unschedulable).To(BeTrue(), "the administrator's stays")
+	})
 })

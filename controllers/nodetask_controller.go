@@ -550,6 +550,9 @@ func (r *NodeTaskReconciler) SetupWithManager(mgr ctrl.Manager) error {
 	}); err != nil {
 		return err
 	}
+	if err := setupClaimJanitor(mgr, r.now); err != nil {
+		return err
+	}
 	return ctrl.NewControllerManagedBy(mgr).
 		For(&ntv1.NodeTask{}).
 		Owns(&corev1.Pod{}).
