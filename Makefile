@@ -38,6 +38,11 @@ KEEP ?=
 demo: setup-envtest kwok build ## Run the operator on a simulated cluster (5 Windows, 2 Linux nodes) with a sample task. KEEP=1 leaves it running.
 	go run ./hack/demo --assets "$(K8S_ASSETS)" --kwok "$(KWOK)" $(if $(KEEP),--keep)
 
+.PHONY: demo-maintenance
+demo-maintenance: setup-envtest kwok build ## Patch the simulated Windows nodes one at a time: drain, run (exit 3010), restart, uncordon. KEEP=1 leaves it running.
+	go run ./hack/demo --assets "$(K8S_ASSETS)" --kwok "$(KWOK)" --sample config/samples/nodetask_v1alpha1_maintenance.yaml \
+		--simulate-exit-code 3010 --workloads 6 $(if $(KEEP),--keep)
+
 ##@ Development
 
 .PHONY: manifests

@@ -40,6 +40,7 @@ func main() {
 		samples string
 		keep    bool
 		timeout time.Duration
+		sim     simulation
 	)
 	flag.StringVar(&opts.AssetsDir, "assets", "bin/k8s/1.37.2", "Folder with kube-apiserver, etcd and kube-controller-manager.")
 	flag.StringVar(&opts.KwokBinary, "kwok", "bin/kwok-v0.8.0", "The kwok binary.")
@@ -52,19 +53,27 @@ func main() {
 	flag.StringVar(&samples, "sample", "config/samples/nodetask_v1alpha1_inline_script.yaml", "The NodeTask to apply.")
 	flag.BoolVar(&keep, "keep", false, "Leave the cluster and the manager running until interrupted.")
 	flag.DurationVar(&timeout, "timeout", 3*time.Minute, "How long to wait for the task.")
+	flag.StringVar(&sim.exitCode, "simulate-exit-code", "", "Make the simulated nodes exit with this code (a pod annotation only the simulation reads).")
+	flag.IntVar(&sim.workloads, "workloads", 0, "Run this many workload pods on the Windows nodes first (for a task that drains).")
 	flag.Parse()
 	opts.TaintWindows = true
 	opts.Log = os.Stdout
 
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
-	if err := run(ctx, opts, manager, samples, keep, timeout); err != nil {
+	if err := run(ctx, opts, manager, samples, keep, timeout, sim); err != nil {
 		fmt.Fprintln(os.Stderr, "demo failed:", err)
 		os.Exit(1)
 	}
 }
 
-func run(ctx context.Context, opts cluster.Options, manager, sample string, keep bool, timeout time.Duration) error {
+// simulation says what the demo adds for the simulated cluster's sake.
+type simulation struct {
+	exitCode  string
+	workloads int
+}
+
+func run(ctx context.Context, opts cluster.Options, manager, sample string, keep bool, timeout time.Duration, sim simulation) error {
 	c, err := cluster.StartFresh(ctx, opts)
 	if c != nil {
 		defer func() {
@@ -89,8 +98,17 @@ func run(ctx context.Context, opts cluster.Options, manager, sample string, keep
 	if err != nil {
 		return err
 	}
+	if err := startWorkloads(ctx, c, sim.workloads); err != nil {
+		return err
+	}
 	var task *unstructured.Unstructured
 	for _, obj := range objs {
+		if obj.GetKind() == "NodeTask" && sim.exitCode != "" {
+			if err := unstructured.SetNestedField(obj.Object, sim.exitCode, "spec", "podAnnotations", "sim.nodetask.io/exit-code"); err != nil {
+				return err
+			}
+			fmt.Printf("[demo] the simulated nodes will exit %s (annotation sim.nodetask.io/exit-code)\n", sim.exitCode)
+		}
 		fmt.Printf("[demo] applying %s %s\n", obj.GetKind(), obj.GetName())
 		if err := c.Client.Create(ctx, obj); err != nil && !apierrors.IsAlreadyExists(err) {
 			return err
@@ -137,6 +155,17 @@ func run(ctx context.Context, opts cluster.Options, manager, sample string, keep
 	fmt.Println()
 	printNodes(&nt)
 	fmt.Println()
+	if nt.Spec.Drain != nil || nt.Spec.Cordon || nt.Spec.Reboot != "" && nt.Spec.Reboot != ntv1.RebootNever {
+		printKubectl(c.Kubeconfig, "get", "nodes", "-l", "kubernetes.io/os=windows",
+			"-o", "custom-columns=NODE:.metadata.name,UNSCHEDULABLE:.spec.unschedulable,READY:.status.conditions[?(@.type=='Ready')].status,BOOT-ID:.status.nodeInfo.bootID")
+		restarts, maxDown := c.Restarts()
+		fmt.Printf("Restarts per node: %v; most nodes restarting at once: %d\n", restarts, maxDown)
+		var left corev1.PodList
+		if err := c.Client.List(ctx, &left, client.InNamespace("shop")); err != nil {
+			return err
+		}
+		fmt.Printf("Workload pods left on the nodes (namespace shop): %d of %d (evicted by the drain)\n\n", len(left.Items), sim.workloads)
+	}
 	if err := printLinuxUntouched(ctx, c); err != nil {
 		return err
 	}
@@ -165,7 +194,7 @@ func progress(nt *ntv1.NodeTask) string {
 
 func printNodes(nt *ntv1.NodeTask) {
 	w := tabwriter.NewWriter(os.Stdout, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(w, "NODE\tPHASE\tEXIT\tATTEMPTS\tOUTPUT")
+	fmt.Fprintln(w, "NODE\tPHASE\tREASON\tEXIT\tATTEMPTS\tOUTPUT")
 	for _, e := range nt.Status.Nodes {
 		exit := "-"
 		switch {
@@ -174,7 +203,14 @@ func printNodes(nt *ntv1.NodeTask) {
 		case e.Phase == ntv1.NodeSucceeded:
 			exit = "0"
 		}
-		fmt.Fprintf(w, "%s\t%s\t%s\t%d\t%s\n", e.Name, e.Phase, exit, e.Attempts, strings.ReplaceAll(strings.TrimSpace(e.Output), "\n", " | "))
+		reason := e.Reason
+		if reason == "" {
+			reason = "-"
+		}
+		if e.BootIDAfter != "" {
+			reason += fmt.Sprintf(" (boot %s -> %s)", e.BootIDBefore, e.BootIDAfter)
+		}
+		fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%d\t%s\n", e.Name, e.Phase, reason, exit, e.Attempts, strings.ReplaceAll(strings.TrimSpace(e.Output), "\n", " | "))
 	}
 	_ = w.Flush()
 }
@@ -199,6 +235,38 @@ func printLinuxUntouched(ctx context.Context, c *cluster.Cluster) error {
 		}
 	}
 	fmt.Printf("Pods on the %d Linux nodes: %d\n", len(linux.Items), onLinux)
+	return nil
+}
+
+// startWorkloads runs n pods on the Windows nodes, round robin, as a Deployment's would run:
+// a task with spec.drain evicts them.
+func startWorkloads(ctx context.Context, c *cluster.Cluster, n int) error {
+	if n == 0 {
+		return nil
+	}
+	var nodes corev1.NodeList
+	if err := c.Client.List(ctx, &nodes, client.MatchingLabels{corev1.LabelOSStable: "windows"}); err != nil {
+		return err
+	}
+	if err := c.Client.Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "shop"}}); err != nil && !apierrors.IsAlreadyExists(err) {
+		return err
+	}
+	fmt.Printf("[demo] starting %d workload pods in namespace shop on the Windows nodes\n", n)
+	for i := range n {
+		pod := &corev1.Pod{
+			ObjectMeta: metav1.ObjectMeta{Namespace: "shop", Name: fmt.Sprintf("web-%d", i), Labels: map[string]string{"app": "web"},
+				// The simulated kubelet keeps it running until it is evicted.
+				Annotations: map[string]string{"sim.nodetask.io/hang": "true"}},
+			Spec: corev1.PodSpec{
+				NodeName:    nodes.Items[i%len(nodes.Items)].Name,
+				Tolerations: []corev1.Toleration{{Key: "os", Value: "windows", Effect: corev1.TaintEffectNoSchedule}},
+				Containers:  []corev1.Container{{Name: "web", Image: "mcr.microsoft.com/windows/servercore/iis:windowsservercore-ltsc2022"}},
+			},
+		}
+		if err := c.Client.Create(ctx, pod); err != nil && !apierrors.IsAlreadyExists(err) {
+			return err
+		}
+	}
 	return nil
 }
 
