@@ -258,7 +258,8 @@ func (m *maintenance) maintain(lc *lifecycle, in maintainInput, d *nodeDecision)
 		case d.start && m.cordon && !in.node.Spec.Unschedulable:
 			d.start = false
 			d.ops = append(d.ops, NodeOp{Node: in.name, Kind: OpCordon, Why: "the task cordons its nodes"})
-		case d.start && m.drain && current && d.request.Attempt == 1:
+		case d.start && m.drain && d.request.Attempt == 1:
+			// Before the first attempt of every run (a retry finds the node drained).
 			m.drainStep(lc, in, claim, d)
 		}
 		if d.start {
@@ -294,6 +295,10 @@ func (m *maintenance) drainStep(lc *lifecycle, in maintainInput, claim *NodeClai
 		return // drained: the attempt starts
 	}
 	d.start = false
+	if e.Run != lc.run {
+		// The node showed its previous run's result until now: the drain is this run's.
+		*e = ntv1.NodeStatus{Name: in.name, Phase: ntv1.NodePending, Run: lc.run}
+	}
 	if in.drain == nil {
 		d.after(drainPoll) // not looked at in this pass
 		return

@@ -419,3 +419,28 @@ func TestNodePatch(t *testing.T) {
 		})
 	}
 }
+
+func TestMaintenanceDrainsAgainInEveryRun(t *testing.T) {
+	web := &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Namespace: "shop", Name: "web-1"}}
+	task := rebootTask(ntv1.RebootNever, 1)
+	task.Spec.Drain = &ntv1.DrainSpec{TimeoutSeconds: ptr.To[int32](300)}
+	w := newMaintWorld(t, task, "win-a")
+	w.drains = map[string]*DrainObservation{"win-a": {}}
+	patchPool(w, 1, 0, nil)
+	w.g.Expect(w.ready()).To(BeTrue())
+
+	// A new run: the node shows run 1's result until it starts run 2, and is drained first.
+	w.task.Spec.RerunToken = "2"
+	w.drains["win-a"] = &DrainObservation{Pods: []*corev1.Pod{web}, Evictable: []*corev1.Pod{web}}
+	for range 3 {
+		p := w.reconcile()
+		w.g.Expect(p.Create).To(BeEmpty(), "no run starts before the drain ends")
+	}
+	e := entry(&w.task.Status, "win-a")
+	w.g.Expect(e.Reason).To(Equal(ntv1.NodeReasonDraining))
+	w.g.Expect(w.task.Status.Run).To(BeEquivalentTo(2))
+	w.g.Expect(e.Run).To(BeZero(), "the entry is run 2's")
+	w.drains["win-a"] = &DrainObservation{}
+	p := w.reconcile()
+	w.g.Expect(requestNodes(p.Create)).To(Equal([]string{"win-a#1"}))
+}

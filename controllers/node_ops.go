@@ -84,10 +84,15 @@ func (r *NodeTaskReconciler) observeMaintenance(ctx context.Context, obs *Observ
 		return nil
 	}
 	r.nodeWrites.overlay(obs.Nodes, obs.Now)
-	running := map[string]bool{} // nodes with an attempt of the current content
-	rev := obs.Revision
+	// Nodes with an attempt of the current run need no drain: it ran before the attempt.
+	// (The run is worked out as ComputePlan does.)
+	run := task.Status.Run
+	if task.Status.Revision != obs.Revision || run == 0 {
+		run++
+	}
+	running := map[string]bool{}
 	for _, pod := range obs.Pods {
-		if podRevision(pod) == rev && !isRebootPod(pod) {
+		if podRun(pod) == run && podRevision(pod) == obs.Revision && !isRebootPod(pod) {
 			running[pod.Spec.NodeName] = true
 		}
 	}
