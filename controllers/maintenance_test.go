@@ -444,3 +444,23 @@ func TestMaintenanceDrainsAgainInEveryRun(t *testing.T) {
 	p := w.reconcile()
 	w.g.Expect(requestNodes(p.Create)).To(Equal([]string{"win-a#1"}))
 }
+
+func TestMaintenanceRestartPodLeftRunningDoesNotHoldTheNode(t *testing.T) {
+	// On a real node the restart pod may still read Running when the host is back: the boot
+	// ID says the node restarted, and the pod must not keep the node claimed and cordoned.
+	w := newMaintWorld(t, rebootTask(ntv1.RebootIfRequired, 1), "win-a")
+	w.reconcile()
+	w.reconcile()
+	w.finishRuns(3010)
+	w.reconcile()
+	w.g.Expect(entry(&w.task.Status, "win-a").Phase).To(Equal(ntv1.NodeRebooting))
+	notReady(w.node("win-a"))
+	w.bootAll() // back with a new boot ID; the restart pod was never reported finished
+	for range 3 {
+		w.reconcile()
+	}
+	w.g.Expect(entry(&w.task.Status, "win-a").Reason).To(Equal(ntv1.NodeReasonRebooted))
+	w.g.Expect(w.claimed()).To(BeEmpty())
+	w.g.Expect(w.node("win-a").Spec.Unschedulable).To(BeFalse())
+	w.g.Expect(w.ready()).To(BeTrue())
+}

@@ -149,6 +149,11 @@ func (lc *lifecycle) decide(in nodeInput) nodeDecision {
 	busy := false          // a pod of the node has not finished: the node starts nothing else
 	attempts := mine[:0:0] // the run pods, without the restart pods
 	for _, pod := range mine {
+		if isRebootPod(pod) && !podFinished(pod) && lc.recorded(in.stored, pod) {
+			// The node came back and its result is stored: a restart pod the kubelet never
+			// reported finished no longer holds the node (its deadline deletes it).
+			continue
+		}
 		if !podFinished(pod) {
 			busy = true
 			if lc.holdsSlot(pod, gone, ready) {
