@@ -115,6 +115,12 @@ install: manifests kustomize ## Install the CRD into the cluster in your kubecon
 uninstall: manifests kustomize ## Remove the CRD (and every NodeTask) from the cluster.
 	$(KUSTOMIZE) build config/crd | kubectl delete --ignore-not-found -f -
 
+.PHONY: build-installer
+build-installer: manifests kustomize ## Write dist/install.yaml (CRD, namespace, RBAC, manager Deployment with image IMG): one `kubectl apply -f` installs it.
+	mkdir -p dist
+	$(KUSTOMIZE) build config/default | sed -E 's|^( *image: ).*$$|\1$(IMG)|' > dist/install.yaml
+	@echo "wrote dist/install.yaml with image $(IMG)"
+
 .PHONY: deploy
 deploy: manifests kustomize ## Deploy the operator with image IMG into the cluster.
 	cd config/manager && $(KUSTOMIZE) edit set image controller=$(IMG)

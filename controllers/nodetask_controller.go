@@ -162,7 +162,7 @@ func (r *NodeTaskReconciler) Reconcile(ctx context.Context, req ctrl.Request) (c
 			return ctrl.Result{}, fmt.Errorf("writing status: %w", err)
 		}
 		storeMark(&r.lastWrite, task, obs.Now)
-		recordStatusWrite(task)
+		recordStatusWrite(task, &old)
 		// Events describe what the stored status now says, never a write that failed.
 		r.emitEvents(task, &old, plan)
 	}
@@ -211,6 +211,7 @@ func sameConditionStates(a, b []metav1.Condition) bool {
 // forget drops what this process remembers of a task that is gone.
 func (r *NodeTaskReconciler) forget(key types.NamespacedName) {
 	r.expectations.forget(key)
+	forgetMetrics(key)
 	r.lastWrite.Delete(key)
 	r.cleaned.Delete(key)
 }
@@ -500,16 +501,10 @@ func (r *NodeTaskReconciler) emitEvents(task *ntv1.NodeTask, old *ntv1.NodeTaskS
 // newlyFailed names the nodes whose final failure in the current run st records and old did not.
 func newlyFailed(old, st *ntv1.NodeTaskStatus) []string {
 	var names []string
-	for i := range st.Nodes {
-		e := &st.Nodes[i]
-		if e.Phase != ntv1.NodeFailed || (e.Run != 0 && e.Run != st.Run) {
-			continue
+	for _, e := range newResults(old, st) {
+		if e.Phase == ntv1.NodeFailed {
+			names = append(names, e.Name)
 		}
-		if o := old.Node(e.Name); o != nil && o.Phase == ntv1.NodeFailed && o.Attempts == e.Attempts &&
-			(o.Run == st.Run || (o.Run == 0 && old.Run == st.Run)) {
-			continue
-		}
-		names = append(names, e.Name)
 	}
 	return names
 }

@@ -2,9 +2,9 @@ package controllers
 
 import (
 	"crypto/sha256"
-	"fmt"
 	_ "embed"
 	"encoding/hex"
+	"fmt"
 	"strconv"
 	"strings"
 
@@ -283,7 +283,7 @@ func (b *PodBuilder) RebootPod(task *ntv1.NodeTask, run int64, revision string, 
 				Image: b.scriptImage(),
 				// p:4:1 is "Application: Maintenance (Planned)". The comment goes through
 				// cmd /c on bind-filter nodes: it holds no character cmd treats specially.
-				Command: []string{"shutdown.exe", "/r", "/t", strconv.Itoa(rebootDelaySeconds), "/d", "p:4:1", "/c", comment},
+				Command:                  []string{"shutdown.exe", "/r", "/t", strconv.Itoa(rebootDelaySeconds), "/d", "p:4:1", "/c", comment},
 				TerminationMessagePolicy: corev1.TerminationMessageFallbackToLogsOnError,
 			}},
 		},

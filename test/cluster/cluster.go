@@ -125,11 +125,13 @@ func Start(ctx context.Context, opts Options) (c *Cluster, err error) {
 		return c, err
 	}
 
-	c.logf("starting kube-controller-manager (garbage collector, pod garbage collector, disruption)")
+	c.logf("starting kube-controller-manager (garbage collector, pod garbage collector, disruption, deployment, replicaset)")
 	if _, err := c.StartProcess("kube-controller-manager", filepath.Join(opts.AssetsDir, "kube-controller-manager"),
 		"--kubeconfig", c.Kubeconfig,
 		// disruption keeps PodDisruptionBudgets' status, which the Eviction API reads.
-		"--controllers=garbagecollector,podgc,disruption",
+		// deployment and replicaset make the pods of an installed Deployment, so that Pod
+		// Security admission judges them (no scheduler runs: they stay Pending).
+		"--controllers=garbagecollector,podgc,disruption,deployment,replicaset",
 		"--leader-elect=false",
 		"--secure-port=0",
 		"--use-service-account-credentials=false",
@@ -268,6 +270,9 @@ func (c *Cluster) StartProcess(name, path string, args ...string) (*Process, err
 	c.mu.Unlock()
 	return p, nil
 }
+
+// Args returns the arguments the process was started with (without the program).
+func (p *Process) Args() []string { return p.cmd.Args[1:] }
 
 // Signal sends sig to the process's group.
 func (p *Process) Signal(sig syscall.Signal) error {

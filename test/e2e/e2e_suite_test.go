@@ -17,8 +17,6 @@ import (
 
 	. "github.com/onsi/ginkgo/v2"
 	. "github.com/onsi/gomega"
-	corev1 "k8s.io/api/core/v1"
-	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	logf "sigs.k8s.io/controller-runtime/pkg/log"
 	"sigs.k8s.io/controller-runtime/pkg/log/zap"
@@ -82,7 +80,8 @@ var _ = BeforeSuite(func() {
 		Expect(c.AddNode(ctx, fmt.Sprintf("linux-%04d", i), "linux", map[string]string{poolLabel: mainPool})).To(Succeed())
 	}
 	Expect(c.WaitNodesReady(ctx, windowsNodes+linuxNodes, 2*time.Minute)).To(Succeed())
-	Expect(k8s.Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "nodetask-system"}})).To(Succeed())
+	installBundle()
+	managerConfig = managerKubeconfig()
 	startManager()
 })
 
@@ -96,21 +95,30 @@ var _ = AfterSuite(func() {
 // startManager runs the manager binary the way the Deployment in config/manager does.
 func startManager() {
 	if probeAddr == "" {
-		// A free port on loopback for the manager's health probes, kept across restarts.
-		l, err := net.Listen("tcp", "127.0.0.1:0")
-		Expect(err).NotTo(HaveOccurred())
-		probeAddr = l.Addr().String()
-		Expect(l.Close()).To(Succeed())
+		// Free ports on loopback for the manager's health probes and metrics, kept across restarts.
+		probeAddr, metricsAddr = freeAddr(), freeAddr()
 	}
 	var err error
 	manager, err = c.StartProcess("manager", env("MANAGER"),
-		"--leader-elect", "--leader-election-namespace=nodetask-system",
-		"--metrics-bind-address=0", "--health-probe-bind-address="+probeAddr)
+		// The ServiceAccount of the install bundle: the shipped RBAC, not an administrator's.
+		"--kubeconfig="+managerConfig,
+		"--leader-elect", "--leader-election-namespace="+systemNamespace,
+		"--metrics-bind-address="+metricsAddr, "--health-probe-bind-address="+probeAddr)
 	Expect(err).NotTo(HaveOccurred())
 }
 
-// probeAddr is where the manager serves /healthz and /readyz.
-var probeAddr string
+// probeAddr is where the manager serves /healthz and /readyz; metricsAddr, /metrics (HTTPS).
+var probeAddr, metricsAddr string
+
+func freeAddr() string {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	Expect(err).NotTo(HaveOccurred())
+	defer l.Close()
+	return l.Addr().String()
+}
+
+// managerConfig is the kubeconfig the manager runs with (managerKubeconfig).
+var managerConfig string
 
 // killManager ends the manager with SIGKILL: no clean shutdown, the lease is not released.
 func killManager() {

@@ -1,11 +1,9 @@
 package e2e
 
 import (
-	"bytes"
 	"fmt"
 	"net/http"
 	"os/exec"
-	"path/filepath"
 	"strings"
 	"sync/atomic"
 	"time"
@@ -336,21 +334,6 @@ var _ = Describe("NodeTask on a simulated Windows cluster", func() {
 			defer resp.Body.Close()
 			return resp.StatusCode, nil
 		}).Should(Equal(http.StatusOK))
-	})
-
-	It("has an install bundle (config/default) that the API server accepts", func() {
-		kubectl, err := exec.LookPath("kubectl")
-		if err != nil {
-			Skip("kubectl is not installed")
-		}
-		bundle, err := exec.Command(env("KUSTOMIZE"), "build", filepath.Join(root, "config", "default")).Output()
-		Expect(err).NotTo(HaveOccurred())
-		apply := exec.Command(kubectl, "--kubeconfig", c.Kubeconfig, "apply", "--dry-run=server", "-f", "-")
-		apply.Stdin = bytes.NewReader(bundle)
-		out, err := apply.CombinedOutput()
-		Expect(err).NotTo(HaveOccurred(), string(out))
-		Expect(string(out)).To(ContainSubstring("deployment.apps/nodetask-controller-manager created (server dry run)"))
-		Expect(string(out)).To(ContainSubstring("clusterrole.rbac.authorization.k8s.io/nodetask-editor-role created (server dry run)"))
 	})
 
 	It("completes a task on 500 nodes", func() {

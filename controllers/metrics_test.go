@@ -1,0 +1,56 @@
+package controllers
+
+import (
+	"testing"
+
+	. "github.com/onsi/gomega"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
+	dto "github.com/prometheus/client_model/go"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/utils/ptr"
+
+	ntv1 "github.com/nodetask/nodetask-operator/api/v1alpha1"
+)
+
+func TestTaskMetrics(t *testing.T) {
+	g := NewWithT(t)
+	task := newTask(func(t *ntv1.NodeTask) { t.Name, t.Namespace = "metrics-task", "metrics-ns" })
+	start := metav1.NewTime(t0)
+	finish := metav1.NewTime(t0.Add(90 * 1e9))
+	old := ntv1.NodeTaskStatus{Run: 1, Nodes: []ntv1.NodeStatus{
+		{Name: "win-a", Phase: ntv1.NodeRunning, Attempts: 1, StartTime: &start},
+		{Name: "win-b", Phase: ntv1.NodeFailed, Attempts: 1, Reason: ntv1.NodeReasonError, ExitCode: ptr.To[int32](1)},
+	}}
+	task.Status = ntv1.NodeTaskStatus{Run: 1, Targets: 3, Pending: 1, Succeeded: 1, Failed: 1,
+		Conditions: []metav1.Condition{{Type: ntv1.ConditionReady, Status: metav1.ConditionFalse}},
+		Nodes: []ntv1.NodeStatus{
+			{Name: "win-a", Phase: ntv1.NodeSucceeded, Attempts: 1, StartTime: &start, FinishTime: &finish},
+			old.Nodes[1], // written before: not counted again
+			{Name: "win-c", Phase: ntv1.NodePending},
+		}}
+	registerMetrics()
+	recordStatusWrite(task, &old)
+	recordStatusWrite(task, &task.Status) // the same status again counts nothing new
+
+	g.Expect(testutil.ToFloat64(taskNodes.WithLabelValues("metrics-ns", "metrics-task", "Succeeded"))).To(Equal(1.0))
+	g.Expect(testutil.ToFloat64(taskNodes.WithLabelValues("metrics-ns", "metrics-task", "Pending"))).To(Equal(1.0))
+	g.Expect(testutil.ToFloat64(taskCondition.WithLabelValues("metrics-ns", "metrics-task", "Ready", "False"))).To(Equal(1.0))
+	g.Expect(testutil.ToFloat64(taskCondition.WithLabelValues("metrics-ns", "metrics-task", "Ready", "True"))).To(Equal(0.0))
+	g.Expect(testutil.ToFloat64(nodeRuns.WithLabelValues("metrics-ns", "metrics-task", "Succeeded", ""))).To(Equal(1.0))
+	g.Expect(testutil.ToFloat64(nodeRuns.WithLabelValues("metrics-ns", "metrics-task", "Failed", "Error"))).To(BeZero(),
+		"win-b's failure was counted when it was first written")
+	// Read this task's histogram alone: other tests of the package write series of their own.
+	hist := &dto.Metric{}
+	g.Expect(nodeRunDuration.WithLabelValues("metrics-ns", "metrics-task").(prometheus.Metric).Write(hist)).To(Succeed())
+	g.Expect(hist.GetHistogram().GetSampleCount()).To(BeEquivalentTo(1))
+	g.Expect(hist.GetHistogram().GetSampleSum()).To(Equal(90.0))
+
+	forgetMetrics(types.NamespacedName{Namespace: "metrics-ns", Name: "metrics-task"})
+	ours := prometheus.Labels{"namespace": "metrics-ns", "name": "metrics-task"}
+	g.Expect(taskNodes.DeletePartialMatch(ours)).To(BeZero(), "a deleted task's series go")
+	g.Expect(taskCondition.DeletePartialMatch(ours)).To(BeZero())
+	g.Expect(nodeRuns.DeletePartialMatch(ours)).To(BeZero())
+	g.Expect(nodeRunDuration.DeletePartialMatch(ours)).To(BeZero())
+}

@@ -1,0 +1,41 @@
+package controllers
+
+import (
+	"os"
+	"path/filepath"
+	"testing"
+
+	. "github.com/onsi/gomega"
+	rbacv1 "k8s.io/api/rbac/v1"
+	"sigs.k8s.io/yaml"
+)
+
+// TestManagerRoleIsLeastPrivilege reads the shipped ClusterRole (generated from the
+// +kubebuilder:rbac markers) and checks what it must never grant. The e2e suite runs the
+// manager with exactly this role, so a missing permission fails there.
+func TestManagerRoleIsLeastPrivilege(t *testing.T) {
+	g := NewWithT(t)
+	data, err := os.ReadFile(filepath.Join("..", "config", "rbac", "role.yaml"))
+	g.Expect(err).NotTo(HaveOccurred())
+	var role rbacv1.ClusterRole
+	g.Expect(yaml.Unmarshal(data, &role)).To(Succeed())
+	g.Expect(role.Rules).NotTo(BeEmpty())
+	granted := map[string][]string{}
+	for _, rule := range role.Rules {
+		for _, list := range [][]string{rule.APIGroups, rule.Resources, rule.Verbs} {
+			g.Expect(list).NotTo(ContainElement("*"), "no wildcard: %+v", rule)
+		}
+		g.Expect(rule.NonResourceURLs).To(BeEmpty())
+		g.Expect(rule.ResourceNames).To(BeEmpty())
+		for _, res := range rule.Resources {
+			g.Expect(res).NotTo(Equal("secrets"), "the manager never reads secrets")
+			granted[res] = append(granted[res], rule.Verbs...)
+		}
+	}
+	// Writes the manager needs, and no more of them.
+	g.Expect(granted["nodes"]).To(ConsistOf("get", "list", "watch", "patch"))
+	g.Expect(granted["pods/eviction"]).To(ConsistOf("create"))
+	g.Expect(granted["pods"]).To(ConsistOf("get", "list", "watch", "create", "delete"))
+	g.Expect(granted["nodetasks"]).To(ConsistOf("get", "list", "watch"))
+	g.Expect(granted["nodetasks/status"]).To(ConsistOf("get", "update", "patch"))
+}

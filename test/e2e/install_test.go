@@ -1,0 +1,123 @@
+package e2e
+
+import (
+	"bufio"
+	"bytes"
+	"errors"
+	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
+
+	. "github.com/onsi/ginkgo/v2"
+	. "github.com/onsi/gomega"
+	authenticationv1 "k8s.io/api/authentication/v1"
+	authorizationv1 "k8s.io/api/authorization/v1"
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	utilyaml "k8s.io/apimachinery/pkg/util/yaml"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/tools/clientcmd"
+	clientcmdapi "k8s.io/client-go/tools/clientcmd/api"
+	"k8s.io/utils/ptr"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+)
+
+// The install bundle, applied for real, and the manager running with the credentials of the
+// ServiceAccount it creates: every spec of the suite then exercises the shipped RBAC, and a
+// missing permission fails a test.
+
+const (
+	systemNamespace = "nodetask-system"
+	managerSA       = "nodetask-controller-manager"
+	e2eImage        = "example.com/nodetask-operator:e2e"
+)
+
+// installBundle builds dist/install.yaml with `make build-installer` and applies every
+// object in it with server-side apply, as `kubectl apply --server-side -f` would.
+func installBundle() {
+	build := exec.Command("make", "-C", root, "build-installer", "IMG="+e2eImage, "KUSTOMIZE="+env("KUSTOMIZE"))
+	out, err := build.CombinedOutput()
+	Expect(err).NotTo(HaveOccurred(), string(out))
+	data, err := os.ReadFile(filepath.Join(root, "dist", "install.yaml"))
+	Expect(err).NotTo(HaveOccurred())
+	reader := utilyaml.NewYAMLReader(bufio.NewReader(bytes.NewReader(data)))
+	for {
+		doc, err := reader.Read()
+		if errors.Is(err, io.EOF) {
+			break
+		}
+		Expect(err).NotTo(HaveOccurred())
+		obj := &unstructured.Unstructured{}
+		Expect(utilyaml.Unmarshal(doc, &obj.Object)).To(Succeed())
+		if obj.GetKind() == "" {
+			continue
+		}
+		obj.SetManagedFields(nil)
+		Expect(k8s.Patch(ctx, obj, client.Apply, client.FieldOwner("e2e-install"), client.ForceOwnership)).
+			To(Succeed(), "applying %s %s", obj.GetKind(), obj.GetName())
+	}
+}
+
+// managerKubeconfig writes a kubeconfig with a token of the bundle's ServiceAccount, from
+// the TokenRequest API, as the kubelet would mount it into the manager's pod.
+func managerKubeconfig() string {
+	cs, err := kubernetes.NewForConfig(c.Config)
+	Expect(err).NotTo(HaveOccurred())
+	tr, err := cs.CoreV1().ServiceAccounts(systemNamespace).CreateToken(ctx, managerSA, &authenticationv1.TokenRequest{
+		Spec: authenticationv1.TokenRequestSpec{ExpirationSeconds: ptr.To[int64](6 * 3600)},
+	}, metav1.CreateOptions{})
+	Expect(err).NotTo(HaveOccurred())
+	cfg := clientcmdapi.NewConfig()
+	cfg.Clusters["e2e"] = &clientcmdapi.Cluster{Server: c.Config.Host, CertificateAuthorityData: c.Config.CAData}
+	cfg.AuthInfos[managerSA] = &clientcmdapi.AuthInfo{Token: tr.Status.Token}
+	cfg.Contexts["manager"] = &clientcmdapi.Context{Cluster: "e2e", AuthInfo: managerSA}
+	cfg.CurrentContext = "manager"
+	path := filepath.Join(c.WorkDir, "manager.kubeconfig")
+	Expect(clientcmd.WriteToFile(*cfg, path)).To(Succeed())
+	return path
+}
+
+// sarFor asks whether the manager's ServiceAccount may do verb on a core resource.
+func sarFor(resource, verb string) *authorizationv1.SubjectAccessReview {
+	return &authorizationv1.SubjectAccessReview{Spec: authorizationv1.SubjectAccessReviewSpec{
+		User:               "system:serviceaccount:" + systemNamespace + ":" + managerSA,
+		Groups:             []string{"system:serviceaccounts", "system:serviceaccounts:" + systemNamespace, "system:authenticated"},
+		ResourceAttributes: &authorizationv1.ResourceAttributes{Verb: verb, Resource: resource},
+	}}
+}
+
+var _ = Describe("Install bundle", func() {
+	It("is applied for real: the manager's pod is admitted in a namespace enforcing the restricted Pod Security level", func() {
+		ns := &corev1.Namespace{}
+		Expect(k8s.Get(ctx, client.ObjectKey{Name: systemNamespace}, ns)).To(Succeed())
+		Expect(ns.Labels).To(HaveKeyWithValue("pod-security.kubernetes.io/enforce", "restricted"))
+		// kube-controller-manager's deployment and replicaset controllers make the pod; no
+		// scheduler runs, so it stays Pending, but Pod Security admission has let it in.
+		Eventually(func() []string {
+			var list corev1.PodList
+			Expect(k8s.List(ctx, &list, client.InNamespace(systemNamespace), client.MatchingLabels{"control-plane": "controller-manager"})).To(Succeed())
+			var images []string
+			for _, p := range list.Items {
+				images = append(images, p.Spec.Containers[0].Image)
+			}
+			return images
+		}).Should(ConsistOf(e2eImage))
+	})
+
+	It("runs the manager with the ServiceAccount's token, not as an administrator", func() {
+		cs, err := kubernetes.NewForConfig(c.Config)
+		Expect(err).NotTo(HaveOccurred())
+		review, err := cs.AuthorizationV1().SubjectAccessReviews().Create(ctx, sarFor("secrets", "list"), metav1.CreateOptions{})
+		Expect(err).NotTo(HaveOccurred())
+		Expect(review.Status.Allowed).To(BeFalse(), "the manager's identity may not list secrets")
+		review, err = cs.AuthorizationV1().SubjectAccessReviews().Create(ctx, sarFor("nodes", "patch"), metav1.CreateOptions{})
+		Expect(err).NotTo(HaveOccurred())
+		Expect(review.Status.Allowed).To(BeTrue())
+		kubeconfig, err := os.ReadFile(filepath.Join(c.WorkDir, "manager.kubeconfig"))
+		Expect(err).NotTo(HaveOccurred())
+		Expect(string(kubeconfig)).To(ContainSubstring("token:"))
+		Expect(manager.Args()).To(ContainElement("--kubeconfig=" + filepath.Join(c.WorkDir, "manager.kubeconfig")))
+	})
+})
