@@ -48,6 +48,7 @@ demo-maintenance: setup-envtest kwok build ## Patch the simulated Windows nodes 
 .PHONY: manifests
 manifests: controller-gen ## Generate the CRD and the RBAC ClusterRole from the markers in the code.
 	$(CONTROLLER_GEN) rbac:roleName=manager-role crd paths="./..." output:crd:artifacts:config=config/crd/bases
+	hack/sync-chart.sh
 
 .PHONY: generate
 generate: controller-gen ## Generate the DeepCopy methods of the API types.
@@ -120,6 +121,10 @@ build-installer: manifests kustomize ## Write dist/install.yaml (CRD, namespace,
 	mkdir -p dist
 	$(KUSTOMIZE) build config/default | sed -E 's|^( *image: ).*$$|\1$(IMG)|' > dist/install.yaml
 	@echo "wrote dist/install.yaml with image $(IMG)"
+
+.PHONY: helm-package
+helm-package: manifests ## Package the Helm chart (charts/nodetask-operator) into dist/.
+	go run ./hack/helm-package charts/nodetask-operator dist
 
 .PHONY: deploy
 deploy: manifests kustomize ## Deploy the operator with image IMG into the cluster.

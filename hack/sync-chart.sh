@@ -1,0 +1,12 @@
+#!/usr/bin/env bash
+# Copies the generated CRD and the RBAC roles from config/ into the Helm chart's files/, which
+# its templates read: both install paths come from the same controller-gen markers, and
+# hack/verify-generated.sh fails if the copies drift.
+set -euo pipefail
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+files="$ROOT/charts/nodetask-operator/files"
+mkdir -p "$files"
+cp "$ROOT/config/crd/bases/nodetask.io_nodetasks.yaml" "$files/crd.yaml"
+for role in role leader_election_role nodetask_editor_role nodetask_viewer_role metrics_reader_role; do
+  cp "$ROOT/config/rbac/$role.yaml" "$files/$role.yaml"
+done

@@ -1,0 +1,153 @@
+// Package chart tests the Helm chart with the Helm SDK: it lints, renders with default and
+// other values, and checks that what the chart installs matches config/ (the CRD, the RBAC
+// rules, the manager's flags), so that the two install paths cannot drift.
+package chart
+
+import (
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	. "github.com/onsi/gomega"
+	appsv1 "k8s.io/api/apps/v1"
+	rbacv1 "k8s.io/api/rbac/v1"
+	apiextensionsv1 "k8s.io/apiextensions-apiserver/pkg/apis/apiextensions/v1"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	"sigs.k8s.io/yaml"
+
+	"helm.sh/helm/v3/pkg/action"
+	"helm.sh/helm/v3/pkg/chart/loader"
+	"helm.sh/helm/v3/pkg/chartutil"
+	"helm.sh/helm/v3/pkg/releaseutil"
+)
+
+const chartDir = "../../charts/nodetask-operator"
+
+// render renders the chart as `helm template nodetask --namespace nodetask-system` would.
+func render(t *testing.T, values map[string]any) map[string]*unstructured.Unstructured {
+	g := NewWithT(t)
+	chrt, err := loader.Load(chartDir)
+	g.Expect(err).NotTo(HaveOccurred())
+	install := action.NewInstall(&action.Configuration{})
+	install.DryRun, install.ClientOnly, install.Replace = true, true, true
+	install.ReleaseName, install.Namespace = "nodetask", "nodetask-system"
+	install.KubeVersion = &chartutil.KubeVersion{Version: "v1.37.2", Major: "1", Minor: "37"}
+	rel, err := install.Run(chrt, values)
+	g.Expect(err).NotTo(HaveOccurred())
+	out := map[string]*unstructured.Unstructured{}
+	for _, doc := range releaseutil.SplitManifests(rel.Manifest) {
+		obj := &unstructured.Unstructured{}
+		g.Expect(yaml.Unmarshal([]byte(doc), &obj.Object)).To(Succeed())
+		if obj.GetKind() == "" {
+			continue
+		}
+		out[obj.GetKind()+"/"+obj.GetName()] = obj
+	}
+	return out
+}
+
+func as[T any](g *WithT, obj *unstructured.Unstructured) *T {
+	g.Expect(obj).NotTo(BeNil())
+	b, err := yaml.Marshal(obj.Object)
+	g.Expect(err).NotTo(HaveOccurred())
+	var out T
+	g.Expect(yaml.Unmarshal(b, &out)).To(Succeed())
+	return &out
+}
+
+func readFile[T any](g *WithT, path string) *T {
+	data, err := os.ReadFile(filepath.Join("../..", path))
+	g.Expect(err).NotTo(HaveOccurred())
+	var out T
+	g.Expect(yaml.Unmarshal(data, &out)).To(Succeed())
+	return &out
+}
+
+func TestChartLints(t *testing.T) {
+	g := NewWithT(t)
+	for _, values := range []map[string]any{nil, {"replicas": 2, "metrics": map[string]any{"serviceMonitor": map[string]any{"enabled": true}}}} {
+		lint := action.NewLint()
+		lint.Strict = true
+		result := lint.Run([]string{chartDir}, values)
+		for _, m := range result.Messages {
+			g.Expect(m.Severity).To(BeNumerically("<", 2), "lint: %s", m) // below WarningSev
+		}
+		g.Expect(result.Errors).To(BeEmpty())
+	}
+}
+
+func TestChartMatchesConfig(t *testing.T) {
+	g := NewWithT(t)
+	objs := render(t, nil)
+
+	crd := as[apiextensionsv1.CustomResourceDefinition](g, objs["CustomResourceDefinition/nodetasks.nodetask.io"])
+	want := readFile[apiextensionsv1.CustomResourceDefinition](g, "config/crd/bases/nodetask.io_nodetasks.yaml")
+	g.Expect(crd.Spec).To(Equal(want.Spec), "the chart's CRD is config/crd's")
+	g.Expect(crd.Annotations).To(HaveKeyWithValue("helm.sh/resource-policy", "keep"))
+
+	role := as[rbacv1.ClusterRole](g, objs["ClusterRole/nodetask-manager-role"])
+	g.Expect(role.Rules).To(Equal(readFile[rbacv1.ClusterRole](g, "config/rbac/role.yaml").Rules))
+	leader := as[rbacv1.Role](g, objs["Role/nodetask-leader-election-role"])
+	g.Expect(leader.Rules).To(Equal(readFile[rbacv1.Role](g, "config/rbac/leader_election_role.yaml").Rules))
+	for _, name := range []string{"nodetask-editor-role", "nodetask-viewer-role", "metrics-reader"} {
+		g.Expect(objs).To(HaveKey("ClusterRole/nodetask-"+strings.TrimPrefix(name, "nodetask-")), name)
+	}
+
+	dep := as[appsv1.Deployment](g, objs["Deployment/nodetask-controller-manager"])
+	cfgDep := readDeployment(g)
+	got, wantCtr := dep.Spec.Template.Spec.Containers[0], cfgDep.Spec.Template.Spec.Containers[0]
+	for _, arg := range wantCtr.Args {
+		g.Expect(got.Args).To(ContainElement(arg), "the chart passes config/manager's %s", arg)
+	}
+	g.Expect(got.Args).To(ContainElements("--kube-api-qps=200", "--kube-api-burst=400", "--max-concurrent-reconciles=4", "--pod-create-workers=16"))
+	g.Expect(got.SecurityContext).To(Equal(wantCtr.SecurityContext))
+	g.Expect(dep.Spec.Template.Spec.SecurityContext).To(Equal(cfgDep.Spec.Template.Spec.SecurityContext))
+	g.Expect(dep.Spec.Template.Spec.NodeSelector).To(HaveKeyWithValue("kubernetes.io/os", "linux"))
+	g.Expect(dep.Spec.Template.Spec.ServiceAccountName).To(Equal("nodetask-controller-manager"))
+	g.Expect(objs).To(HaveKey("Service/nodetask-controller-manager-metrics"))
+	g.Expect(objs).NotTo(HaveKey("ServiceMonitor/nodetask-controller-manager"))
+}
+
+func TestChartValues(t *testing.T) {
+	g := NewWithT(t)
+	objs := render(t, map[string]any{
+		"replicas":          3,
+		"image":             map[string]any{"repository": "registry.example.com/nodetask", "tag": "v1.2.3"},
+		"priorityClassName": "system-cluster-critical",
+		"tolerations":       []any{map[string]any{"key": "CriticalAddonsOnly", "operator": "Exists"}},
+		"manager":           map[string]any{"kubeAPIQPS": 50, "defaultScriptImage": "mirror.example.com/hpc:v1.0.0"},
+		"metrics":           map[string]any{"service": false, "serviceMonitor": map[string]any{"enabled": true, "interval": "1m"}},
+		"crds":              map[string]any{"keep": false},
+	})
+	dep := as[appsv1.Deployment](g, objs["Deployment/nodetask-controller-manager"])
+	spec := dep.Spec.Template.Spec
+	g.Expect(*dep.Spec.Replicas).To(BeEquivalentTo(3))
+	g.Expect(spec.Containers[0].Image).To(Equal("registry.example.com/nodetask:v1.2.3"))
+	g.Expect(spec.Containers[0].Args).To(ContainElements("--leader-elect", "--kube-api-qps=50",
+		"--default-script-image=mirror.example.com/hpc:v1.0.0"))
+	g.Expect(spec.PriorityClassName).To(Equal("system-cluster-critical"))
+	g.Expect(spec.Tolerations).To(HaveLen(1))
+	g.Expect(objs).NotTo(HaveKey("Service/nodetask-controller-manager-metrics"))
+	g.Expect(objs).To(HaveKey("ServiceMonitor/nodetask-controller-manager"))
+	crd := objs["CustomResourceDefinition/nodetasks.nodetask.io"]
+	g.Expect(crd.GetAnnotations()).NotTo(HaveKey("helm.sh/resource-policy"))
+
+	objs = render(t, map[string]any{"crds": map[string]any{"install": false}})
+	g.Expect(objs).NotTo(HaveKey("CustomResourceDefinition/nodetasks.nodetask.io"))
+}
+
+// readDeployment reads the manager Deployment of config/manager/manager.yaml.
+func readDeployment(g *WithT) *appsv1.Deployment {
+	data, err := os.ReadFile("../../config/manager/manager.yaml")
+	g.Expect(err).NotTo(HaveOccurred())
+	for _, doc := range releaseutil.SplitManifests(string(data)) {
+		if strings.Contains(doc, "kind: Deployment") {
+			var dep appsv1.Deployment
+			g.Expect(yaml.Unmarshal([]byte(doc), &dep)).To(Succeed())
+			return &dep
+		}
+	}
+	g.Expect("a Deployment").To(BeEmpty(), "config/manager/manager.yaml has no Deployment")
+	return nil
+}
