@@ -9,6 +9,9 @@
 #      k8s.io/kubernetes in a throwaway module whose go.mod replaces every staging module
 #      with its published version, and etcd from a two-line main calling etcdmain.Main.
 #
+# K8S_EXTRA="kube-scheduler" also builds those commands of k8s.io/kubernetes (the fan-out
+# benchmark needs kube-scheduler; tests do not).
+#
 # Idempotent: a second run finds the binaries and returns in well under a second.
 # Prints the assets folder on its last line, so `KUBEBUILDER_ASSETS=$(hack/setup-envtest.sh | tail -1)`.
 set -euo pipefail
@@ -38,10 +41,12 @@ try_download() {
   cp "$dir/kube-apiserver" "$dir/etcd" "$K8S_ASSETS/"
 }
 
+# build_kubernetes builds the named commands of k8s.io/kubernetes (kube-apiserver ...).
 build_kubernetes() {
-  local mod=$WORK/kubernetes gomod replaces
+  local mod=$WORK/kubernetes gomod replaces cmds=()
+  for c in "$@"; do cmds+=("k8s.io/kubernetes/cmd/$c"); done
   mkdir -p "$mod"
-  log "building kube-apiserver and kube-controller-manager v$K8S_VERSION from the Go module proxy (about 10 minutes on 2 cores from a cold cache)"
+  log "building $* v$K8S_VERSION from the Go module proxy (about 10 minutes on 2 cores from a cold cache)"
   gomod=$(cd "$mod" && GOFLAGS=-mod=mod go mod download -json "k8s.io/kubernetes@v$K8S_VERSION" | sed -n 's/^[[:space:]]*"GoMod": "\(.*\)",$/\1/p')
   [ -n "$gomod" ] || { log "could not download k8s.io/kubernetes@v$K8S_VERSION"; return 1; }
   # Every `k8s.io/x => ./staging/src/k8s.io/x` replace becomes `k8s.io/x => k8s.io/x v0.N.M`.
@@ -69,8 +74,7 @@ build_kubernetes() {
     -X k8s.io/client-go/pkg/version.gitVersion=v$K8S_VERSION \
     -X k8s.io/client-go/pkg/version.gitMajor=1 \
     -X k8s.io/client-go/pkg/version.gitMinor=$minor"
-  (cd "$mod" && GOFLAGS=-mod=mod go build -trimpath -ldflags "$ldflags" -o "$K8S_ASSETS/" \
-    k8s.io/kubernetes/cmd/kube-apiserver k8s.io/kubernetes/cmd/kube-controller-manager)
+  (cd "$mod" && GOFLAGS=-mod=mod go build -trimpath -ldflags "$ldflags" -o "$K8S_ASSETS/" "${cmds[@]}")
 }
 
 build_etcd() {
@@ -99,7 +103,13 @@ GO
   (cd "$mod" && GOFLAGS=-mod=mod go build -trimpath -ldflags "-s -w" -o "$K8S_ASSETS/etcd" .)
 }
 
-if have kube-apiserver && have etcd && have kube-controller-manager; then
+extra_missing() {
+  local c
+  for c in ${K8S_EXTRA:-}; do have "$c" || return 0; done
+  return 1
+}
+
+if have kube-apiserver && have etcd && have kube-controller-manager && ! extra_missing; then
   log "using binaries in $K8S_ASSETS"
   echo "$K8S_ASSETS"
   exit 0
@@ -113,8 +123,10 @@ if ! { have kube-apiserver && have etcd; }; then
   fi
 fi
 have etcd || build_etcd
-if ! have kube-apiserver || ! have kube-controller-manager; then
-  build_kubernetes
+missing=()
+for c in kube-apiserver kube-controller-manager ${K8S_EXTRA:-}; do have "$c" || missing+=("$c"); done
+if [ ${#missing[@]} -gt 0 ]; then
+  build_kubernetes "${missing[@]}"
 fi
 "$K8S_ASSETS/kube-apiserver" --version >&2
 log "binaries ready in $K8S_ASSETS"

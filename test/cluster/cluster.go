@@ -12,6 +12,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strings"
 	"sync"
 	"syscall"
 	"time"
@@ -54,6 +55,14 @@ type Options struct {
 	WindowsNodes, LinuxNodes int
 	// TaintWindows gives Windows nodes the common os=windows:NoSchedule taint.
 	TaintWindows bool
+	// ExtraControllers are more kube-controller-manager controllers to run (daemonset...).
+	ExtraControllers []string
+	// Scheduler, if set, is a kube-scheduler binary to run (for DaemonSet pods), at its
+	// default client limits.
+	Scheduler string
+	// DefaultClientLimits runs kube-controller-manager at its default client-side limits
+	// (20 QPS) instead of the 200 the tests use.
+	DefaultClientLimits bool
 	// Log receives progress lines; nil discards them.
 	Log io.Writer
 }
@@ -126,18 +135,30 @@ func Start(ctx context.Context, opts Options) (c *Cluster, err error) {
 	}
 
 	c.logf("starting kube-controller-manager (garbage collector, pod garbage collector, disruption, deployment, replicaset)")
-	if _, err := c.StartProcess("kube-controller-manager", filepath.Join(opts.AssetsDir, "kube-controller-manager"),
-		"--kubeconfig", c.Kubeconfig,
+	kcmArgs := []string{"--kubeconfig", c.Kubeconfig,
 		// disruption keeps PodDisruptionBudgets' status, which the Eviction API reads.
 		// deployment and replicaset make the pods of an installed Deployment, so that Pod
 		// Security admission judges them (no scheduler runs: they stay Pending).
-		"--controllers=garbagecollector,podgc,disruption,deployment,replicaset",
+		"--controllers="+strings.Join(append([]string{"garbagecollector", "podgc", "disruption", "deployment", "replicaset"}, opts.ExtraControllers...), ","),
 		"--leader-elect=false",
 		"--secure-port=0",
 		"--use-service-account-credentials=false",
-		"--kube-api-qps=200", "--kube-api-burst=400",
-	); err != nil {
+	}
+	if !opts.DefaultClientLimits {
+		// The garbage collector deletes the pods of deleted tasks; at 500 nodes kcm's
+		// default 20 QPS would make the tests wait for it.
+		kcmArgs = append(kcmArgs, "--kube-api-qps=200", "--kube-api-burst=400")
+	}
+	if _, err := c.StartProcess("kube-controller-manager", filepath.Join(opts.AssetsDir, "kube-controller-manager"), kcmArgs...); err != nil {
 		return c, err
+	}
+
+	if opts.Scheduler != "" {
+		c.logf("starting kube-scheduler")
+		if _, err := c.StartProcess("kube-scheduler", opts.Scheduler,
+			"--kubeconfig", c.Kubeconfig, "--leader-elect=false", "--secure-port=0"); err != nil {
+			return c, err
+		}
 	}
 
 	c.logf("starting kwok to play the kubelets")
@@ -270,6 +291,9 @@ func (c *Cluster) StartProcess(name, path string, args ...string) (*Process, err
 	c.mu.Unlock()
 	return p, nil
 }
+
+// Pid is the process's ID.
+func (p *Process) Pid() int { return p.cmd.Process.Pid }
 
 // Args returns the arguments the process was started with (without the program).
 func (p *Process) Args() []string { return p.cmd.Args[1:] }
