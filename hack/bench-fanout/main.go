@@ -29,9 +29,10 @@ import (
 	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/intstr"
-	"k8s.io/apimachinery/pkg/watch"
+	"k8s.io/client-go/informers"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
+	"k8s.io/client-go/tools/cache"
 	"k8s.io/client-go/util/flowcontrol"
 	"k8s.io/utils/ptr"
 	"sigs.k8s.io/controller-runtime/pkg/client"
@@ -56,7 +57,9 @@ func main() {
 	flag.Parse()
 	opts.WindowsNodes = n
 	opts.Log = os.Stderr
-	opts.ExtraControllers = []string{"daemonset"}
+	// nodelifecycle removes the not-ready taint the API server gives a new node, as in a real
+	// cluster; without it no DaemonSet pod would be placed.
+	opts.ExtraControllers = []string{"daemonset", "nodelifecycle"}
 	opts.Scheduler = filepath.Join(opts.AssetsDir, "kube-scheduler")
 	opts.DefaultClientLimits = true
 
@@ -88,6 +91,10 @@ func run(ctx context.Context, opts cluster.Options, manager string, n int) error
 		return err
 	}
 	fmt.Fprintf(os.Stderr, "[bench] %d Windows nodes Ready after %s\n", n, time.Since(start).Round(time.Second))
+	if err := waitUntainted(ctx, c); err != nil {
+		return err
+	}
+	fmt.Fprintf(os.Stderr, "[bench] the node lifecycle controller untainted every node after %s\n", time.Since(start).Round(time.Second))
 	var results []result
 
 	bare, err := benchBare(ctx, c, n)
@@ -123,6 +130,32 @@ func run(ctx context.Context, opts cluster.Options, manager string, n int) error
 	return nil
 }
 
+// waitUntainted waits until the node lifecycle controller has removed the not-ready taint the
+// API server gives every new node: a settled cluster, as the contenders would meet it.
+func waitUntainted(ctx context.Context, c *cluster.Cluster) error {
+	for deadline := time.Now().Add(10 * time.Minute); ; {
+		var nodes corev1.NodeList
+		if err := c.Client.List(ctx, &nodes); err != nil {
+			return err
+		}
+		tainted := 0
+		for i := range nodes.Items {
+			for _, t := range nodes.Items[i].Spec.Taints {
+				if t.Key == corev1.TaintNodeNotReady {
+					tainted++
+				}
+			}
+		}
+		if tainted == 0 {
+			return nil
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("%d nodes still have the %s taint", tainted, corev1.TaintNodeNotReady)
+		}
+		time.Sleep(time.Second)
+	}
+}
+
 func ratio(a, b time.Duration) float64 {
 	if b == 0 {
 		return 0
@@ -130,58 +163,60 @@ func ratio(a, b time.Duration) float64 {
 	return a.Seconds() / b.Seconds()
 }
 
-// podWatch records, from a watch opened before the work starts, when the last of n pods in
-// a namespace appeared and when the last reached one of the phases.
+// podWatch records, from an informer synced before the work starts, when the last of n pods
+// in a namespace appeared and when the last reached one of the phases. An informer, not a
+// bare watch: under this load the API server may close a watch it finds slow, and the
+// informer's reflector watches again where it stopped.
 type podWatch struct {
-	mu            sync.Mutex
-	seen, done    map[string]bool
-	lastSeen      time.Time
-	lastDone      time.Time
-	n             int
-	phases        map[corev1.PodPhase]bool
-	allSeen, fin  chan struct{}
-	seenOnce, fon sync.Once
-	w             watch.Interface
+	mu                 sync.Mutex
+	seen, done         map[string]bool
+	lastSeen, lastDone time.Time
+	n                  int
+	phases             map[corev1.PodPhase]bool
+	fin                chan struct{}
+	finOnce            sync.Once
+	stop               context.CancelFunc
 }
 
 func watchPods(ctx context.Context, cs kubernetes.Interface, ns string, n int, phases ...corev1.PodPhase) (*podWatch, error) {
-	w, err := cs.CoreV1().Pods(ns).Watch(ctx, metav1.ListOptions{})
-	if err != nil {
-		return nil, err
-	}
 	pw := &podWatch{seen: map[string]bool{}, done: map[string]bool{}, n: n, phases: map[corev1.PodPhase]bool{},
-		allSeen: make(chan struct{}), fin: make(chan struct{}), w: w}
+		fin: make(chan struct{})}
 	for _, p := range phases {
 		pw.phases[p] = true
 	}
-	go func() {
-		for ev := range w.ResultChan() {
-			pod, ok := ev.Object.(*corev1.Pod)
-			if !ok {
-				continue
-			}
-			now := time.Now()
-			pw.mu.Lock()
-			if !pw.seen[pod.Name] {
-				pw.seen[pod.Name], pw.lastSeen = true, now
-			}
-			if pw.phases[pod.Status.Phase] && !pw.done[pod.Name] {
-				pw.done[pod.Name], pw.lastDone = true, now
-			}
-			if len(pw.seen) >= n {
-				pw.seenOnce.Do(func() { close(pw.allSeen) })
-			}
-			if len(pw.done) >= n {
-				pw.fon.Do(func() { close(pw.fin) })
-			}
-			pw.mu.Unlock()
+	ctx, pw.stop = context.WithCancel(ctx)
+	factory := informers.NewSharedInformerFactoryWithOptions(cs, 0, informers.WithNamespace(ns))
+	inf := factory.Core().V1().Pods().Informer()
+	on := func(obj any) {
+		pod, ok := obj.(*corev1.Pod)
+		if !ok {
+			return
 		}
-	}()
+		now := time.Now()
+		pw.mu.Lock()
+		defer pw.mu.Unlock()
+		if !pw.seen[pod.Name] {
+			pw.seen[pod.Name], pw.lastSeen = true, now
+		}
+		if pw.phases[pod.Status.Phase] && !pw.done[pod.Name] {
+			pw.done[pod.Name], pw.lastDone = true, now
+		}
+		if len(pw.done) >= n {
+			pw.finOnce.Do(func() { close(pw.fin) })
+		}
+	}
+	if _, err := inf.AddEventHandler(cache.ResourceEventHandlerFuncs{AddFunc: on, UpdateFunc: func(_, o any) { on(o) }}); err != nil {
+		return nil, err
+	}
+	factory.Start(ctx.Done())
+	if !cache.WaitForCacheSync(ctx.Done(), inf.HasSynced) {
+		return nil, fmt.Errorf("the pod informer of namespace %s did not sync", ns)
+	}
 	return pw, nil
 }
 
 func (pw *podWatch) wait(ctx context.Context, timeout time.Duration) error {
-	defer pw.w.Stop()
+	defer pw.stop()
 	select {
 	case <-pw.fin:
 		return nil
