@@ -77,7 +77,7 @@ test-e2e: setup-envtest kwok kustomize build ## Run the end-to-end suite: the ma
 .PHONY: bench-fanout
 bench-fanout: kwok build ## Fan-out benchmark: a bare client, a DaemonSet and a NodeTask on N (default 1000) simulated Windows nodes; prints a table of ratios. Not part of CI.
 	K8S_EXTRA=kube-scheduler K8S_VERSION=$(K8S_VERSION) K8S_ASSETS="$(K8S_ASSETS)" hack/setup-envtest.sh >/dev/null
-	go run ./hack/bench-fanout --assets "$(K8S_ASSETS)" --kwok "$(KWOK)" --nodes $(or $(N),1000)
+	go run ./hack/bench-fanout --assets "$(K8S_ASSETS)" --kwok "$(KWOK)" --nodes $(or $(N),1000) $(foreach a,$(MANAGER_ARGS),--manager-arg=$(a))
 
 .PHONY: argocd-testdata
 argocd-testdata: setup-envtest kwok build ## Regenerate the Argo CD health check's testdata from tasks run on the simulated cluster.

@@ -14,10 +14,12 @@ import (
 	authenticationv1 "k8s.io/api/authentication/v1"
 	authorizationv1 "k8s.io/api/authorization/v1"
 	corev1 "k8s.io/api/core/v1"
+	flowcontrolv1 "k8s.io/api/flowcontrol/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	utilyaml "k8s.io/apimachinery/pkg/util/yaml"
 	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
 	clientcmdapi "k8s.io/client-go/tools/clientcmd/api"
 	"k8s.io/utils/ptr"
@@ -42,6 +44,15 @@ func installBundle() {
 	Expect(err).NotTo(HaveOccurred(), string(out))
 	data, err := os.ReadFile(filepath.Join(root, "dist", "install.yaml"))
 	Expect(err).NotTo(HaveOccurred())
+	applyAll(data)
+	// The optional API Priority and Fairness objects, which the API server validates here.
+	apf, err := exec.Command(env("KUSTOMIZE"), "build", filepath.Join(root, "config", "apf")).Output()
+	Expect(err).NotTo(HaveOccurred())
+	applyAll(apf)
+}
+
+// applyAll applies every object of a YAML stream with server-side apply.
+func applyAll(data []byte) {
 	reader := utilyaml.NewYAMLReader(bufio.NewReader(bytes.NewReader(data)))
 	for {
 		doc, err := reader.Read()
@@ -119,5 +130,20 @@ var _ = Describe("Install bundle", func() {
 		Expect(err).NotTo(HaveOccurred())
 		Expect(string(kubeconfig)).To(ContainSubstring("token:"))
 		Expect(manager.Args()).To(ContainElement("--kubeconfig=" + filepath.Join(c.WorkDir, "manager.kubeconfig")))
+	})
+
+	It("puts the manager's requests in a priority level of its own (config/apf)", func() {
+		pl := &flowcontrolv1.PriorityLevelConfiguration{}
+		Expect(k8s.Get(ctx, client.ObjectKey{Name: "nodetask-operator"}, pl)).To(Succeed())
+		cfg, err := clientcmd.BuildConfigFromFlags("", filepath.Join(c.WorkDir, "manager.kubeconfig"))
+		Expect(err).NotTo(HaveOccurred())
+		hc, err := rest.HTTPClientFor(cfg)
+		Expect(err).NotTo(HaveOccurred())
+		resp, err := hc.Get(cfg.Host + "/api/v1/nodes?limit=1")
+		Expect(err).NotTo(HaveOccurred())
+		defer resp.Body.Close()
+		Expect(resp.StatusCode).To(Equal(200))
+		// The API server names the priority level it classified the request into.
+		Expect(resp.Header.Get("X-Kubernetes-PF-PriorityLevel-UID")).To(Equal(string(pl.UID)))
 	})
 })
