@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strings"
 
 	. "github.com/onsi/ginkgo/v2"
 	. "github.com/onsi/gomega"
@@ -139,7 +140,7 @@ var _ = Describe("Install bundle", func() {
 		Expect(err).NotTo(HaveOccurred())
 		hc, err := rest.HTTPClientFor(cfg)
 		Expect(err).NotTo(HaveOccurred())
-		resp, err := hc.Get(cfg.Host + "/api/v1/nodes?limit=1")
+		resp, err := hc.Get(strings.TrimSuffix(cfg.Host, "/") + "/api/v1/nodes?limit=1")
 		Expect(err).NotTo(HaveOccurred())
 		defer resp.Body.Close()
 		Expect(resp.StatusCode).To(Equal(200))
