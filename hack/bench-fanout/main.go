@@ -89,6 +89,8 @@ type result struct {
 	ready           time.Duration
 	writes, written float64
 	peakRSS         int64
+	// objectBytes is the NodeTask's size as the API server sends it once Ready.
+	objectBytes int
 }
 
 func run(ctx context.Context, opts cluster.Options, manager string, n int) error {
@@ -138,7 +140,8 @@ func run(ctx context.Context, opts cluster.Options, manager string, n int) error
 	if len(managerArgs) > 0 {
 		fmt.Printf("\nManager flags besides the defaults: %s", managerArgs.String())
 	}
-	fmt.Printf("\nNodeTask: %.0f status writes, %.0f KB written; manager peak RSS %d MiB\n", nt.writes, nt.written/1024, nt.peakRSS>>20)
+	fmt.Printf("\nNodeTask: %.0f status writes, %.0f KB written, the object %d KB once Ready; manager peak RSS %d MiB\n",
+		nt.writes, nt.written/1024, nt.objectBytes>>10, nt.peakRSS>>20)
 	fmt.Println("(A DaemonSet's pods never finish: its \"finished\" column is the time until all ran.)")
 	return nil
 }
@@ -464,6 +467,9 @@ func benchNodeTask(ctx context.Context, c *cluster.Cluster, manager string, n in
 		time.Sleep(20 * time.Millisecond)
 	}
 	r := result{name: "NodeTask", created: created, ended: ended, ready: ready, peakRSS: peakRSS(proc.Pid())}
+	if raw, err := cs.RESTClient().Get().AbsPath("/apis/nodetask.io/v1alpha1/namespaces", ns, "nodetasks", task.Name).DoRaw(ctx); err == nil {
+		r.objectBytes = len(raw)
+	}
 	m, err := scrape("http://" + metricsAddr + "/metrics")
 	if err != nil {
 		return result{}, err
