@@ -214,8 +214,6 @@ type maintainInput struct {
 	storedFinal bool
 	// busy: a pod of the task on the node has not finished.
 	busy bool
-	// blocked says why the node cannot start an attempt now (NodeNotReady...), or "".
-	blocked string
 	// reboot is the current run's restart pod, or nil.
 	reboot *corev1.Pod
 }
@@ -223,8 +221,8 @@ type maintainInput struct {
 // maintain runs the maintenance step of one node, after the lifecycle worked out its entry:
 // it turns a success into a restart where one is wanted, holds back the start until the node
 // is claimed, cordoned and drained, and releases the node once its result is stored. It
-// reports whether the lifecycle's start may go ahead, and whether it holds a rollout slot
-// already (the claim holds it).
+// changes the decision in place: d.start stays true only where the attempt may start now,
+// d.claimed says its slot is the claim's, d.claim asks for a claim (which needs a free slot).
 func (m *maintenance) maintain(lc *lifecycle, in maintainInput, d *nodeDecision) {
 	e := &d.entry
 	state, claim := m.claimOf(in.node, in.staleClaim)

@@ -196,7 +196,7 @@ func (lc *lifecycle) decide(in nodeInput) nodeDecision {
 	lc.deletions(in, mine, ready, &d)
 	lc.startable(in, busy, gone, blocked, &d)
 	if lc.maint.claims {
-		lc.maint.maintain(lc, maintainInput{nodeInput: in, busy: busy, blocked: blocked, reboot: reboot,
+		lc.maint.maintain(lc, maintainInput{nodeInput: in, busy: busy, reboot: reboot,
 			storedFinal: in.stored != nil && in.stored.Run == lc.run && isFinal(in.stored)}, &d)
 		d.keep = d.keep || d.inFlight
 	}
