@@ -37,7 +37,7 @@ func (j *claimJanitor) Reconcile(ctx context.Context, req reconcile.Request) (re
 		return reconcile.Result{}, client.IgnoreNotFound(err)
 	}
 	c := readClaim(node)
-	if c == nil || !j.stale(ctx, c) {
+	if c == nil || !claimIsStale(ctx, j.client, c) {
 		return reconcile.Result{}, nil
 	}
 	// The gone task releases its own claim: nodePatch with the task's identity.
@@ -57,17 +57,6 @@ func (j *claimJanitor) Reconcile(ctx context.Context, req reconcile.Request) (re
 	}
 	log.FromContext(ctx).Info("released the claim of a deleted task", "node", klog.KObj(node), "task", c.Task)
 	return reconcile.Result{}, nil
-}
-
-// stale reports whether the claim names a task that no longer exists.
-func (j *claimJanitor) stale(ctx context.Context, c *NodeClaim) bool {
-	ns, name, ok := cutTaskKey(c.Task)
-	if !ok || c.UID == "" {
-		return false
-	}
-	var task ntv1.NodeTask
-	err := j.client.Get(ctx, types.NamespacedName{Namespace: ns, Name: name}, &task)
-	return apierrors.IsNotFound(err) || (err == nil && task.UID != c.UID)
 }
 
 // nodesClaimedBy maps a deleted task to the nodes its claim is still on.

@@ -103,7 +103,9 @@ type NodeOp struct {
 	Kind NodeOpKind
 	// Cordon (with OpClaim) cordons the node, unless it is cordoned already.
 	Cordon bool
-	// Uncordon (with OpRelease) uncordons the node, if this task cordoned it.
+	// Uncordon (with OpRelease) uncordons the node, if this task cordoned it: nodePatch
+	// checks that against the node's AnnotationCordonedBy, so callers say only whether they
+	// want it.
 	Uncordon bool
 	// TakeOverCordon (with OpClaim) makes this task the owner of a cordon whose owner, a
 	// task that no longer exists, left it behind.
@@ -191,11 +193,6 @@ func (m *maintenance) claimOf(node *corev1.Node, stale bool) (claimState, *NodeC
 	}
 }
 
-// cordonedByUs reports whether this task cordoned the node.
-func (m *maintenance) cordonedByUs(node *corev1.Node) bool {
-	return node != nil && node.Spec.Unschedulable && node.Annotations[AnnotationCordonedBy] == string(m.uid)
-}
-
 // rebootWanted reports whether a node whose attempt succeeded with entry e is restarted.
 func (m *maintenance) rebootWanted(e *ntv1.NodeStatus) bool {
 	switch m.reboot {
@@ -249,10 +246,9 @@ func (m *maintenance) maintain(lc *lifecycle, in maintainInput, d *nodeDecision)
 			// Released only once the result is stored: a restarted manager then never finds
 			// a released node whose result it must work out again.
 			d.ops = append(d.ops, NodeOp{Node: in.name, Kind: OpRelease, Why: "its work is done",
-				Uncordon: m.cordonedByUs(in.node) && (e.Phase == ntv1.NodeSucceeded || m.uncordonOnFailure)})
+				Uncordon: e.Phase == ntv1.NodeSucceeded || m.uncordonOnFailure})
 		case !in.target && !in.busy && e.Phase != ntv1.NodeRunning:
-			d.ops = append(d.ops, NodeOp{Node: in.name, Kind: OpRelease, Uncordon: m.cordonedByUs(in.node),
-				Why: "it is no longer a target"})
+			d.ops = append(d.ops, NodeOp{Node: in.name, Kind: OpRelease, Uncordon: true, Why: "it is no longer a target"})
 		case d.start && m.cordon && !in.node.Spec.Unschedulable:
 			d.start = false
 			d.ops = append(d.ops, NodeOp{Node: in.name, Kind: OpCordon, Why: "the task cordons its nodes"})

@@ -49,8 +49,8 @@ func registerMetrics() {
 }
 
 // recordStatusWrite updates the metrics for one accepted status write: the write itself,
-// the task's phase counts and conditions, and the node results it newly stored.
-func recordStatusWrite(task *ntv1.NodeTask, old *ntv1.NodeTaskStatus) {
+// the task's phase counts and conditions, and the node results it newly stored (newResults).
+func recordStatusWrite(task *ntv1.NodeTask, results []ntv1.NodeStatus) {
 	st := &task.Status
 	statusWrites.Inc()
 	statusWriteBytes.Add(float64(objectSize(task, st)))
@@ -70,7 +70,7 @@ func recordStatusWrite(task *ntv1.NodeTask, old *ntv1.NodeTaskStatus) {
 			taskCondition.WithLabelValues(ns, name, c.Type, string(s)).Set(v)
 		}
 	}
-	for _, e := range newResults(old, st) {
+	for _, e := range results {
 		nodeRuns.WithLabelValues(ns, name, string(e.Phase), e.Reason).Inc()
 		if e.StartTime != nil && e.FinishTime != nil {
 			nodeRunDuration.WithLabelValues(ns, name).Observe(e.FinishTime.Sub(e.StartTime.Time).Seconds())

@@ -31,8 +31,8 @@ func TestTaskMetrics(t *testing.T) {
 			{Name: "win-c", Phase: ntv1.NodePending},
 		}}
 	registerMetrics()
-	recordStatusWrite(task, &old)
-	recordStatusWrite(task, &task.Status) // the same status again counts nothing new
+	recordStatusWrite(task, newResults(&old, &task.Status))
+	recordStatusWrite(task, newResults(&task.Status, &task.Status)) // the same status again counts nothing new
 
 	g.Expect(testutil.ToFloat64(taskNodes.WithLabelValues("metrics-ns", "metrics-task", "Succeeded"))).To(Equal(1.0))
 	g.Expect(testutil.ToFloat64(taskNodes.WithLabelValues("metrics-ns", "metrics-task", "Pending"))).To(Equal(1.0))

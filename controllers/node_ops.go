@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -85,11 +86,7 @@ func (r *NodeTaskReconciler) observeMaintenance(ctx context.Context, obs *Observ
 	}
 	r.nodeWrites.overlay(obs.Nodes, obs.Now)
 	// Nodes with an attempt of the current run need no drain: it ran before the attempt.
-	// (The run is worked out as ComputePlan does.)
-	run := task.Status.Run
-	if task.Status.Revision != obs.Revision || run == 0 {
-		run++
-	}
+	run, _ := currentRun(&task.Status, obs.Revision)
 	running := map[string]bool{}
 	for _, pod := range obs.Pods {
 		if podRun(pod) == run && podRevision(pod) == obs.Revision && !isRebootPod(pod) {
@@ -101,7 +98,7 @@ func (r *NodeTaskReconciler) observeMaintenance(ctx context.Context, obs *Observ
 		switch {
 		case c == nil:
 		case c.UID != task.UID:
-			if r.claimIsStale(ctx, c) {
+			if claimIsStale(ctx, r.Client, c) {
 				if obs.StaleClaims == nil {
 					obs.StaleClaims = map[string]bool{}
 				}
@@ -121,25 +118,23 @@ func (r *NodeTaskReconciler) observeMaintenance(ctx context.Context, obs *Observ
 	return nil
 }
 
-// claimIsStale reports whether a claim names a task that no longer exists (read from the
-// cache, where every task the manager has acted on is).
-func (r *NodeTaskReconciler) claimIsStale(ctx context.Context, c *NodeClaim) bool {
+// claimIsStale reports whether a claim names a task that no longer exists: none under its
+// name, or another one (by UID). It reads the cache, where every task the manager has acted
+// on is. A claim this operator did not write is never stale: it is respected.
+func claimIsStale(ctx context.Context, reader client.Reader, c *NodeClaim) bool {
 	ns, name, ok := cutTaskKey(c.Task)
 	if !ok || c.UID == "" {
-		return false // not a claim this operator wrote: respect it
+		return false
 	}
 	var other ntv1.NodeTask
-	err := r.Client.Get(ctx, types.NamespacedName{Namespace: ns, Name: name}, &other)
+	err := reader.Get(ctx, types.NamespacedName{Namespace: ns, Name: name}, &other)
 	return apierrors.IsNotFound(err) || (err == nil && other.UID != c.UID)
 }
 
+// cutTaskKey splits a claim's "namespace/name".
 func cutTaskKey(key string) (ns, name string, ok bool) {
-	for i := 0; i < len(key); i++ {
-		if key[i] == '/' {
-			return key[:i], key[i+1:], i > 0 && i < len(key)-1
-		}
-	}
-	return "", "", false
+	ns, name, ok = strings.Cut(key, "/")
+	return ns, name, ok && ns != "" && name != ""
 }
 
 // observeDrain lists the pods on the node that the drain must still evict, straight from
@@ -176,10 +171,10 @@ func (r *NodeTaskReconciler) observeDrain(ctx context.Context, task *ntv1.NodeTa
 	}
 	if len(emptyDir) > 0 {
 		d.Blocked = fmt.Sprintf("%s with emptyDir data (%s): set spec.drain.deleteEmptyDirData to evict them",
-			podCount(len(emptyDir)), nameList(emptyDir))
+			countOf(len(emptyDir), "pod"), nameList(emptyDir))
 	}
-	if msg, ok := r.drainRefusals.Load(drainKey(task, node.Name)); ok && len(d.Evictable) > 0 {
-		d.Blocked = joinNonEmpty(d.Blocked, msg.(string))
+	if refused, _ := loadMark[map[string]string](&r.drainRefusals, task); len(d.Evictable) > 0 {
+		d.Blocked = joinNonEmpty(d.Blocked, refused[node.Name])
 	}
 	return d, nil
 }
@@ -211,13 +206,6 @@ func hasEmptyDir(pod *corev1.Pod) bool {
 	return false
 }
 
-func podCount(n int) string {
-	if n == 1 {
-		return "1 pod"
-	}
-	return strconv.Itoa(n) + " pods"
-}
-
 func joinNonEmpty(a, b string) string {
 	switch {
 	case a == "":
@@ -227,8 +215,6 @@ func joinNonEmpty(a, b string) string {
 	}
 	return a + "; " + b
 }
-
-func drainKey(task *ntv1.NodeTask, node string) string { return string(task.UID) + "/" + node }
 
 // applyMaintenance carries out the plan's node changes, evictions and restart pods. A node
 // changed meanwhile (a conflict) is left for the next pass, which sees the change.
@@ -280,12 +266,12 @@ func (r *NodeTaskReconciler) applyMaintenance(ctx context.Context, task *ntv1.No
 			return fmt.Errorf("evicting pod %s/%s: %w", pod.Namespace, pod.Name, err)
 		}
 	}
-	for name := range obs.Drains {
-		if msg, ok := refused[name]; ok {
-			r.drainRefusals.Store(drainKey(task, name), msg)
-		} else {
-			r.drainRefusals.Delete(drainKey(task, name))
-		}
+	// What the next pass's drains say is refused: only this pass's refusals, so a message
+	// goes once its eviction succeeds or its node no longer drains.
+	if len(obs.Drains) > 0 {
+		storeMark(&r.drainRefusals, task, refused)
+	} else {
+		r.drainRefusals.Delete(client.ObjectKeyFromObject(task))
 	}
 	var created []*corev1.Pod
 	for _, req := range plan.Reboots {

@@ -76,7 +76,8 @@ type NodeTaskReconciler struct {
 	cleaned sync.Map
 	// nodeWrites holds the nodes this process patched until the cache shows them.
 	nodeWrites nodeWrites
-	// drainRefusals holds, by task UID and node, why the last evictions were refused.
+	// drainRefusals holds, by task key, a uidMark with why the last pass's evictions were
+	// refused, by node name.
 	drainRefusals sync.Map
 }
 
@@ -162,9 +163,10 @@ func (r *NodeTaskReconciler) Reconcile(ctx context.Context, req ctrl.Request) (c
 			return ctrl.Result{}, fmt.Errorf("writing status: %w", err)
 		}
 		storeMark(&r.lastWrite, task, obs.Now)
-		recordStatusWrite(task, &old)
+		results := newResults(&old, &task.Status)
+		recordStatusWrite(task, results)
 		// Events describe what the stored status now says, never a write that failed.
-		r.emitEvents(task, &old, plan)
+		r.emitEvents(task, &old, plan, results)
 	}
 
 	if meta.IsStatusConditionTrue(st.Conditions, ntv1.ConditionStalled) && !plan.BudgetExceeded {
@@ -214,6 +216,7 @@ func (r *NodeTaskReconciler) forget(key types.NamespacedName) {
 	forgetMetrics(key)
 	r.lastWrite.Delete(key)
 	r.cleaned.Delete(key)
+	r.drainRefusals.Delete(key)
 }
 
 // namespacePrivileged reports whether the namespace's Pod Security level allows HostProcess pods.
@@ -472,8 +475,9 @@ func (r *NodeTaskReconciler) cleanScripts(ctx context.Context, task *ntv1.NodeTa
 }
 
 // emitEvents reports what the status write just stored: a run starting, nodes failing, a
-// stall, completion. Events summarize; there is never one event per succeeded node.
-func (r *NodeTaskReconciler) emitEvents(task *ntv1.NodeTask, old *ntv1.NodeTaskStatus, plan *Plan) {
+// stall, completion. results are the node results the write newly stored (newResults).
+// Events summarize; there is never one event per succeeded node.
+func (r *NodeTaskReconciler) emitEvents(task *ntv1.NodeTask, old *ntv1.NodeTaskStatus, plan *Plan, results []ntv1.NodeStatus) {
 	if r.Recorder == nil {
 		return
 	}
@@ -483,7 +487,7 @@ func (r *NodeTaskReconciler) emitEvents(task *ntv1.NodeTask, old *ntv1.NodeTaskS
 		r.Recorder.Eventf(task, nil, corev1.EventTypeNormal, "RolloutStarted", "Start",
 			"run %d (revision %s) on %d nodes, at most %d at once", st.Run, st.Revision, st.Targets, plan.MaxConcurrent)
 	}
-	if failed := newlyFailed(old, st); len(failed) > 0 {
+	if failed := failedNames(results); len(failed) > 0 {
 		r.Recorder.Eventf(task, nil, corev1.EventTypeWarning, "NodeFailed", "Run",
 			"%s failed: %s", nodeCount(len(failed)), nameList(failed))
 	}
@@ -498,10 +502,10 @@ func (r *NodeTaskReconciler) emitEvents(task *ntv1.NodeTask, old *ntv1.NodeTaskS
 	}
 }
 
-// newlyFailed names the nodes whose final failure in the current run st records and old did not.
-func newlyFailed(old, st *ntv1.NodeTaskStatus) []string {
+// failedNames names the failed nodes among results.
+func failedNames(results []ntv1.NodeStatus) []string {
 	var names []string
-	for _, e := range newResults(old, st) {
+	for _, e := range results {
 		if e.Phase == ntv1.NodeFailed {
 			names = append(names, e.Name)
 		}

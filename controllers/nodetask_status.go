@@ -300,11 +300,14 @@ func setConditions(st *ntv1.NodeTaskStatus, f conditionFacts) {
 }
 
 // nodeCount is "1 node" or "N nodes".
-func nodeCount(n int) string {
+func nodeCount(n int) string { return countOf(n, "node") }
+
+// countOf is "1 <noun>" or "N <noun>s".
+func countOf(n int, noun string) string {
 	if n == 1 {
-		return "1 node"
+		return "1 " + noun
 	}
-	return fmt.Sprintf("%d nodes", n)
+	return fmt.Sprintf("%d %ss", n, noun)
 }
 
 // nameList names at most maxNamesInMessage items, then "(N more)".

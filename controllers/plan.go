@@ -121,13 +121,8 @@ type Problem struct {
 // what each node's entry is. It has no side effects.
 func ComputePlan(obs *Observed) *Plan {
 	task := obs.Task
-	p := &Plan{Revision: obs.Revision, Run: task.Status.Run, Targets: map[string]bool{}}
-	// A run is a run, not only a content hash: going back to content that ran before (a
-	// GitOps revert, an old rerunToken) starts a new run as any other change does.
-	if task.Status.Revision != obs.Revision || p.Run == 0 {
-		p.Run++
-		p.NewRun = true
-	}
+	p := &Plan{Revision: obs.Revision, Targets: map[string]bool{}}
+	p.Run, p.NewRun = currentRun(&task.Status, obs.Revision)
 	stored := storedEntries(&task.Status, obs.Nodes)
 	lc := newLifecycle(task, p.Run, p.Revision, obs.Now)
 
@@ -272,6 +267,16 @@ func ComputePlan(obs *Observed) *Plan {
 		p.Create = nil
 	}
 	return p
+}
+
+// currentRun returns the run a reconcile works on, and whether it starts now. A run is a
+// run, not only a content hash: going back to content that ran before (a GitOps revert, an
+// old rerunToken) starts a new run as any other change does.
+func currentRun(st *ntv1.NodeTaskStatus, revision string) (run int64, isNew bool) {
+	if st.Revision != revision || st.Run == 0 {
+		return st.Run + 1, true
+	}
+	return st.Run, false
 }
 
 // soonest returns the earlier of two requeue delays, where 0 means never.

@@ -158,7 +158,7 @@ func TestPlanFailureBudget(t *testing.T) {
 	p = settle(obs)
 	g.Expect(p.BudgetExceeded).To(BeTrue())
 	g.Expect(p.Create).To(BeEmpty(), "no node starts once failures exceed maxFailures")
-	g.Expect(newlyFailed(&before, &obs.Task.Status)).To(Equal([]string{names[2]}))
+	g.Expect(failedNames(newResults(&before, &obs.Task.Status))).To(Equal([]string{names[2]}))
 	st := &obs.Task.Status
 	g.Expect(findCondition(st, ntv1.ConditionStalled).Status).To(Equal(metav1.ConditionTrue))
 	g.Expect(findCondition(st, ntv1.ConditionStalled).Reason).To(Equal(ntv1.ReasonFailureBudgetExceeded))
