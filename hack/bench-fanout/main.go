@@ -13,7 +13,6 @@ import (
 	"flag"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -413,7 +412,14 @@ func benchNodeTask(ctx context.Context, c *cluster.Cluster, manager string, n in
 	if err := c.Client.Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "nodetask-system"}}); err != nil {
 		return result{}, err
 	}
-	probe, metricsAddr := freeAddr(), freeAddr()
+	probe, err := cluster.FreeAddr()
+	if err != nil {
+		return result{}, err
+	}
+	metricsAddr, err := cluster.FreeAddr()
+	if err != nil {
+		return result{}, err
+	}
 	args := append([]string{"--leader-elect", "--leader-election-namespace=nodetask-system",
 		"--metrics-bind-address=" + metricsAddr, "--metrics-secure=false", "--health-probe-bind-address=" + probe}, managerArgs...)
 	proc, err := c.StartProcess("manager", manager, args...)
@@ -477,15 +483,6 @@ func benchNodeTask(ctx context.Context, c *cluster.Cluster, manager string, n in
 	r.writes, r.written = m["nodetask_status_writes_total"], m["nodetask_status_write_bytes_total"]
 	proc.Stop(10 * time.Second)
 	return r, nil
-}
-
-func freeAddr() string {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		panic(err)
-	}
-	defer l.Close()
-	return l.Addr().String()
 }
 
 func waitHTTP(ctx context.Context, url string, timeout time.Duration) error {

@@ -9,6 +9,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -139,7 +140,7 @@ func Start(ctx context.Context, opts Options) (c *Cluster, err error) {
 		// disruption keeps PodDisruptionBudgets' status, which the Eviction API reads.
 		// deployment and replicaset make the pods of an installed Deployment, so that Pod
 		// Security admission judges them (no scheduler runs: they stay Pending).
-		"--controllers="+strings.Join(append([]string{"garbagecollector", "podgc", "disruption", "deployment", "replicaset"}, opts.ExtraControllers...), ","),
+		"--controllers=" + strings.Join(append([]string{"garbagecollector", "podgc", "disruption", "deployment", "replicaset"}, opts.ExtraControllers...), ","),
 		"--leader-elect=false",
 		"--secure-port=0",
 		"--use-service-account-credentials=false",
@@ -290,6 +291,17 @@ func (c *Cluster) StartProcess(name, path string, args ...string) (*Process, err
 	c.procs = append(c.procs, p)
 	c.mu.Unlock()
 	return p, nil
+}
+
+// FreeAddr returns a loopback address with a port that was free a moment ago, for a
+// component's listener.
+func FreeAddr() (string, error) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return "", err
+	}
+	defer l.Close()
+	return l.Addr().String(), nil
 }
 
 // Pid is the process's ID.

@@ -48,14 +48,10 @@ func addPool(pool string, n int) []string {
 }
 
 func readyNodes(pool string) int {
-	var nodes corev1.NodeList
-	Expect(k8s.List(ctx, &nodes, client.MatchingLabels{poolLabel: pool})).To(Succeed())
 	n := 0
-	for _, node := range nodes.Items {
-		for _, cond := range node.Status.Conditions {
-			if cond.Type == corev1.NodeReady && cond.Status == corev1.ConditionTrue {
-				n++
-			}
+	for _, node := range poolNodes(pool) {
+		if ready(&node) {
+			n++
 		}
 	}
 	return n

@@ -9,6 +9,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"time"
 
 	. "github.com/onsi/ginkgo/v2"
 	. "github.com/onsi/gomega"
@@ -75,20 +76,27 @@ func applyAll(data []byte) {
 // managerKubeconfig writes a kubeconfig with a token of the bundle's ServiceAccount, from
 // the TokenRequest API, as the kubelet would mount it into the manager's pod.
 func managerKubeconfig() string {
-	cs, err := kubernetes.NewForConfig(c.Config)
-	Expect(err).NotTo(HaveOccurred())
-	tr, err := cs.CoreV1().ServiceAccounts(systemNamespace).CreateToken(ctx, managerSA, &authenticationv1.TokenRequest{
-		Spec: authenticationv1.TokenRequestSpec{ExpirationSeconds: ptr.To[int64](6 * 3600)},
-	}, metav1.CreateOptions{})
-	Expect(err).NotTo(HaveOccurred())
+	token := serviceAccountToken(managerSA, 6*time.Hour)
 	cfg := clientcmdapi.NewConfig()
 	cfg.Clusters["e2e"] = &clientcmdapi.Cluster{Server: c.Config.Host, CertificateAuthorityData: c.Config.CAData}
-	cfg.AuthInfos[managerSA] = &clientcmdapi.AuthInfo{Token: tr.Status.Token}
+	cfg.AuthInfos[managerSA] = &clientcmdapi.AuthInfo{Token: token}
 	cfg.Contexts["manager"] = &clientcmdapi.Context{Cluster: "e2e", AuthInfo: managerSA}
 	cfg.CurrentContext = "manager"
 	path := filepath.Join(c.WorkDir, "manager.kubeconfig")
 	Expect(clientcmd.WriteToFile(*cfg, path)).To(Succeed())
 	return path
+}
+
+// serviceAccountToken returns a token of a ServiceAccount of the system namespace, from the
+// TokenRequest API, as the kubelet would mount it into a pod.
+func serviceAccountToken(name string, ttl time.Duration) string {
+	cs, err := kubernetes.NewForConfig(c.Config)
+	Expect(err).NotTo(HaveOccurred())
+	tr, err := cs.CoreV1().ServiceAccounts(systemNamespace).CreateToken(ctx, name, &authenticationv1.TokenRequest{
+		Spec: authenticationv1.TokenRequestSpec{ExpirationSeconds: ptr.To(int64(ttl / time.Second))},
+	}, metav1.CreateOptions{})
+	Expect(err).NotTo(HaveOccurred())
+	return tr.Status.Token
 }
 
 // sarFor asks whether the manager's ServiceAccount may do verb on a core resource.
