@@ -39,15 +39,17 @@ func metricsFilter(secure bool) func(*rest.Config, *http.Client) (metricsserver.
 
 func main() {
 	var (
-		metricsAddr, probeAddr, defaultImage, leaseNamespace string
-		leaderElect, metricsSecure                           bool
-		qps                                                  float64
-		burst, reconciles, createWorkers                     int
+		metricsAddr, probeAddr, pprofAddr, defaultImage, leaseNamespace string
+		leaderElect, metricsSecure                                      bool
+		qps                                                             float64
+		burst, reconciles, createWorkers                                int
 	)
 	flag.StringVar(&metricsAddr, "metrics-bind-address", ":8443", "Address the Prometheus metrics endpoint binds to; 0 disables it.")
 	flag.BoolVar(&metricsSecure, "metrics-secure", true,
 		"Serve metrics over HTTPS, to clients whose token may get /metrics (ClusterRole nodetask-metrics-reader); false serves plain HTTP, for local runs.")
 	flag.StringVar(&probeAddr, "health-probe-bind-address", ":8081", "Address the health and readiness probes bind to.")
+	flag.StringVar(&pprofAddr, "pprof-bind-address", "",
+		"Address of Go's pprof endpoints (/debug/pprof/); empty disables them. Unauthenticated: bind it to loopback only.")
 	flag.BoolVar(&leaderElect, "leader-elect", false, "Elect a leader, so that only one of several replicas acts.")
 	flag.StringVar(&leaseNamespace, "leader-election-namespace", "",
 		"Namespace of the leader election Lease; empty means the pod's own namespace (in-cluster only).")
@@ -83,6 +85,7 @@ func main() {
 			TLSOpts: []func(*tls.Config){func(c *tls.Config) { c.NextProtos = []string{"http/1.1"} }},
 		},
 		HealthProbeBindAddress:  probeAddr,
+		PprofBindAddress:        pprofAddr,
 		LeaderElection:          leaderElect,
 		LeaderElectionID:        "nodetask-operator.nodetask.io",
 		LeaderElectionNamespace: leaseNamespace,

@@ -11,7 +11,7 @@ import (
 )
 
 // CacheOptions limits the manager's cache to what the controller reads: the pods it made
-// (by label) and the Windows nodes, trimmed to the fields the planner uses. At 5000 nodes a
+// (by label, without managedFields) and the Windows nodes, trimmed to the fields the planner uses. At 5000 nodes a
 // full Node object (images, volumes, managedFields) is several kilobytes; the trimmed one a
 // few hundred bytes. ConfigMaps are never cached: the controller reads them straight from
 // the API server, and rarely.
@@ -22,7 +22,9 @@ func CacheOptions() cache.Options {
 	}
 	return cache.Options{
 		ByObject: map[client.Object]cache.ByObject{
-			&corev1.Pod{}: {Label: labels.NewSelector().Add(*managed)},
+			// managedFields are a fifth of the pods' cached bytes (heap profile at 5000
+			// nodes) and nothing reads them.
+			&corev1.Pod{}: {Label: labels.NewSelector().Add(*managed), Transform: cache.TransformStripManagedFields()},
 			&corev1.Node{}: {
 				Label:     labels.SelectorFromSet(labels.Set{OSLabel: WindowsOS}),
 				Transform: TrimNode,

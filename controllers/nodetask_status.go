@@ -9,7 +9,10 @@ import (
 	"unicode/utf8"
 
 	"k8s.io/apimachinery/pkg/api/meta"
+	"k8s.io/apimachinery/pkg/api/resource"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/conversion"
+	"k8s.io/utils/ptr"
 
 	ntv1 "github.com/nodetask/nodetask-operator/api/v1alpha1"
 )
@@ -498,9 +501,44 @@ func jsonStringLen(s string) int {
 	return n
 }
 
-// statusChanged reports whether writing st would change the stored status.
+// statusChanged reports whether writing st would change the stored status, that is whether
+// their JSON differs. It compares without encoding (at 5000 nodes, encoding both took an
+// eighth of the manager's CPU): the entries field by field, the rest with storedEquality.
+// Times count to the second, as the API stores them; empty lists equal absent ones.
 func statusChanged(old, st *ntv1.NodeTaskStatus) bool {
-	a, _ := json.Marshal(old)
-	b, _ := json.Marshal(st)
-	return string(a) != string(b)
+	if len(old.Nodes) != len(st.Nodes) {
+		return true
+	}
+	for i := range old.Nodes {
+		if !sameEntry(&old.Nodes[i], &st.Nodes[i]) {
+			return true
+		}
+	}
+	a, b := *old, *st
+	a.Nodes, b.Nodes = nil, nil
+	return !storedEquality.DeepEqual(&a, &b)
 }
+
+// sameEntry compares two node entries as their JSON would. TestSameEntryComparesEveryField
+// fails when a field of NodeStatus is left out here.
+func sameEntry(a, b *ntv1.NodeStatus) bool {
+	return a.Name == b.Name && a.Phase == b.Phase && a.Run == b.Run && a.Attempts == b.Attempts &&
+		ptr.Equal(a.ExitCode, b.ExitCode) && a.Reason == b.Reason && a.Output == b.Output &&
+		sameTime(a.StartTime, b.StartTime) && sameTime(a.FinishTime, b.FinishTime) &&
+		a.BootIDBefore == b.BootIDBefore && a.BootIDAfter == b.BootIDAfter
+}
+
+// sameTime compares optional times to the second.
+func sameTime(a, b *metav1.Time) bool {
+	if a == nil || b == nil {
+		return a == b
+	}
+	return a.Unix() == b.Unix()
+}
+
+// storedEquality compares values as their stored JSON would: Semantic's forked DeepEqual
+// already takes nil and empty slices and maps as equal.
+var storedEquality = conversion.EqualitiesOrDie(
+	func(a, b metav1.Time) bool { return a.Unix() == b.Unix() },
+	func(a, b resource.Quantity) bool { return a.Cmp(b) == 0 },
+)

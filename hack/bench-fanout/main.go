@@ -26,8 +26,10 @@ import (
 
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/apimachinery/pkg/util/intstr"
 	"k8s.io/client-go/informers"
 	"k8s.io/client-go/kubernetes"
@@ -38,11 +40,26 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	ntv1 "github.com/nodetask/nodetask-operator/api/v1alpha1"
+	"github.com/nodetask/nodetask-operator/controllers"
 	"github.com/nodetask/nodetask-operator/test/cluster"
 )
 
-// managerArgs are extra manager flags.
-var managerArgs stringList
+// managerArgs are extra manager flags; compareArgs, when set, add a second NodeTask
+// contender with these flags on top, to compare two settings in the same rounds.
+var managerArgs, compareArgs stringList
+
+// roundsFlag is how many times the fast contenders run; skipDaemonSet leaves the DaemonSet out.
+var (
+	roundsFlag    int
+	skipDaemonSet bool
+)
+
+// profileDir, when set, receives the manager's CPU profile of the first profileSeconds after
+// the task is created, and its heap profile once the task is Ready.
+var (
+	profileDir     string
+	profileSeconds int
+)
 
 type stringList []string
 
@@ -62,7 +79,12 @@ func main() {
 	flag.StringVar(&opts.WorkDir, "work-dir", "bin/bench-fanout", "Folder for the kubeconfig and the logs.")
 	flag.StringVar(&manager, "manager", "bin/manager", "The manager binary.")
 	flag.IntVar(&n, "nodes", 1000, "Simulated Windows nodes.")
+	flag.StringVar(&profileDir, "profile-dir", "", "Write the manager's CPU profile (cpu.pprof) and its heap profile once Ready (heap.pprof) here, in the first round; not under --work-dir, which the next run clears.")
+	flag.IntVar(&profileSeconds, "profile-seconds", 15, "Length of the manager's CPU profile, from the task's creation.")
+	flag.IntVar(&roundsFlag, "rounds", 1, "Run the bare clients and the NodeTask this many times and show the medians (single runs on a small machine vary by a third).")
+	flag.BoolVar(&skipDaemonSet, "skip-daemonset", false, "Leave the DaemonSet out (it takes 50 s at 1000 nodes).")
 	flag.Var(&managerArgs, "manager-arg", "An extra manager flag (repeatable), to compare settings with the defaults.")
+	flag.Var(&compareArgs, "compare-manager-arg", "A manager flag (repeatable) for a second NodeTask contender run in the same rounds.")
 	flag.Parse()
 	opts.WindowsNodes = n
 	opts.Log = os.Stderr
@@ -90,6 +112,55 @@ type result struct {
 	peakRSS         int64
 	// objectBytes is the NodeTask's size as the API server sends it once Ready.
 	objectBytes int
+	// cpu is the CPU time each process used from the start until the last pod appeared.
+	cpu cpuSample
+	// each lists the creation time of every round, for the median's result.
+	each string
+}
+
+// medians returns, for each contender of the rounds (in the first round's order), the median
+// of each of its measures over the rounds it ran in.
+func medians(rounds [][]result) []result {
+	var out []result
+	for _, first := range rounds[0] {
+		var runs []result
+		for _, round := range rounds {
+			for _, r := range round {
+				if r.name == first.name {
+					runs = append(runs, r)
+				}
+			}
+		}
+		m := first
+		m.created = median(runs, func(r result) time.Duration { return r.created })
+		m.ended = median(runs, func(r result) time.Duration { return r.ended })
+		m.ready = median(runs, func(r result) time.Duration { return r.ready })
+		m.writes = float64(median(runs, func(r result) time.Duration { return time.Duration(r.writes) }))
+		m.written = float64(median(runs, func(r result) time.Duration { return time.Duration(r.written) }))
+		m.objectBytes = int(median(runs, func(r result) time.Duration { return time.Duration(r.objectBytes) }))
+		m.cpu = cpuSample{}
+		for name := range first.cpu {
+			m.cpu[name] = median(runs, func(r result) time.Duration { return r.cpu[name] })
+		}
+		var each []string
+		for _, r := range runs {
+			m.peakRSS = max(m.peakRSS, r.peakRSS)
+			each = append(each, fmt.Sprintf("%.1f", r.created.Seconds()))
+		}
+		m.each = strings.Join(each, " ")
+		out = append(out, m)
+	}
+	return out
+}
+
+// median returns the median of one measure (the upper middle of an even count).
+func median(runs []result, of func(result) time.Duration) time.Duration {
+	values := make([]time.Duration, len(runs))
+	for i, r := range runs {
+		values[i] = of(r)
+	}
+	slices.Sort(values)
+	return values[len(values)/2]
 }
 
 func run(ctx context.Context, opts cluster.Options, manager string, n int) error {
@@ -106,42 +177,99 @@ func run(ctx context.Context, opts cluster.Options, manager string, n int) error
 		return err
 	}
 	fmt.Fprintf(os.Stderr, "[bench] no node has the not-ready taint after %s\n", time.Since(start).Round(time.Second))
-	var results []result
-
-	bare, err := benchBare(ctx, c, n)
-	if err != nil {
+	if err := settle(ctx); err != nil {
 		return err
 	}
-	results = append(results, bare)
-	ds, err := benchDaemonSet(ctx, c, n)
-	if err != nil {
-		return err
+	// Each round runs the bare client, the bare client with the task's pods and the NodeTask
+	// once (the DaemonSet, 50 times slower, runs in the first round only); the table shows
+	// each contender's median round, and every round's creation time.
+	var rounds [][]result
+	for round := 1; round <= roundsFlag; round++ {
+		var results []result
+		bare, err := benchBareMinimal(ctx, c, n, round)
+		if err != nil {
+			return err
+		}
+		results = append(results, bare)
+		taskPods, err := benchBareTaskPods(ctx, c, n, round)
+		if err != nil {
+			return err
+		}
+		results = append(results, taskPods)
+		if round == 1 && !skipDaemonSet {
+			ds, err := benchDaemonSet(ctx, c, n)
+			if err != nil {
+				return err
+			}
+			results = append(results, ds)
+		}
+		if len(compareArgs) > 0 {
+			// The variant first in odd rounds, second in even ones, so that neither always
+			// meets the cluster the other left behind.
+			variant := func() error {
+				r, err := benchNodeTask(ctx, c, manager, n, round, "NodeTask, "+compareArgs.String(), append(slices.Clone(managerArgs), compareArgs...))
+				results = append(results, r)
+				return err
+			}
+			if round%2 == 1 {
+				if err := variant(); err != nil {
+					return err
+				}
+			}
+			nt, err := benchNodeTask(ctx, c, manager, n, round, "NodeTask", managerArgs)
+			if err != nil {
+				return err
+			}
+			results = append(results, nt)
+			if round%2 == 0 {
+				if err := variant(); err != nil {
+					return err
+				}
+			}
+		} else {
+			nt, err := benchNodeTask(ctx, c, manager, n, round, "NodeTask", managerArgs)
+			if err != nil {
+				return err
+			}
+			results = append(results, nt)
+		}
+		rounds = append(rounds, results)
 	}
-	results = append(results, ds)
-	nt, err := benchNodeTask(ctx, c, manager, n)
-	if err != nil {
-		return err
-	}
-	results = append(results, nt)
+	results := medians(rounds)
+	bare := results[0]
+	nt := results[slices.IndexFunc(results, func(r result) bool { return r.name == "NodeTask" })]
 
 	fmt.Printf("\nFan-out to %d simulated Windows nodes (%s, %d CPUs, %s)\n\n", n, time.Now().UTC().Format("2006-01-02"), runtime.NumCPU(), runtime.GOOS)
 	w := tabwriter.NewWriter(os.Stdout, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(w, "contender\tpods created (s)\tvs bare\tall pods finished (s)\tvs bare\tReady (s)")
+	header := "contender\tpods created (s)\tvs bare\tall pods finished (s)\tvs bare\tReady (s)"
+	if roundsFlag > 1 {
+		header += "\tcreated (s), each round"
+	}
+	fmt.Fprintln(w, header)
 	for _, r := range results {
 		ready := "-"
 		if r.ready > 0 {
 			ready = fmt.Sprintf("%.1f", r.ready.Seconds())
 		}
-		fmt.Fprintf(w, "%s\t%.1f\t%.2fx\t%.1f%s\t%.2fx\t%s\n", r.name, r.created.Seconds(), ratio(r.created, bare.created),
+		fmt.Fprintf(w, "%s\t%.1f\t%.2fx\t%.1f%s\t%.2fx\t%s", r.name, r.created.Seconds(), ratio(r.created, bare.created),
 			r.ended.Seconds(), r.endedWhat, ratio(r.ended, bare.ended), ready)
+		if roundsFlag > 1 {
+			fmt.Fprintf(w, "\t%s", r.each)
+		}
+		fmt.Fprintln(w)
 	}
 	_ = w.Flush()
 	if len(managerArgs) > 0 {
 		fmt.Printf("\nManager flags besides the defaults: %s", managerArgs.String())
 	}
+	if roundsFlag > 1 {
+		fmt.Printf("\nMedians of %d rounds (the DaemonSet: one round).", roundsFlag)
+	}
 	fmt.Printf("\nNodeTask: %.0f status writes, %.0f KB written, the object %d KB once Ready; manager peak RSS %d MiB\n",
 		nt.writes, nt.written/1024, nt.objectBytes>>10, nt.peakRSS>>20)
 	fmt.Println("(A DaemonSet's pods never finish: its \"finished\" column is the time until all ran.)")
+	fmt.Println()
+	printCPU(os.Stdout, results)
 	return nil
 }
 
@@ -210,6 +338,10 @@ type podWatch struct {
 	fin                chan struct{}
 	finOnce            sync.Once
 	stop               context.CancelFunc
+	// t0 is when the contender's work was applied; cpu0 and cpu1 are CPU samples taken then
+	// and when the last pod appeared.
+	t0         time.Time
+	cpu0, cpu1 cpuSample
 }
 
 func watchPods(ctx context.Context, cs kubernetes.Interface, ns string, n int, phases ...corev1.PodPhase) (*podWatch, error) {
@@ -231,6 +363,9 @@ func watchPods(ctx context.Context, cs kubernetes.Interface, ns string, n int, p
 		defer pw.mu.Unlock()
 		if !pw.seen[pod.Name] {
 			pw.seen[pod.Name], pw.lastSeen = true, now
+			if len(pw.seen) == n {
+				pw.cpu1 = sampleCPU()
+			}
 		}
 		if pw.phases[pod.Status.Phase] && !pw.done[pod.Name] {
 			pw.done[pod.Name], pw.lastDone = true, now
@@ -249,6 +384,14 @@ func watchPods(ctx context.Context, cs kubernetes.Interface, ns string, n int, p
 	return pw, nil
 }
 
+// start marks the moment the contender's work is applied, and returns it.
+func (pw *podWatch) start() time.Time {
+	pw.mu.Lock()
+	defer pw.mu.Unlock()
+	pw.t0, pw.cpu0 = time.Now(), sampleCPU()
+	return pw.t0
+}
+
 func (pw *podWatch) wait(ctx context.Context, timeout time.Duration) error {
 	defer pw.stop()
 	select {
@@ -263,10 +406,12 @@ func (pw *podWatch) wait(ctx context.Context, timeout time.Duration) error {
 	}
 }
 
-func (pw *podWatch) times(t0 time.Time) (created, ended time.Duration) {
+// result returns the contender's times since start, and the CPU each process used until the
+// last pod appeared.
+func (pw *podWatch) result(name string) result {
 	pw.mu.Lock()
 	defer pw.mu.Unlock()
-	return pw.lastSeen.Sub(t0), pw.lastDone.Sub(t0)
+	return result{name: name, created: pw.lastSeen.Sub(pw.t0), ended: pw.lastDone.Sub(pw.t0), cpu: pw.cpu1.since(pw.cpu0)}
 }
 
 func windowsNodes(ctx context.Context, c *cluster.Cluster) ([]string, error) {
@@ -286,9 +431,49 @@ func namespace(ctx context.Context, c *cluster.Cluster, name string) error {
 		Labels: map[string]string{"pod-security.kubernetes.io/enforce": "privileged"}}})
 }
 
-// clearPods deletes a contender's pods at once, so that the next one starts on idle nodes.
+// clearPods deletes a contender's pods at once and waits until the cluster has settled, so
+// that the next contender starts on idle nodes and an idle control plane, not while the API
+// server, kwok and kube-controller-manager still work through thousands of deletions.
 func clearPods(ctx context.Context, c *cluster.Cluster, ns string) error {
-	return c.Client.DeleteAllOf(ctx, &corev1.Pod{}, client.InNamespace(ns), client.GracePeriodSeconds(0))
+	if err := c.Client.DeleteAllOf(ctx, &corev1.Pod{}, client.InNamespace(ns), client.GracePeriodSeconds(0)); err != nil {
+		return err
+	}
+	for deadline := time.Now().Add(2 * time.Minute); ; {
+		var left corev1.PodList
+		if err := c.Client.List(ctx, &left, client.InNamespace(ns), client.Limit(1)); err != nil {
+			return err
+		}
+		if len(left.Items) == 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("pods of namespace %s still there 2 minutes after their deletion", ns)
+		}
+		time.Sleep(time.Second)
+	}
+	return settle(ctx)
+}
+
+// settle waits until the benchmark's processes together use less than a quarter of a CPU
+// for a second (at most a minute).
+func settle(ctx context.Context) error {
+	for deadline := time.Now().Add(time.Minute); time.Now().Before(deadline); {
+		before := sampleCPU()
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(time.Second):
+		}
+		var used time.Duration
+		for _, d := range sampleCPU().since(before) {
+			used += d
+		}
+		if used < 250*time.Millisecond {
+			return nil
+		}
+	}
+	fmt.Fprintln(os.Stderr, "[bench] the cluster did not settle within a minute; going on")
+	return nil
 }
 
 // hostProcessPod is the shape of pod every contender runs: a HostProcess container that
@@ -309,11 +494,10 @@ func hostProcessPod(name, node string) *corev1.Pod {
 	}
 }
 
-func benchBare(ctx context.Context, c *cluster.Cluster, n int) (result, error) {
-	const ns = "bench-bare"
-	if err := namespace(ctx, c, ns); err != nil {
-		return result{}, err
-	}
+// benchBare creates one pod per Windows node straight through the API, bound by nodeName,
+// with 16 workers and no client-side rate limit: the API server's limit for pods of that
+// shape. ns is the namespace the pods go to (made by the caller), pod makes a node's pod.
+func benchBare(ctx context.Context, c *cluster.Cluster, name, ns string, n int, pod func(node string) *corev1.Pod) (result, error) {
 	cfg := rest.CopyConfig(c.Config)
 	cfg.RateLimiter = flowcontrol.NewFakeAlwaysRateLimiter() // no client-side limit
 	cs, err := kubernetes.NewForConfig(cfg)
@@ -328,8 +512,8 @@ func benchBare(ctx context.Context, c *cluster.Cluster, n int) (result, error) {
 	if err != nil {
 		return result{}, err
 	}
-	fmt.Fprintln(os.Stderr, "[bench] bare client: 16 workers, no rate limit")
-	t0 := time.Now()
+	fmt.Fprintf(os.Stderr, "[bench] %s: 16 workers, no rate limit\n", name)
+	pw.start()
 	work := make(chan string)
 	var wg sync.WaitGroup
 	var errs []error
@@ -337,8 +521,7 @@ func benchBare(ctx context.Context, c *cluster.Cluster, n int) (result, error) {
 	for range 16 {
 		wg.Go(func() {
 			for node := range work {
-				pod := hostProcessPod("bare-"+node, node)
-				if _, err := cs.CoreV1().Pods(ns).Create(ctx, pod, metav1.CreateOptions{}); err != nil {
+				if _, err := cs.CoreV1().Pods(ns).Create(ctx, pod(node), metav1.CreateOptions{}); err != nil {
 					mu.Lock()
 					errs = append(errs, err)
 					mu.Unlock()
@@ -357,8 +540,42 @@ func benchBare(ctx context.Context, c *cluster.Cluster, n int) (result, error) {
 	if err := pw.wait(ctx, 10*time.Minute); err != nil {
 		return result{}, err
 	}
-	created, ended := pw.times(t0)
-	return result{name: "bare client", created: created, ended: ended}, clearPods(ctx, c, ns)
+	return pw.result(name), clearPods(ctx, c, ns)
+}
+
+// benchBareMinimal is the bare client with the smallest HostProcess pod.
+func benchBareMinimal(ctx context.Context, c *cluster.Cluster, n, round int) (result, error) {
+	ns := fmt.Sprintf("bench-bare-%d", round)
+	if err := namespace(ctx, c, ns); err != nil {
+		return result{}, err
+	}
+	return benchBare(ctx, c, "bare client", ns, n, func(node string) *corev1.Pod { return hostProcessPod("bare-"+node, node) })
+}
+
+// benchBareTaskPods is the bare client creating the very pods the manager makes for the
+// benchmark's task (labels, environment, script volume, owner reference): what those pods cost
+// the API server, without the controller. The task they belong to is suspended and deleted
+// before the manager starts.
+func benchBareTaskPods(ctx context.Context, c *cluster.Cluster, n, round int) (result, error) {
+	ns := fmt.Sprintf("bench-bare-taskpods-%d", round)
+	if err := namespace(ctx, c, ns); err != nil {
+		return result{}, err
+	}
+	task := benchTask(ns)
+	task.Spec.Suspend = true
+	if err := c.Client.Create(ctx, task); err != nil {
+		return result{}, err
+	}
+	builder := controllers.PodBuilder{DefaultScriptImage: ntv1.DefaultScriptImage}
+	// Stand-ins of the lengths the manager uses.
+	const revision, nodeUID = "0123456789", types.UID("00000000-0000-4000-8000-000000000000")
+	r, err := benchBare(ctx, c, "bare client, the task's pods", ns, n, func(node string) *corev1.Pod {
+		return builder.Pod(task, 1, revision, controllers.PodRequest{Node: node, NodeUID: nodeUID, Attempt: 1})
+	})
+	if err != nil {
+		return r, err
+	}
+	return r, c.Client.Delete(ctx, task)
 }
 
 func benchDaemonSet(ctx context.Context, c *cluster.Cluster, n int) (result, error) {
@@ -390,26 +607,30 @@ func benchDaemonSet(ctx context.Context, c *cluster.Cluster, n int) (result, err
 		},
 	}
 	fmt.Fprintln(os.Stderr, "[bench] DaemonSet: kube-controller-manager and kube-scheduler at their defaults")
-	t0 := time.Now()
+	pw.start()
 	if err := c.Client.Create(ctx, ds); err != nil {
 		return result{}, err
 	}
 	if err := pw.wait(ctx, 15*time.Minute); err != nil {
 		return result{}, err
 	}
-	created, ended := pw.times(t0)
+	r := pw.result("DaemonSet")
+	r.endedWhat = " (running)"
 	if err := c.Client.Delete(ctx, ds); err != nil {
 		return result{}, err
 	}
-	return result{name: "DaemonSet", created: created, ended: ended, endedWhat: " (running)"}, clearPods(ctx, c, ns)
+	return r, clearPods(ctx, c, ns)
 }
 
-func benchNodeTask(ctx context.Context, c *cluster.Cluster, manager string, n int) (result, error) {
-	const ns = "bench-nodetask"
+// benchNodeTask runs the manager with the given extra flags, applies a task on every node,
+// and measures until the task is Ready; then it deletes the task and its pods, so that the
+// next round's manager starts on the same cluster as this one did.
+func benchNodeTask(ctx context.Context, c *cluster.Cluster, manager string, n, round int, name string, extra []string) (result, error) {
+	ns := fmt.Sprintf("bench-nodetask-%d-%d", round, len(extra))
 	if err := namespace(ctx, c, ns); err != nil {
 		return result{}, err
 	}
-	if err := c.Client.Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "nodetask-system"}}); err != nil {
+	if err := c.Client.Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "nodetask-system"}}); err != nil && !apierrors.IsAlreadyExists(err) {
 		return result{}, err
 	}
 	probe, err := cluster.FreeAddr()
@@ -420,8 +641,16 @@ func benchNodeTask(ctx context.Context, c *cluster.Cluster, manager string, n in
 	if err != nil {
 		return result{}, err
 	}
+	pprofAddr, err := cluster.FreeAddr()
+	if err != nil {
+		return result{}, err
+	}
 	args := append([]string{"--leader-elect", "--leader-election-namespace=nodetask-system",
-		"--metrics-bind-address=" + metricsAddr, "--metrics-secure=false", "--health-probe-bind-address=" + probe}, managerArgs...)
+		"--metrics-bind-address=" + metricsAddr, "--metrics-secure=false", "--health-probe-bind-address=" + probe}, extra...)
+	profile := profileDir != "" && round == 1 && name == "NodeTask"
+	if profile {
+		args = append(args, "--pprof-bind-address="+pprofAddr)
+	}
 	proc, err := c.StartProcess("manager", manager, args...)
 	if err != nil {
 		return result{}, err
@@ -438,41 +667,52 @@ func benchNodeTask(ctx context.Context, c *cluster.Cluster, manager string, n in
 	if err != nil {
 		return result{}, err
 	}
-	task := &ntv1.NodeTask{
-		ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: "bench"},
-		Spec: ntv1.NodeTaskSpec{
-			Script:  &ntv1.ScriptSpec{Inline: ptr.To("exit 0")},
-			Rollout: ntv1.RolloutSpec{MaxConcurrent: ptr.To(intstr.FromString("100%"))},
-		},
+	task := benchTask(ns)
+	// Ready is timed by a watch, as kubectl wait or Argo CD would see it; polling a
+	// 5000-node task's 800 KB object every few milliseconds would load the API server the
+	// task is waiting on.
+	readyAt, err := watchReady(ctx, c, task)
+	if err != nil {
+		return result{}, err
 	}
 	with := ""
-	if len(managerArgs) > 0 {
-		with = " and " + managerArgs.String()
+	if len(extra) > 0 {
+		with = " and " + strings.Join(extra, " ")
 	}
-	fmt.Fprintf(os.Stderr, "[bench] NodeTask: the manager at its defaults%s, maxConcurrent 100%%\n", with)
-	t0 := time.Now()
+	fmt.Fprintf(os.Stderr, "[bench] %s: the manager at its defaults%s, maxConcurrent 100%%\n", name, with)
+	t0 := pw.start()
 	if err := c.Client.Create(ctx, task); err != nil {
 		return result{}, err
+	}
+	cpuProfile := make(chan error, 1)
+	if profile {
+		go func() {
+			cpuProfile <- saveURL(fmt.Sprintf("http://%s/debug/pprof/profile?seconds=%d", pprofAddr, profileSeconds), filepath.Join(profileDir, "cpu.pprof"))
+		}()
+	} else {
+		cpuProfile <- nil
 	}
 	if err := pw.wait(ctx, 15*time.Minute); err != nil {
 		return result{}, err
 	}
-	created, ended := pw.times(t0)
+	r := pw.result(name)
 	var ready time.Duration
-	for deadline := time.Now().Add(5 * time.Minute); ; {
-		if err := c.Client.Get(ctx, client.ObjectKeyFromObject(task), task); err != nil {
+	select {
+	case at := <-readyAt:
+		ready = at.Sub(t0)
+	case <-time.After(5 * time.Minute):
+		return result{}, fmt.Errorf("the NodeTask is not Ready 5 minutes after its pods finished")
+	}
+	r.ready, r.peakRSS = ready, peakRSS(proc.Pid())
+	if profile {
+		if err := saveURL("http://"+pprofAddr+"/debug/pprof/heap?gc=1", filepath.Join(profileDir, "heap.pprof")); err != nil {
 			return result{}, err
 		}
-		if meta.IsStatusConditionTrue(task.Status.Conditions, ntv1.ConditionReady) {
-			ready = time.Since(t0)
-			break
-		}
-		if time.Now().After(deadline) {
-			return result{}, fmt.Errorf("the NodeTask is not Ready 5 minutes after its pods finished")
-		}
-		time.Sleep(20 * time.Millisecond)
+		fmt.Fprintf(os.Stderr, "[bench] profiles in %s: go tool pprof -top bin/manager %s/cpu.pprof\n", profileDir, profileDir)
 	}
-	r := result{name: "NodeTask", created: created, ended: ended, ready: ready, peakRSS: peakRSS(proc.Pid())}
+	if err := <-cpuProfile; err != nil {
+		return result{}, err
+	}
 	if raw, err := cs.RESTClient().Get().AbsPath("/apis/nodetask.io/v1alpha1/namespaces", ns, "nodetasks", task.Name).DoRaw(ctx); err == nil {
 		r.objectBytes = len(raw)
 	}
@@ -482,7 +722,56 @@ func benchNodeTask(ctx context.Context, c *cluster.Cluster, manager string, n in
 	}
 	r.writes, r.written = m["nodetask_status_writes_total"], m["nodetask_status_write_bytes_total"]
 	proc.Stop(10 * time.Second)
-	return r, nil
+	if err := c.Client.Delete(ctx, task); err != nil {
+		return result{}, err
+	}
+	return r, clearPods(ctx, c, ns)
+}
+
+// watchReady watches the task (which need not exist yet) and sends the time its Ready
+// condition is first seen True.
+func watchReady(ctx context.Context, c *cluster.Cluster, task *ntv1.NodeTask) (<-chan time.Time, error) {
+	wc, err := client.NewWithWatch(c.Config, client.Options{Scheme: c.Client.Scheme()})
+	if err != nil {
+		return nil, err
+	}
+	opts := []client.ListOption{client.InNamespace(task.Namespace), client.MatchingFields{"metadata.name": task.Name}}
+	w, err := wc.Watch(ctx, &ntv1.NodeTaskList{}, opts...)
+	if err != nil {
+		return nil, err
+	}
+	out := make(chan time.Time, 1)
+	go func() {
+		defer func() { w.Stop() }()
+		for {
+			for ev := range w.ResultChan() {
+				if t, ok := ev.Object.(*ntv1.NodeTask); ok && meta.IsStatusConditionTrue(t.Status.Conditions, ntv1.ConditionReady) {
+					out <- time.Now()
+					return
+				}
+			}
+			// The API server may end a watch: watch again (a Ready missed meanwhile comes
+			// with the first event, as the watch starts with the current object).
+			if ctx.Err() != nil {
+				return
+			}
+			if w, err = wc.Watch(ctx, &ntv1.NodeTaskList{}, opts...); err != nil {
+				return
+			}
+		}
+	}()
+	return out, nil
+}
+
+// benchTask is the task the benchmark runs: a one-line script on every Windows node at once.
+func benchTask(ns string) *ntv1.NodeTask {
+	return &ntv1.NodeTask{
+		ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: "bench"},
+		Spec: ntv1.NodeTaskSpec{
+			Script:  &ntv1.ScriptSpec{Inline: ptr.To("exit 0")},
+			Rollout: ntv1.RolloutSpec{MaxConcurrent: ptr.To(intstr.FromString("100%"))},
+		},
+	}
 }
 
 func waitHTTP(ctx context.Context, url string, timeout time.Duration) error {
@@ -504,6 +793,30 @@ func waitHTTP(ctx context.Context, url string, timeout time.Duration) error {
 		case <-time.After(100 * time.Millisecond):
 		}
 	}
+}
+
+// saveURL writes what a GET of url returns to a file.
+func saveURL(url, path string) error {
+	resp, err := http.Get(url) //nolint:gosec // loopback
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return fmt.Errorf("GET %s: %s", url, resp.Status)
+	}
+	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
+		return err
+	}
+	f, err := os.Create(path)
+	if err != nil {
+		return err
+	}
+	if _, err := io.Copy(f, resp.Body); err != nil {
+		f.Close()
+		return err
+	}
+	return f.Close()
 }
 
 // scrape reads the unlabelled samples of a Prometheus text endpoint.
