@@ -35,11 +35,11 @@ help: ## Display this help.
 
 KEEP ?=
 .PHONY: demo
-demo: setup-envtest kwok build ## Run the operator on a simulated cluster (5 Windows, 2 Linux nodes) with a sample task. KEEP=1 leaves it running.
+demo: setup-envtest kwok build plugin ## Run the operator on a simulated cluster (5 Windows, 2 Linux nodes) with a sample task. KEEP=1 leaves it running.
 	go run ./hack/demo --assets "$(K8S_ASSETS)" --kwok "$(KWOK)" $(if $(KEEP),--keep)
 
 .PHONY: demo-maintenance
-demo-maintenance: setup-envtest kwok build ## Patch the simulated Windows nodes one at a time: drain, run (exit 3010), restart, uncordon. KEEP=1 leaves it running.
+demo-maintenance: setup-envtest kwok build plugin ## Patch the simulated Windows nodes one at a time: drain, run (exit 3010), restart, uncordon. KEEP=1 leaves it running.
 	go run ./hack/demo --assets "$(K8S_ASSETS)" --kwok "$(KWOK)" --sample config/samples/nodetask_v1alpha1_maintenance.yaml \
 		--simulate-exit-code 3010 --workloads 6 $(if $(KEEP),--keep)
 
@@ -71,13 +71,13 @@ test: verify-generated vet setup-envtest ## Run the unit and envtest integration
 	KUBEBUILDER_ASSETS="$(K8S_ASSETS)" go test $(GO_TEST_FLAGS) $$(go list ./... | grep -v /test/e2e) -coverprofile cover.out
 
 .PHONY: test-e2e
-test-e2e: setup-envtest kwok kustomize build ## Run the end-to-end suite: the manager as its own process against a simulated cluster (KWOK).
-	K8S_ASSETS="$(K8S_ASSETS)" KWOK="$(KWOK)" KUSTOMIZE="$(KUSTOMIZE)" MANAGER="$(LOCALBIN)/manager" go test $(GO_TEST_FLAGS) -timeout 30m -v ./test/e2e/ -ginkgo.v
+test-e2e: setup-envtest kwok kustomize build plugin ## Run the end-to-end suite: the manager as its own process against a simulated cluster (KWOK), and the kubectl plugin.
+	K8S_ASSETS="$(K8S_ASSETS)" KWOK="$(KWOK)" KUSTOMIZE="$(KUSTOMIZE)" MANAGER="$(LOCALBIN)/manager" PLUGIN="$(LOCALBIN)/kubectl-nodetask" go test $(GO_TEST_FLAGS) -timeout 30m -v ./test/e2e/ -ginkgo.v
 
 .PHONY: bench-fanout
-bench-fanout: kwok build ## Fan-out benchmark: a bare client, a DaemonSet and a NodeTask on N (default 1000) simulated Windows nodes; prints a table of ratios. Not part of CI.
+bench-fanout: kwok build ## Fan-out benchmark on N (default 1000) simulated Windows nodes: bare client, DaemonSet, NodeTask; a table of ratios and CPU use. BENCH_ARGS="--rounds 5 --profile-dir bin/profiles" repeats and profiles. Not part of CI.
 	K8S_EXTRA=kube-scheduler K8S_VERSION=$(K8S_VERSION) K8S_ASSETS="$(K8S_ASSETS)" hack/setup-envtest.sh >/dev/null
-	go run ./hack/bench-fanout --assets "$(K8S_ASSETS)" --kwok "$(KWOK)" --nodes $(or $(N),1000) $(foreach a,$(MANAGER_ARGS),--manager-arg=$(a))
+	go run ./hack/bench-fanout --assets "$(K8S_ASSETS)" --kwok "$(KWOK)" --nodes $(or $(N),1000) $(foreach a,$(MANAGER_ARGS),--manager-arg=$(a)) $(BENCH_ARGS)
 
 .PHONY: argocd-testdata
 argocd-testdata: setup-envtest kwok build ## Regenerate the Argo CD health check's testdata from tasks run on the simulated cluster.
@@ -102,6 +102,14 @@ bench: ## Run the planner and status benchmarks at 1000 and 5000 nodes.
 .PHONY: build
 build: ## Build the manager binary into bin/manager.
 	go build -o bin/manager ./cmd
+
+.PHONY: plugin
+plugin: ## Build the kubectl plugin into bin/kubectl-nodetask (put bin/ on PATH, then `kubectl nodetask --help`).
+	go build -o bin/kubectl-nodetask ./cmd/kubectl-nodetask
+
+.PHONY: plugin-dist
+plugin-dist: ## Build the plugin's krew archives for VERSION (a semver tag) and its krew manifest into dist/plugin/.
+	hack/plugin-dist.sh $(VERSION)
 
 .PHONY: run
 run: manifests generate ## Run the manager from your host against the cluster in your kubeconfig.

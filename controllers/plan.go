@@ -131,17 +131,9 @@ func ComputePlan(obs *Observed) *Plan {
 		p.Problem = &Problem{Reason: ntv1.ReasonInvalidSpec, Message: "spec.nodeSelector is invalid: " + err.Error()}
 	} else {
 		for name, node := range obs.Nodes {
-			if !sel.matches(node) {
-				continue
+			if targetExclusion(sel, task, p.NewRun, stored, node) == "" {
+				p.Targets[name] = true
 			}
-			// With newNodes=Ignore the targets are fixed when a run starts: later, only
-			// nodes that already have an entry stay targets.
-			if task.Spec.NewNodes == ntv1.NewNodesIgnore && !p.NewRun {
-				if _, ok := stored[name]; !ok {
-					continue
-				}
-			}
-			p.Targets[name] = true
 		}
 	}
 

@@ -91,6 +91,12 @@ func taskLabelValue(name string) string {
 	return trimName(name, validation.LabelValueMaxLength-revisionLength-1) + "-" + shortHash(name)
 }
 
+// TaskPodLabels are labels every pod of the task carries. Pods of an earlier task of the
+// same name carry them too: check the controller reference.
+func TaskPodLabels(taskName string) map[string]string {
+	return map[string]string{LabelTask: taskLabelValue(taskName)}
+}
+
 // PodName is the deterministic name of the pod of one attempt. Deterministic, so that a
 // controller that restarts, or whose cache lags, can never create a second pod for the
 // attempt; hashed with the task's and the node's UIDs, so that another task whose name

@@ -1,7 +1,10 @@
 package controllers
 
 import (
+	"fmt"
 	"maps"
+	"slices"
+	"strings"
 
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -69,32 +72,41 @@ func newNodeSelection(spec *ntv1.NodeTaskSpec) (*nodeSelection, error) {
 	return &nodeSelection{selector: sel, names: names, tolerations: spec.Tolerations}, nil
 }
 
-// matches reports whether a node is a target of the task: a Windows node that matches the
-// selector and the name list and whose NoSchedule and NoExecute taints are all tolerated.
-func (s *nodeSelection) matches(node *corev1.Node) bool {
-	if node.Labels[OSLabel] != WindowsOS {
-		return false
+// exclusion says why a node is not selected by the task, or "" if it is: a target is a
+// Windows node that matches the selector and the name list and whose NoSchedule and
+// NoExecute taints are all tolerated.
+func (s *nodeSelection) exclusion(node *corev1.Node) string {
+	if os := node.Labels[OSLabel]; os != WindowsOS {
+		if os == "" {
+			return "not a Windows node (no " + OSLabel + " label)"
+		}
+		return "not a Windows node (" + OSLabel + "=" + os + ")"
 	}
 	if s.names != nil && !s.names[node.Name] {
-		return false
+		return "not in spec.nodeNames"
 	}
 	if !s.selector.Matches(labels.Set(node.Labels)) {
-		return false
+		return "spec.nodeSelector does not match"
 	}
-	return s.tolerates(node.Spec.Taints)
+	if t := s.untolerated(node.Spec.Taints); t != nil {
+		return "taint " + t.ToString() + " not tolerated"
+	}
+	return ""
 }
 
-func (s *nodeSelection) tolerates(taints []corev1.Taint) bool {
+// untolerated returns the first NoSchedule or NoExecute taint the task does not tolerate,
+// leaving out the taints that describe a node's passing state.
+func (s *nodeSelection) untolerated(taints []corev1.Taint) *corev1.Taint {
 	for i := range taints {
 		t := &taints[i]
 		if t.Effect == corev1.TaintEffectPreferNoSchedule || conditionTaints[t.Key] {
 			continue
 		}
 		if !toleratedBy(t, s.tolerations) {
-			return false
+			return t
 		}
 	}
-	return true
+	return nil
 }
 
 // toleratedBy reports whether one of the tolerations tolerates the taint.
@@ -132,6 +144,62 @@ func nodeBlocked(node *corev1.Node, tolerations []corev1.Toleration) string {
 		}
 		if !toleratedBy(t, tolerations) {
 			return ntv1.NodeReasonNodeUnavailable
+		}
+	}
+	return ""
+}
+
+// TargetDecision is whether one node is a target of a task now, and why (not).
+type TargetDecision struct {
+	// Node is the node's name.
+	Node string `json:"node"`
+	// Target is true when the task runs on the node.
+	Target bool `json:"target"`
+	// Excluded says why the node is not a target: not Windows, not selected, a taint the
+	// task does not tolerate, or a node that joined after the run started (newNodes: Ignore).
+	Excluded string `json:"excluded,omitempty"`
+	// Waits names, for a target, why it cannot start now (NodeNotReady or NodeUnavailable).
+	Waits string `json:"waits,omitempty"`
+}
+
+// ExplainTargets decides, with the controller's own selection code, which of the nodes are
+// targets of the task now and why the others are not, sorted by node name. A task not yet
+// created (no status) is judged as at the start of its first run.
+func ExplainTargets(task *ntv1.NodeTask, nodes []corev1.Node) ([]TargetDecision, error) {
+	sel, err := newNodeSelection(&task.Spec)
+	if err != nil {
+		return nil, fmt.Errorf("spec.nodeSelector is invalid: %w", err)
+	}
+	byName := make(map[string]*corev1.Node, len(nodes))
+	for i := range nodes {
+		byName[nodes[i].Name] = &nodes[i]
+	}
+	_, newRun := currentRun(&task.Status, Revision(&task.Spec))
+	stored := storedEntries(&task.Status, byName)
+	out := make([]TargetDecision, 0, len(nodes))
+	for i := range nodes {
+		node := &nodes[i]
+		d := TargetDecision{Node: node.Name, Excluded: targetExclusion(sel, task, newRun, stored, node)}
+		if d.Target = d.Excluded == ""; d.Target {
+			d.Waits = nodeBlocked(node, task.Spec.Tolerations)
+		}
+		out = append(out, d)
+	}
+	slices.SortFunc(out, func(a, b TargetDecision) int { return strings.Compare(a.Node, b.Node) })
+	return out, nil
+}
+
+// targetExclusion says why a node is not a target of the task's current run, or "" if it
+// is one. stored holds the entries of the task's status that still describe their node.
+func targetExclusion(sel *nodeSelection, task *ntv1.NodeTask, newRun bool, stored map[string]ntv1.NodeStatus, node *corev1.Node) string {
+	if why := sel.exclusion(node); why != "" {
+		return why
+	}
+	// With newNodes=Ignore the targets are fixed when a run starts: later, only nodes that
+	// already have an entry stay targets.
+	if task.Spec.NewNodes == ntv1.NewNodesIgnore && !newRun {
+		if _, ok := stored[node.Name]; !ok {
+			return "joined after the run started (spec.newNodes: Ignore)"
 		}
 	}
 	return ""

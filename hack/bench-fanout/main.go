@@ -38,6 +38,8 @@ import (
 	"k8s.io/client-go/util/flowcontrol"
 	"k8s.io/utils/ptr"
 	"sigs.k8s.io/controller-runtime/pkg/client"
+	ctrllog "sigs.k8s.io/controller-runtime/pkg/log"
+	"sigs.k8s.io/controller-runtime/pkg/log/zap"
 
 	ntv1 "github.com/nodetask/nodetask-operator/api/v1alpha1"
 	"github.com/nodetask/nodetask-operator/controllers"
@@ -86,6 +88,8 @@ func main() {
 	flag.Var(&managerArgs, "manager-arg", "An extra manager flag (repeatable), to compare settings with the defaults.")
 	flag.Var(&compareArgs, "compare-manager-arg", "A manager flag (repeatable) for a second NodeTask contender run in the same rounds.")
 	flag.Parse()
+	// The API server's warnings to the benchmark's clients, if any, go to standard error.
+	ctrllog.SetLogger(zap.New(zap.WriteTo(os.Stderr)))
 	opts.WindowsNodes = n
 	opts.Log = os.Stderr
 	// nodelifecycle removes the not-ready taint the API server gives a new node, as in a real

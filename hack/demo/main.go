@@ -18,7 +18,6 @@ import (
 	"path/filepath"
 	"strings"
 	"syscall"
-	"text/tabwriter"
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
@@ -37,6 +36,7 @@ func main() {
 	var (
 		opts    cluster.Options
 		manager string
+		plugin  string
 		samples string
 		keep    bool
 		timeout time.Duration
@@ -50,6 +50,7 @@ func main() {
 	flag.IntVar(&opts.WindowsNodes, "windows-nodes", 5, "Simulated Windows nodes.")
 	flag.IntVar(&opts.LinuxNodes, "linux-nodes", 2, "Simulated Linux nodes.")
 	flag.StringVar(&manager, "manager", "bin/manager", "The manager binary.")
+	flag.StringVar(&plugin, "plugin", "bin/kubectl-nodetask", "The kubectl plugin binary (make plugin).")
 	flag.StringVar(&samples, "sample", "config/samples/nodetask_v1alpha1_inline_script.yaml", "The NodeTask to apply.")
 	flag.BoolVar(&keep, "keep", false, "Leave the cluster and the manager running until interrupted.")
 	flag.DurationVar(&timeout, "timeout", 3*time.Minute, "How long to wait for the task.")
@@ -61,7 +62,7 @@ func main() {
 
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
-	if err := run(ctx, opts, manager, samples, keep, timeout, sim); err != nil {
+	if err := run(ctx, opts, manager, plugin, samples, keep, timeout, sim); err != nil {
 		fmt.Fprintln(os.Stderr, "demo failed:", err)
 		os.Exit(1)
 	}
@@ -73,7 +74,7 @@ type simulation struct {
 	workloads int
 }
 
-func run(ctx context.Context, opts cluster.Options, manager, sample string, keep bool, timeout time.Duration, sim simulation) error {
+func run(ctx context.Context, opts cluster.Options, manager, plugin, sample string, keep bool, timeout time.Duration, sim simulation) error {
 	c, err := cluster.StartFresh(ctx, opts)
 	if c != nil {
 		defer func() {
@@ -153,8 +154,6 @@ func run(ctx context.Context, opts cluster.Options, manager, sample string, keep
 	fmt.Println()
 	printKubectl(c.Kubeconfig, "get", "nodetasks", "-A", "-o", "wide")
 	fmt.Println()
-	printNodes(&nt)
-	fmt.Println()
 	if nt.Spec.Drain != nil || nt.Spec.Cordon || nt.Spec.Reboot != "" && nt.Spec.Reboot != ntv1.RebootNever {
 		printKubectl(c.Kubeconfig, "get", "nodes", "-l", "kubernetes.io/os=windows",
 			"-o", "custom-columns=NODE:.metadata.name,UNSCHEDULABLE:.spec.unschedulable,READY:.status.conditions[?(@.type=='Ready')].status,BOOT-ID:.status.nodeInfo.bootID")
@@ -169,9 +168,16 @@ func run(ctx context.Context, opts cluster.Options, manager, sample string, keep
 	if err := printLinuxUntouched(ctx, c); err != nil {
 		return err
 	}
+	// The per-node results, as a person reads them: the kubectl plugin.
+	fmt.Printf("\n$ kubectl nodetask status %s -n %s\n", key.Name, key.Namespace)
+	status := exec.CommandContext(ctx, plugin, "--kubeconfig", c.Kubeconfig, "status", key.Name, "-n", key.Namespace)
+	status.Stdout, status.Stderr = os.Stdout, os.Stderr
+	if err := status.Run(); err != nil {
+		return fmt.Errorf("kubectl nodetask status: %w", err)
+	}
 
 	if keep {
-		fmt.Printf("\nThe cluster and the manager keep running. In another shell:\n\n  export KUBECONFIG=%s\n  kubectl get nodetasks -A -o wide\n\nPress Ctrl-C to stop everything.\n", absPath(c.Kubeconfig))
+		fmt.Printf("\nThe cluster and the manager keep running. In another shell:\n\n  export KUBECONFIG=%s\n  kubectl get nodetasks -A -o wide\n  %s status -A\n\nPress Ctrl-C to stop everything.\n", absPath(c.Kubeconfig), absPath(plugin))
 		<-ctx.Done()
 		return nil
 	}
@@ -190,29 +196,6 @@ func progress(nt *ntv1.NodeTask) string {
 	}
 	return fmt.Sprintf("targets %d  pending %d  running %d  succeeded %d  failed %d  %s",
 		st.Targets, st.Pending, st.Running, st.Succeeded, st.Failed, ready)
-}
-
-func printNodes(nt *ntv1.NodeTask) {
-	w := tabwriter.NewWriter(os.Stdout, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(w, "NODE\tPHASE\tREASON\tEXIT\tATTEMPTS\tOUTPUT")
-	for _, e := range nt.Status.Nodes {
-		exit := "-"
-		switch {
-		case e.ExitCode != nil:
-			exit = fmt.Sprint(*e.ExitCode)
-		case e.Phase == ntv1.NodeSucceeded:
-			exit = "0"
-		}
-		reason := e.Reason
-		if reason == "" {
-			reason = "-"
-		}
-		if e.BootIDAfter != "" {
-			reason += fmt.Sprintf(" (boot %s -> %s)", e.BootIDBefore, e.BootIDAfter)
-		}
-		fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%d\t%s\n", e.Name, e.Phase, reason, exit, e.Attempts, strings.ReplaceAll(strings.TrimSpace(e.Output), "\n", " | "))
-	}
-	_ = w.Flush()
 }
 
 func printLinuxUntouched(ctx context.Context, c *cluster.Cluster) error {

@@ -13,6 +13,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -109,6 +110,8 @@ func Start(ctx context.Context, opts Options) (c *Cluster, err error) {
 		CRDDirectoryPaths:     []string{opts.CRDDir},
 		ErrorIfCRDPathMissing: true,
 	}
+	// The simulated nodes' only address a kubelet call can reach is their InternalIP.
+	c.env.ControlPlane.GetAPIServer().Configure().Set("kubelet-preferred-address-types", "InternalIP")
 	if c.Config, err = c.env.Start(); err != nil {
 		return c, fmt.Errorf("starting the control plane: %w", err)
 	}
@@ -163,12 +166,26 @@ func Start(ctx context.Context, opts Options) (c *Cluster, err error) {
 	}
 
 	c.logf("starting kwok to play the kubelets")
+	logsConfig, err := c.writeContainerLogs()
+	if err != nil {
+		return c, err
+	}
+	// kwok's server plays the kubelets' API too: nodes report it as their kubelet endpoint
+	// (127.0.0.1 and its port), so that the API server's pods/log reaches it.
+	kwokAddr, err := FreeAddr()
+	if err != nil {
+		return c, err
+	}
+	_, kwokPort, _ := net.SplitHostPort(kwokAddr)
 	if _, err := c.StartProcess("kwok", opts.KwokBinary,
 		"--kubeconfig", c.Kubeconfig,
 		"--config", opts.KwokConfig,
+		"--config", logsConfig,
 		"--manage-all-nodes=false",
 		"--manage-nodes-with-annotation-selector", KwokNodeAnnotation+"=fake",
-		"--server-address", "127.0.0.1:0",
+		"--server-address", kwokAddr,
+		"--node-ip", "127.0.0.1",
+		"--node-port", kwokPort,
 	); err != nil {
 		return c, err
 	}
@@ -263,6 +280,32 @@ type Process struct {
 	LogPath string
 	cmd     *exec.Cmd
 	done    chan struct{}
+}
+
+// ContainerLog is what every simulated container's log holds (`kubectl logs` through the
+// API server and kwok's server): the simulation runs no script, so it has no real output.
+const ContainerLog = "simulated HostProcess container log (served by kwok; a real node streams the script's output here)"
+
+// writeContainerLogs writes the log every simulated container shows, in the CRI log format
+// kubelets read, and a kwok ClusterLogs configuration that serves it for every pod.
+func (c *Cluster) writeContainerLogs() (string, error) {
+	logFile, err := filepath.Abs(filepath.Join(c.WorkDir, "container.log"))
+	if err != nil {
+		return "", err
+	}
+	line := time.Now().UTC().Format(time.RFC3339Nano) + " stdout F " + ContainerLog + "\n"
+	if err := os.WriteFile(logFile, []byte(line), 0o644); err != nil {
+		return "", err
+	}
+	config := filepath.Join(c.WorkDir, "kwok-logs.yaml")
+	return config, os.WriteFile(config, []byte(`apiVersion: kwok.x-k8s.io/v1alpha1
+kind: ClusterLogs
+metadata:
+  name: every-container
+spec:
+  logs:
+  - logsFile: `+strconv.Quote(logFile)+`
+`), 0o644)
 }
 
 // StartProcess starts a component whose output goes to WorkDir/name.log. It is killed by
