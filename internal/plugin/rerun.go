@@ -6,13 +6,11 @@ import (
 	"strings"
 
 	"github.com/spf13/cobra"
-	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	ntv1 "github.com/nodetask/nodetask-operator/api/v1alpha1"
-	"github.com/nodetask/nodetask-operator/controllers"
 )
 
 func newRerunCommand(o *options) *cobra.Command {
@@ -39,11 +37,7 @@ func newRerunCommand(o *options) *cobra.Command {
 			token := "rerun-" + o.now().UTC().Format("20060102T150405Z")
 			next := task.DeepCopy()
 			next.Spec.RerunToken = token
-			var nodes corev1.NodeList
-			if err := c.List(cmd.Context(), &nodes); err != nil {
-				return fmt.Errorf("listing nodes: %w", err)
-			}
-			decisions, err := controllers.ExplainTargets(next, nodes.Items)
+			decisions, err := o.explainTargets(cmd, next)
 			if err != nil {
 				return err
 			}

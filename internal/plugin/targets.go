@@ -46,15 +46,7 @@ func newTargetsCommand(o *options) *cobra.Command {
 			default:
 				return fmt.Errorf("name a TASK or give -f FILE")
 			}
-			c, _, err := o.clients()
-			if err != nil {
-				return err
-			}
-			var nodes corev1.NodeList
-			if err := c.List(cmd.Context(), &nodes); err != nil {
-				return fmt.Errorf("listing nodes: %w", err)
-			}
-			decisions, err := controllers.ExplainTargets(task, nodes.Items)
+			decisions, err := o.explainTargets(cmd, task)
 			if err != nil {
 				return err
 			}
@@ -67,6 +59,19 @@ func newTargetsCommand(o *options) *cobra.Command {
 	cmd.Flags().StringVarP(&file, "filename", "f", "", "A NodeTask manifest (- for standard input) instead of a task in the cluster.")
 	cmd.Flags().StringVarP(&output, "output", "o", "", "Print the decisions as json or yaml.")
 	return cmd
+}
+
+// explainTargets judges the task against the live nodes with the controller's own selection.
+func (o *options) explainTargets(cmd *cobra.Command, task *ntv1.NodeTask) ([]controllers.TargetDecision, error) {
+	c, _, err := o.clients()
+	if err != nil {
+		return nil, err
+	}
+	var nodes corev1.NodeList
+	if err := c.List(cmd.Context(), &nodes); err != nil {
+		return nil, fmt.Errorf("listing nodes: %w", err)
+	}
+	return controllers.ExplainTargets(task, nodes.Items)
 }
 
 // readTaskFile decodes one NodeTask from a YAML or JSON file.
