@@ -67,7 +67,10 @@ func (o *options) logs(cmd *cobra.Command, task *ntv1.NodeTask, node string, att
 	if pod == nil {
 		return o.keptOutput(task, entry, node, attempt)
 	}
-	req := cs.CoreV1().Pods(pod.Namespace).GetLogs(pod.Name, &corev1.PodLogOptions{Container: pod.Spec.Containers[0].Name, Follow: follow})
+	// A finished pod's log is complete: following it would only wait on a kubelet that
+	// has nothing more to send.
+	finished := pod.Status.Phase == corev1.PodSucceeded || pod.Status.Phase == corev1.PodFailed
+	req := cs.CoreV1().Pods(pod.Namespace).GetLogs(pod.Name, &corev1.PodLogOptions{Container: pod.Spec.Containers[0].Name, Follow: follow && !finished})
 	stream, err := req.Stream(cmd.Context())
 	if err != nil {
 		if entry != nil && entry.Output != "" {

@@ -108,36 +108,45 @@ func (o *options) wait(cmd *cobra.Command, name string, timeout, interval time.D
 // progressView shows a task's progress: a bar on a terminal, a line per change elsewhere
 // (a CI log, a pipe), so that logs stay readable.
 type progressView struct {
-	w    io.Writer
-	bar  *progressbar.ProgressBar
-	last string
+	w        io.Writer
+	terminal bool
+	bar      *progressbar.ProgressBar
+	barMax   int32
+	last     string
 }
 
 func newProgress(w io.Writer) *progressView {
-	p := &progressView{w: w}
-	if f, ok := w.(*os.File); ok && term.IsTerminal(int(f.Fd())) {
-		p.bar = progressbar.NewOptions(1, progressbar.OptionSetWriter(w), progressbar.OptionShowCount(),
-			progressbar.OptionSetWidth(30), progressbar.OptionSetPredictTime(false), progressbar.OptionSetRenderBlankState(true),
-			progressbar.OptionThrottle(100*time.Millisecond))
-	}
-	return p
+	f, ok := w.(*os.File)
+	return &progressView{w: w, terminal: ok && term.IsTerminal(int(f.Fd()))}
 }
 
 func (p *progressView) update(t *ntv1.NodeTask, now time.Time) {
 	st := &t.Status
 	done := int(st.Succeeded + st.Failed)
 	what := fmt.Sprintf("%d failed, %d running, %d pending; %s", st.Failed, st.Running, st.Pending, summary(t))
-	if p.bar != nil {
-		p.bar.ChangeMax(max(int(st.Targets), 1))
-		p.bar.Describe(what)
-		_ = p.bar.Set(done)
+	if !p.terminal {
+		line := fmt.Sprintf("%s finished, %s", progress(st), what)
+		if line != p.last {
+			p.last = line
+			fmt.Fprintf(p.w, "%s  %s\n", now.UTC().Format("15:04:05"), line)
+		}
 		return
 	}
-	line := fmt.Sprintf("%s finished, %s", progress(st), what)
-	if line != p.last {
-		p.last = line
-		fmt.Fprintf(p.w, "%s  %s\n", now.UTC().Format("15:04:05"), line)
+	if st.Targets == 0 {
+		return // no bar before the controller has counted the targets
 	}
+	if p.bar == nil || p.barMax != st.Targets {
+		// A new bar when the targets change: the library's ChangeMax keeps a stale percentage.
+		if p.bar != nil {
+			_ = p.bar.Clear()
+		}
+		p.bar = progressbar.NewOptions(int(st.Targets), progressbar.OptionSetWriter(p.w), progressbar.OptionShowCount(),
+			progressbar.OptionSetWidth(30), progressbar.OptionSetPredictTime(false), progressbar.OptionUseANSICodes(true))
+		p.barMax = st.Targets
+	}
+	// A fixed width, so that a shorter description leaves nothing of a longer one behind.
+	p.bar.Describe(fmt.Sprintf("%-56s", what))
+	_ = p.bar.Set(done)
 }
 
 func (p *progressView) stop() {

@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"bytes"
+	"context"
 	"encoding/json"
 	"errors"
 	"os"
@@ -34,7 +35,10 @@ type pluginRun struct {
 // plugin runs bin/kubectl-nodetask against the simulated cluster, with stdin.
 func plugin(stdin string, args ...string) pluginRun {
 	GinkgoHelper()
-	cmd := exec.CommandContext(ctx, env("PLUGIN"), append([]string{"--kubeconfig", c.Kubeconfig}, args...)...)
+	// No command of the plugin but wait may take long: a hung one fails the spec, not the suite.
+	runCtx, cancel := context.WithTimeout(ctx, 3*time.Minute)
+	defer cancel()
+	cmd := exec.CommandContext(runCtx, env("PLUGIN"), append([]string{"--kubeconfig", c.Kubeconfig}, args...)...)
 	var stdout, stderr bytes.Buffer
 	cmd.Stdin, cmd.Stdout, cmd.Stderr = strings.NewReader(stdin), &stdout, &stderr
 	err := cmd.Run()
@@ -140,6 +144,11 @@ var _ = Describe("kubectl nodetask", func() {
 		run = plugin("", "logs", "inventory", "-n", ns, "--node", nodes[0])
 		Expect(run.code).To(BeZero(), run.stderr)
 		Expect(run.stdout).To(ContainSubstring(cluster.ContainerLog))
+		start := time.Now()
+		run = plugin("", "logs", "inventory", "-n", ns, "--node", nodes[0], "-f")
+		Expect(run.code).To(BeZero(), run.stderr)
+		Expect(run.stdout).To(ContainSubstring(cluster.ContainerLog))
+		Expect(time.Since(start)).To(BeNumerically("<", 30*time.Second), "-f returns at once for a finished pod")
 		for _, p := range pods(ns) {
 			if p.Spec.NodeName == nodes[0] {
 				Expect(k8s.Delete(ctx, &p)).To(Succeed())
@@ -190,7 +199,7 @@ var _ = Describe("kubectl nodetask", func() {
 		hanging := newTask(ns, "hanging", pool, annotate("sim.nodetask.io/hang", "true"), func(t *ntv1.NodeTask) {
 			t.Spec.Rollout.MaxConcurrent = ptr.To(intstr.FromString("100%"))
 		})
-		start := time.Now()
+		start = time.Now()
 		run = plugin("", "wait", hanging.Name, "-n", ns, "--timeout", "3s")
 		Expect(run.code).To(Equal(2))
 		Expect(run.stderr).To(ContainSubstring("timed out after 3s"))
