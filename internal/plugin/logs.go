@@ -10,7 +10,9 @@ import (
 
 	"github.com/spf13/cobra"
 	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	ntv1 "github.com/nodetask/nodetask-operator/api/v1alpha1"
@@ -58,12 +60,20 @@ func (o *options) logs(cmd *cobra.Command, task *ntv1.NodeTask, node string, att
 	if err := c.List(cmd.Context(), &pods, client.InNamespace(task.Namespace), client.MatchingLabels(controllers.TaskPodLabels(task.Name))); err != nil {
 		return fmt.Errorf("listing the task's pods: %w", err)
 	}
-	entry := findEntry(task, node)
+	entry := task.Status.Node(node)
 	run := task.Status.Run
 	if entry != nil && entry.Run != 0 {
 		run = entry.Run
 	}
-	pod := pickPod(task, pods.Items, node, run, attempt)
+	// The machine by its UID: pods left from an earlier node of the same name are not its.
+	var machine types.UID
+	var n corev1.Node
+	if err := c.Get(cmd.Context(), client.ObjectKey{Name: node}, &n); err == nil {
+		machine = n.UID
+	} else if !apierrors.IsNotFound(err) {
+		return fmt.Errorf("reading node %s: %w", node, err)
+	}
+	pod := pickPod(task, pods.Items, node, machine, run, attempt)
 	if pod == nil {
 		return o.keptOutput(task, entry, node, attempt)
 	}
@@ -103,23 +113,19 @@ func (o *options) keptOutput(task *ntv1.NodeTask, entry *ntv1.NodeStatus, node s
 	return err
 }
 
-func findEntry(task *ntv1.NodeTask, node string) *ntv1.NodeStatus {
-	for i := range task.Status.Nodes {
-		if task.Status.Nodes[i].Name == node {
-			return &task.Status.Nodes[i]
-		}
-	}
-	return nil
-}
-
 // pickPod returns the task's pod on the node for the run and attempt (0: the last attempt),
-// leaving out restart pods and pods of an earlier task of the same name.
-func pickPod(task *ntv1.NodeTask, pods []corev1.Pod, node string, run int64, attempt int32) *corev1.Pod {
+// leaving out restart pods, pods of an earlier task of the same name (by the controller's
+// UID) and, when machine is known, pods of an earlier machine of the node's name (by the
+// node UID label).
+func pickPod(task *ntv1.NodeTask, pods []corev1.Pod, node string, machine types.UID, run int64, attempt int32) *corev1.Pod {
 	var mine []*corev1.Pod
 	for i := range pods {
 		p := &pods[i]
 		if p.Spec.NodeName != node || !metav1.IsControlledBy(p, task) || p.Labels[controllers.LabelRole] != "" ||
 			p.Labels[controllers.LabelRun] != strconv.FormatInt(run, 10) {
+			continue
+		}
+		if uid, ok := p.Labels[controllers.LabelNodeUID]; ok && machine != "" && uid != string(machine) {
 			continue
 		}
 		if attempt != 0 && p.Labels[controllers.LabelAttempt] != strconv.Itoa(int(attempt)) {

@@ -11,6 +11,7 @@ import (
 
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/utils/ptr"
 
 	ntv1 "github.com/nodetask/nodetask-operator/api/v1alpha1"
@@ -235,18 +236,28 @@ func TestPickPod(t *testing.T) {
 		pod("other-node", "win-c", "2", "4"),
 		pod("restart", "win-b", "2", "5", func(p *corev1.Pod) { p.Labels[controllers.LabelRole] = controllers.RoleReboot }),
 		pod("foreign", "win-b", "2", "7", func(p *corev1.Pod) { p.OwnerReferences = nil }),
+		// A pod of the machine that had this node's name before it was deleted and created again.
+		pod("old-machine", "win-b", "2", "6", func(p *corev1.Pod) { p.Labels[controllers.LabelNodeUID] = "old-uid" }),
+	}
+	for i := range pods[:3] {
+		pods[i].Labels[controllers.LabelNodeUID] = "node-uid"
 	}
 	for _, tt := range []struct {
+		machine types.UID
 		attempt int32
 		want    string
-	}{{0, "a3"}, {1, "a1"}, {2, "a2"}, {7, ""}} {
-		got := pickPod(task, pods, "win-b", 2, tt.attempt)
+	}{
+		{"node-uid", 0, "a3"}, {"node-uid", 1, "a1"}, {"node-uid", 2, "a2"}, {"node-uid", 7, ""}, {"node-uid", 6, ""},
+		// The node is gone: no machine to tell them apart by, the last attempt wins.
+		{"", 0, "old-machine"},
+	} {
+		got := pickPod(task, pods, "win-b", tt.machine, 2, tt.attempt)
 		name := ""
 		if got != nil {
 			name = got.Name
 		}
 		if name != tt.want {
-			t.Errorf("attempt %d: got %q, want %q", tt.attempt, name, tt.want)
+			t.Errorf("machine %q, attempt %d: got %q, want %q", tt.machine, tt.attempt, name, tt.want)
 		}
 	}
 }
