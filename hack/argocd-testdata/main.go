@@ -41,11 +41,7 @@ func main() {
 		manager string
 		out     string
 	)
-	flag.StringVar(&opts.AssetsDir, "assets", "bin/k8s/1.37.2", "Folder with kube-apiserver, etcd and kube-controller-manager.")
-	flag.StringVar(&opts.KwokBinary, "kwok", "bin/kwok-v0.8.0", "The kwok binary.")
-	flag.StringVar(&opts.KwokConfig, "kwok-config", "test/kwok/windows-kubelet.yaml", "KWOK stages that play a Windows kubelet.")
-	flag.StringVar(&opts.CRDDir, "crds", "config/crd/bases", "Folder with the CRDs.")
-	flag.StringVar(&opts.WorkDir, "work-dir", "bin/argocd-testdata", "Folder for the kubeconfig and the logs.")
+	opts.AddFlags(flag.CommandLine, "bin/argocd-testdata")
 	flag.StringVar(&manager, "manager", "bin/manager", "The manager binary.")
 	flag.StringVar(&out, "out", "integrations/argocd/resource_customizations/nodetask.io/NodeTask/testdata", "Folder to write the objects into.")
 	flag.Parse()

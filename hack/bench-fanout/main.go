@@ -74,11 +74,7 @@ func main() {
 		manager string
 		n       int
 	)
-	flag.StringVar(&opts.AssetsDir, "assets", "bin/k8s/1.37.2", "Folder with kube-apiserver, etcd, kube-controller-manager and kube-scheduler.")
-	flag.StringVar(&opts.KwokBinary, "kwok", "bin/kwok-v0.8.0", "The kwok binary.")
-	flag.StringVar(&opts.KwokConfig, "kwok-config", "test/kwok/windows-kubelet.yaml", "KWOK stages that play a Windows kubelet.")
-	flag.StringVar(&opts.CRDDir, "crds", "config/crd/bases", "Folder with the CRDs.")
-	flag.StringVar(&opts.WorkDir, "work-dir", "bin/bench-fanout", "Folder for the kubeconfig and the logs.")
+	opts.AddFlags(flag.CommandLine, "bin/bench-fanout")
 	flag.StringVar(&manager, "manager", "bin/manager", "The manager binary.")
 	flag.IntVar(&n, "nodes", 1000, "Simulated Windows nodes.")
 	flag.StringVar(&profileDir, "profile-dir", "", "Write the manager's CPU profile (cpu.pprof) and its heap profile once Ready (heap.pprof) here, in the first round; not under --work-dir, which the next run clears.")

@@ -42,11 +42,7 @@ func main() {
 		timeout time.Duration
 		sim     simulation
 	)
-	flag.StringVar(&opts.AssetsDir, "assets", "bin/k8s/1.37.2", "Folder with kube-apiserver, etcd and kube-controller-manager.")
-	flag.StringVar(&opts.KwokBinary, "kwok", "bin/kwok-v0.8.0", "The kwok binary.")
-	flag.StringVar(&opts.KwokConfig, "kwok-config", "test/kwok/windows-kubelet.yaml", "KWOK stages that play a Windows kubelet.")
-	flag.StringVar(&opts.CRDDir, "crds", "config/crd/bases", "Folder with the CRDs.")
-	flag.StringVar(&opts.WorkDir, "work-dir", "bin/demo", "Folder for the kubeconfig and the logs.")
+	opts.AddFlags(flag.CommandLine, "bin/demo")
 	flag.IntVar(&opts.WindowsNodes, "windows-nodes", 5, "Simulated Windows nodes.")
 	flag.IntVar(&opts.LinuxNodes, "linux-nodes", 2, "Simulated Linux nodes.")
 	flag.StringVar(&manager, "manager", "bin/manager", "The manager binary.")

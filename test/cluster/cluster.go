@@ -7,6 +7,7 @@ package cluster
 import (
 	"context"
 	"errors"
+	"flag"
 	"fmt"
 	"io"
 	"net"
@@ -67,6 +68,17 @@ type Options struct {
 	DefaultClientLimits bool
 	// Log receives progress lines; nil discards them.
 	Log io.Writer
+}
+
+// AddFlags registers the flags that locate the cluster's parts (run from the repository's
+// root, as the Makefile does), with workDir as the default of --work-dir. The demo, the Argo
+// CD testdata generator and the fan-out benchmark share them.
+func (o *Options) AddFlags(fs *flag.FlagSet, workDir string) {
+	fs.StringVar(&o.AssetsDir, "assets", "bin/k8s/1.37.2", "Folder with kube-apiserver, etcd and kube-controller-manager (and kube-scheduler for the benchmark).")
+	fs.StringVar(&o.KwokBinary, "kwok", "bin/kwok-v0.8.0", "The kwok binary.")
+	fs.StringVar(&o.KwokConfig, "kwok-config", "test/kwok/windows-kubelet.yaml", "KWOK stages that play a Windows kubelet.")
+	fs.StringVar(&o.CRDDir, "crds", "config/crd/bases", "Folder with the CRDs.")
+	fs.StringVar(&o.WorkDir, "work-dir", workDir, "Folder for the kubeconfig and the logs.")
 }
 
 // Cluster is a running local cluster.
