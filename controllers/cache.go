@@ -11,9 +11,9 @@ import (
 )
 
 // CacheOptions limits the manager's cache to what the controller reads: the pods it made
-// (by label, without managedFields) and the Windows nodes, trimmed to the fields the planner uses. At 5000 nodes a
-// full Node object (images, volumes, managedFields) is several kilobytes; the trimmed one a
-// few hundred bytes. ConfigMaps are never cached: the controller reads them straight from
+// (by label, without managedFields) and the Windows nodes, trimmed to the fields the planner
+// uses. At 5000 nodes a full Node object (images, volumes, managedFields) is several
+// kilobytes; the trimmed one a few hundred bytes. ConfigMaps are never cached: the controller reads them straight from
 // the API server, and rarely.
 func CacheOptions() cache.Options {
 	managed, err := labels.NewRequirement(LabelTask, selection.Exists, nil)

@@ -9,7 +9,6 @@ import (
 	"unicode/utf8"
 
 	"k8s.io/apimachinery/pkg/api/meta"
-	"k8s.io/apimachinery/pkg/api/resource"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/conversion"
 	"k8s.io/utils/ptr"
@@ -540,5 +539,4 @@ func sameTime(a, b *metav1.Time) bool {
 // already takes nil and empty slices and maps as equal.
 var storedEquality = conversion.EqualitiesOrDie(
 	func(a, b metav1.Time) bool { return a.Unix() == b.Unix() },
-	func(a, b resource.Quantity) bool { return a.Cmp(b) == 0 },
 )

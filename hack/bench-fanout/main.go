@@ -626,7 +626,10 @@ func benchDaemonSet(ctx context.Context, c *cluster.Cluster, n int) (result, err
 // and measures until the task is Ready; then it deletes the task and its pods, so that the
 // next round's manager starts on the same cluster as this one did.
 func benchNodeTask(ctx context.Context, c *cluster.Cluster, manager string, n, round int, name string, extra []string) (result, error) {
-	ns := fmt.Sprintf("bench-nodetask-%d-%d", round, len(extra))
+	ns := fmt.Sprintf("bench-nodetask-%d", round)
+	if name != "NodeTask" {
+		ns += "-variant" // the --compare-manager-arg contender of the same round
+	}
 	if err := namespace(ctx, c, ns); err != nil {
 		return result{}, err
 	}
