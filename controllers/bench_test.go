@@ -17,7 +17,7 @@ import (
 func midRollout(n int) *Observed {
 	task := newTask(func(t *ntv1.NodeTask) { t.Spec.Rollout.MaxConcurrent = ptr.To(intstr.FromString("25%")) })
 	rev := Revision(&task.Spec)
-	obs := &Observed{Task: task, Revision: rev, Nodes: make(map[string]*corev1.Node, n), Now: t0}
+	obs := &Observed{Task: task, Revision: rev, Nodes: make(map[string]*corev1.Node, n), Now: t0, Admission: admitted}
 	for i := 0; i < n; i++ {
 		name := fmt.Sprintf("akswin%06d", i)
 		obs.Nodes[name] = winNode(name)
@@ -57,7 +57,7 @@ func BenchmarkStatusFit(b *testing.B) {
 		b.Run(fmt.Sprintf("nodes=%d", n), func(b *testing.B) {
 			task := newTask()
 			rev := Revision(&task.Spec)
-			obs := &Observed{Task: task, Revision: rev, Nodes: map[string]*corev1.Node{}, Now: t0}
+			obs := &Observed{Task: task, Revision: rev, Nodes: map[string]*corev1.Node{}, Now: t0, Admission: admitted}
 			for i := 0; i < n; i++ {
 				name := fmt.Sprintf("akswin%06d", i)
 				obs.Nodes[name] = winNode(name)

@@ -4,6 +4,7 @@ import (
 	"strings"
 
 	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/apimachinery/pkg/selection"
 	"sigs.k8s.io/controller-runtime/pkg/cache"
@@ -24,7 +25,7 @@ func CacheOptions() cache.Options {
 		ByObject: map[client.Object]cache.ByObject{
 			// managedFields are a fifth of the pods' cached bytes (heap profile at 5000
 			// nodes) and nothing reads them.
-			&corev1.Pod{}: {Label: labels.NewSelector().Add(*managed), Transform: cache.TransformStripManagedFields()},
+			&corev1.Pod{}: {Label: labels.NewSelector().Add(*managed), Transform: trimForeignPod},
 			&corev1.Node{}: {
 				Label:     labels.SelectorFromSet(labels.Set{OSLabel: WindowsOS}),
 				Transform: TrimNode,
@@ -35,12 +36,29 @@ func CacheOptions() cache.Options {
 	}
 }
 
+// trimForeignPod is a cache transform for pods: it drops managedFields, and keeps of a pod
+// that carries the operator's label but is no NodeTask's only its identity. A label is
+// anyone's to set: such pods must cost the cache next to nothing, and mean nothing.
+func trimForeignPod(obj any) (any, error) {
+	pod, ok := obj.(*corev1.Pod)
+	if !ok {
+		return obj, nil
+	}
+	if ref := metav1.GetControllerOf(pod); ref == nil || !isNodeTaskRef(ref) {
+		stub := &corev1.Pod{}
+		stub.Name, stub.Namespace, stub.UID, stub.ResourceVersion = pod.Name, pod.Namespace, pod.UID, pod.ResourceVersion
+		return stub, nil
+	}
+	pod.ManagedFields = nil
+	return pod, nil
+}
+
 // UncachedObjects are read from the API server directly.
 var UncachedObjects = []client.Object{&corev1.ConfigMap{}}
 
 // TrimNode is a cache transform that keeps only the fields of a Node the planner reads:
-// name, UID and creation time, labels, the operator's own annotations (claims), taints,
-// schedulability, the boot ID and the Ready condition.
+// name, UID and creation time, labels, the operator's own annotations (claims) and
+// managedFields entry, taints, schedulability, the boot ID and the Ready condition.
 func TrimNode(obj any) (any, error) {
 	node, ok := obj.(*corev1.Node)
 	if !ok {
@@ -65,6 +83,12 @@ func TrimNode(obj any) (any, error) {
 	trimmed.Status.NodeInfo.BootID = node.Status.NodeInfo.BootID
 	trimmed.Spec.Taints = node.Spec.Taints
 	trimmed.Spec.Unschedulable = node.Spec.Unschedulable
+	for _, mf := range node.ManagedFields {
+		// The operator's own entry says whether its cordon is still the last word (operatorCordoned).
+		if mf.Manager == FieldManager {
+			trimmed.ManagedFields = append(trimmed.ManagedFields, mf)
+		}
+	}
 	for _, c := range node.Status.Conditions {
 		if c.Type == corev1.NodeReady {
 			// The transition time tells a restart from a kubelet that reports no boot ID.

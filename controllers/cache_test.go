@@ -1,9 +1,11 @@
 package controllers
 
 import (
+	"strings"
 	"testing"
 
 	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/api/equality"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 )
 
@@ -21,7 +23,8 @@ func TestCachedPodsKeepNoManagedFields(t *testing.T) {
 	}
 	pod := &corev1.Pod{
 		ObjectMeta: metav1.ObjectMeta{Name: "p", Labels: map[string]string{LabelTask: "t"},
-			ManagedFields: []metav1.ManagedFieldsEntry{{Manager: "kwok", FieldsV1: &metav1.FieldsV1{Raw: []byte(`{"f:status":{}}`)}}}},
+			OwnerReferences: []metav1.OwnerReference{ownerRef(newTask())},
+			ManagedFields:   []metav1.ManagedFieldsEntry{{Manager: "kwok", FieldsV1: &metav1.FieldsV1{Raw: []byte(`{"f:status":{}}`)}}}},
 		Spec:   corev1.PodSpec{NodeName: "win-a"},
 		Status: corev1.PodStatus{Phase: corev1.PodSucceeded},
 	}
@@ -35,5 +38,31 @@ func TestCachedPodsKeepNoManagedFields(t *testing.T) {
 	}
 	if got.Labels[LabelTask] != "t" || got.Spec.NodeName != "win-a" || got.Status.Phase != corev1.PodSucceeded {
 		t.Errorf("the transform lost what the planner reads: %+v", got)
+	}
+}
+
+// TestCachedForeignPodsKeepOnlyTheirIdentity: a pod that carries the operator's task label
+// but that no NodeTask controls (anyone who can create a pod can set a label) is cached as
+// its identity alone: it costs the cache next to nothing and never counts as a task's.
+func TestCachedForeignPodsKeepOnlyTheirIdentity(t *testing.T) {
+	var transform func(any) (any, error)
+	for obj, by := range CacheOptions().ByObject {
+		if _, ok := obj.(*corev1.Pod); ok {
+			transform = by.Transform
+		}
+	}
+	pod := &corev1.Pod{
+		ObjectMeta: metav1.ObjectMeta{Namespace: "apps", Name: "disguised", UID: "u1", Labels: map[string]string{LabelTask: "t"},
+			Annotations: map[string]string{"big": strings.Repeat("x", 1<<16)}},
+		Spec: corev1.PodSpec{NodeName: "win-a", Containers: []corev1.Container{{Name: "c", Image: "img"}}},
+	}
+	out, err := transform(pod)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := out.(*corev1.Pod)
+	want := &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Namespace: "apps", Name: "disguised", UID: "u1"}}
+	if !equality.Semantic.DeepEqual(got, want) {
+		t.Errorf("a foreign pod is cached as %+v, want only its identity", got)
 	}
 }

@@ -22,7 +22,9 @@ import (
 )
 
 // claimJanitor lets go of the nodes a deleted task had claimed: it removes the claim and,
-// if that task cordoned the node, uncordons it. Without it, deleting a task in the middle
+// if that claim cordoned the node and no one changed its schedulability since (nodePatch),
+// uncordons it. A forged claim, naming a task that never existed, is removed the same way,
+// and uncordons nothing the operator did not cordon. Without it, deleting a task in the middle
 // of a node's maintenance would leave the node cordoned until another task took it over.
 // (A task has no finalizer to do this itself: the operator never writes a task's metadata
 // or spec, so that Argo CD and Flux see no drift.)
@@ -48,7 +50,7 @@ func (j *claimJanitor) Reconcile(ctx context.Context, req reconcile.Request) (re
 	if patch == nil {
 		return reconcile.Result{}, nil
 	}
-	err := j.client.Patch(ctx, &corev1.Node{ObjectMeta: node.ObjectMeta}, client.RawPatch(types.MergePatchType, patch))
+	err := j.client.Patch(ctx, &corev1.Node{ObjectMeta: node.ObjectMeta}, client.RawPatch(types.MergePatchType, patch), client.FieldOwner(FieldManager))
 	if apierrors.IsConflict(err) || apierrors.IsNotFound(err) {
 		return reconcile.Result{Requeue: true}, nil
 	}

@@ -22,6 +22,16 @@ import (
 
 var t0 = time.Date(2026, 11, 26, 12, 0, 0, 0, time.UTC)
 
+// admitted is the API server's word that it admits the task's pods: the planner tests start
+// from it, and the admission gate's own tests from other verdicts.
+var admitted = Admission{Confirmed: true}
+
+// operatorFields is the managedFields entry the API server keeps for the operator's cordon.
+func operatorFields() []metav1.ManagedFieldsEntry {
+	return []metav1.ManagedFieldsEntry{{Manager: FieldManager, Operation: metav1.ManagedFieldsOperationUpdate,
+		FieldsType: "FieldsV1", FieldsV1: &metav1.FieldsV1{Raw: []byte(`{"f:spec":{"f:unschedulable":{}}}`)}}}
+}
+
 func newTask(mutate ...func(*ntv1.NodeTask)) *ntv1.NodeTask {
 	task := &ntv1.NodeTask{
 		ObjectMeta: metav1.ObjectMeta{Name: "patch", Namespace: "ops", UID: "task-uid", Generation: 1},
@@ -126,7 +136,7 @@ func waitingFor(reason string) podOpt {
 }
 
 func observe(task *ntv1.NodeTask, nodes []*corev1.Node, pods ...*corev1.Pod) *Observed {
-	obs := &Observed{Task: task, Revision: Revision(&task.Spec), Nodes: map[string]*corev1.Node{}, Pods: pods, Now: t0}
+	obs := &Observed{Task: task, Revision: Revision(&task.Spec), Nodes: map[string]*corev1.Node{}, Pods: pods, Now: t0, Admission: admitted}
 	for _, n := range nodes {
 		obs.Nodes[n.Name] = n
 	}

@@ -19,8 +19,9 @@ import (
 //	Running ──success, reboot wanted──▶ Rebooting ──new bootID, Ready──▶ Succeeded(Rebooted)
 //	                                        ├── restart pod failed ──▶ Failed(RebootFailed)
 //	                                        └── rebootTimeoutSeconds ──▶ Failed(RebootTimeout)
-//	final result stored ──▶ release: uncordon (if this task cordoned it, and it succeeded or
-//	                        drain.uncordonOnFailure) and remove the claim
+//	final result stored ──▶ release: uncordon (if this claim cordoned it and no one changed its
+//	                        schedulability since, and it succeeded or drain.uncordonOnFailure)
+//	                        and remove the claim
 //
 // Every step's state is kept where a restarted manager reads it back, never in memory: the
 // claim (with its time) and the cordon mark are node annotations, the cordon is the node's
@@ -34,8 +35,10 @@ const (
 	// AnnotationClaim holds the claim of the task that cordons, drains or restarts the
 	// node: JSON with the task's namespace/name, its UID and the claim's time.
 	AnnotationClaim = "nodetask.io/claim"
-	// AnnotationCordonedBy holds the UID of the task that cordoned the node, so that only
-	// that task uncordons it: a node someone else cordoned stays cordoned.
+	// AnnotationCordonedBy holds the UID of the task that cordoned the node, for people
+	// reading the node (a failed node stays cordoned). The operator never obeys it: what
+	// decides an uncordon is the claim's own record and the operator's ownership of
+	// spec.unschedulable (operatorCordoned). A mark that no longer matches is dropped.
 	AnnotationCordonedBy = "nodetask.io/cordoned-by"
 	// AnnotationBootID on a restart pod is the node's boot ID when the pod was made.
 	AnnotationBootID = "nodetask.io/boot-id"
@@ -57,6 +60,9 @@ type NodeClaim struct {
 	UID types.UID `json:"uid"`
 	// Since is when the claim was taken; the drain's timeout counts from it.
 	Since metav1.Time `json:"since"`
+	// Cordoned says this claim made the node unschedulable: the node was schedulable when
+	// it was claimed, and the operator cordoned it. Only then does the release uncordon it.
+	Cordoned bool `json:"cordoned,omitempty"`
 }
 
 // readClaim returns the node's claim, or nil when it has none. A value that does not parse
@@ -77,12 +83,38 @@ func readClaim(node *corev1.Node) *NodeClaim {
 }
 
 // claimValue is the AnnotationClaim value of the task's claim taken at the given time.
-func claimValue(task *ntv1.NodeTask, at time.Time) string {
-	b, err := json.Marshal(NodeClaim{Task: task.Namespace + "/" + task.Name, UID: task.UID, Since: metav1.NewTime(at)})
+func claimValue(task *ntv1.NodeTask, at time.Time, cordoned bool) string {
+	b, err := json.Marshal(NodeClaim{Task: task.Namespace + "/" + task.Name, UID: task.UID, Since: metav1.NewTime(at), Cordoned: cordoned})
 	if err != nil {
 		panic(err) // plain strings and a time
 	}
 	return string(b)
+}
+
+// FieldManager is the field manager of the operator's writes to nodes. The API server
+// records in a node's managedFields which manager last set spec.unschedulable, and hands
+// the field to whoever changes it next: so the operator tells its own cordon from one a
+// person made after it (kubectl uncordon, then cordon) without trusting any annotation.
+const FieldManager = "nodetask-operator"
+
+// operatorCordoned reports whether the node is unschedulable by the operator's own write:
+// no one changed spec.unschedulable since the operator set it.
+func operatorCordoned(node *corev1.Node) bool {
+	if !node.Spec.Unschedulable {
+		return false
+	}
+	for _, mf := range node.ManagedFields {
+		if mf.Manager != FieldManager || mf.FieldsV1 == nil {
+			continue
+		}
+		var fields struct {
+			Spec map[string]json.RawMessage `json:"f:spec"`
+		}
+		if json.Unmarshal(mf.FieldsV1.Raw, &fields) == nil && fields.Spec["f:unschedulable"] != nil {
+			return true
+		}
+	}
+	return false
 }
 
 // NodeOpKind says what a NodeOp does.
@@ -103,12 +135,12 @@ type NodeOp struct {
 	Kind NodeOpKind
 	// Cordon (with OpClaim) cordons the node, unless it is cordoned already.
 	Cordon bool
-	// Uncordon (with OpRelease) uncordons the node, if this task cordoned it: nodePatch
-	// checks that against the node's AnnotationCordonedBy, so callers say only whether they
-	// want it.
+	// Uncordon (with OpRelease) uncordons the node, if this claim cordoned it and no one
+	// changed its schedulability since: nodePatch checks that against the claim and the
+	// node's managedFields, so callers say only whether they want it.
 	Uncordon bool
-	// TakeOverCordon (with OpClaim) makes this task the owner of a cordon whose owner, a
-	// task that no longer exists, left it behind.
+	// TakeOverCordon (with OpClaim) makes this task's claim the owner of a cordon that the
+	// claim of a task that no longer exists made and left behind.
 	TakeOverCordon bool
 	// Why says why, for the log.
 	Why string
@@ -274,9 +306,8 @@ func (m *maintenance) maintain(lc *lifecycle, in maintainInput, d *nodeDecision)
 	default:
 		// The claim comes first; the next pass, which sees it, cordons, drains and starts.
 		d.ops = append(d.ops, NodeOp{Node: in.name, Kind: OpClaim, Cordon: m.cordon,
-			TakeOverCordon: in.staleClaim && claim != nil && in.node.Spec.Unschedulable &&
-				in.node.Annotations[AnnotationCordonedBy] == string(claim.UID),
-			Why: "the task cordons, drains or restarts its nodes"})
+			TakeOverCordon: in.staleClaim && claim != nil && claim.Cordoned && operatorCordoned(in.node),
+			Why:            "the task cordons, drains or restarts its nodes"})
 		d.claim = true
 	}
 }

@@ -35,10 +35,13 @@ type maintWorld struct {
 	restarts map[string]int
 	// loseWrites drops the status write of the next reconciles: a manager killed before its write.
 	loseWrites int
+	// admission is what the API server says of the task's pods.
+	admission Admission
 }
 
 func newMaintWorld(t *testing.T, task *ntv1.NodeTask, names ...string) *maintWorld {
-	w := &maintWorld{g: NewWithT(t), task: task, nodes: map[string]*corev1.Node{}, now: t0, restarts: map[string]int{}}
+	w := &maintWorld{g: NewWithT(t), task: task, nodes: map[string]*corev1.Node{}, now: t0, restarts: map[string]int{},
+		admission: admitted}
 	for _, n := range names {
 		node := winNode(n)
 		node.UID = types.UID("uid-" + n)
@@ -49,7 +52,7 @@ func newMaintWorld(t *testing.T, task *ntv1.NodeTask, names ...string) *maintWor
 }
 
 func (w *maintWorld) reconcile() *Plan {
-	obs := &Observed{Task: w.task, Revision: Revision(&w.task.Spec), Nodes: w.nodes, Pods: w.pods, Now: w.now,
+	obs := &Observed{Task: w.task, Revision: Revision(&w.task.Spec), Nodes: w.nodes, Pods: w.pods, Now: w.now, Admission: w.admission,
 		Drains: w.drains, StaleClaims: w.stale}
 	p := ComputePlan(obs)
 	for _, op := range p.NodeOps {
@@ -98,6 +101,13 @@ func (w *maintWorld) patchNode(node *corev1.Node, patch []byte) {
 	w.g.Expect(err).NotTo(HaveOccurred())
 	patched := &corev1.Node{}
 	w.g.Expect(json.Unmarshal(out, patched)).To(Succeed())
+	// The API server hands spec.unschedulable to the manager that changed it last.
+	if patched.Spec.Unschedulable != node.Spec.Unschedulable {
+		patched.ManagedFields = nil
+		if patched.Spec.Unschedulable {
+			patched.ManagedFields = operatorFields()
+		}
+	}
 	w.rv++
 	patched.ResourceVersion = strconv.Itoa(w.rv)
 	w.nodes[node.Name] = patched
@@ -302,7 +312,7 @@ func TestMaintenanceNodeCordonedBySomeoneElseStaysCordoned(t *testing.T) {
 }
 
 func TestMaintenanceClaims(t *testing.T) {
-	other := claimValue(&ntv1.NodeTask{ObjectMeta: metav1.ObjectMeta{Namespace: "ops", Name: "other", UID: "other-uid"}}, t0)
+	other := claimValue(&ntv1.NodeTask{ObjectMeta: metav1.ObjectMeta{Namespace: "ops", Name: "other", UID: "other-uid"}}, t0, true)
 	for _, tc := range []struct {
 		name      string
 		stale     bool
@@ -317,7 +327,7 @@ func TestMaintenanceClaims(t *testing.T) {
 			w := newMaintWorld(t, rebootTask(ntv1.RebootIfRequired, 1), "win-a")
 			n := w.node("win-a")
 			n.Annotations = map[string]string{AnnotationClaim: other, AnnotationCordonedBy: "other-uid"}
-			n.Spec.Unschedulable = true
+			n.Spec.Unschedulable, n.ManagedFields = true, operatorFields()
 			w.stale = map[string]bool{"win-a": tc.stale}
 			p := w.reconcile()
 			for i := range p.NodeOps {
@@ -384,7 +394,8 @@ func TestMaintenanceDrain(t *testing.T) {
 
 func TestNodePatch(t *testing.T) {
 	task := newTask()
-	mine := claimValue(task, t0)
+	mine := claimValue(task, t0, false)
+	mineCordoned := claimValue(task, t0, true)
 	for _, tc := range []struct {
 		name string
 		node func(*corev1.Node)
@@ -392,14 +403,34 @@ func TestNodePatch(t *testing.T) {
 		want string
 	}{
 		{"claim and cordon", nil, NodeOp{Kind: OpClaim, Cordon: true},
-			`{"metadata":{"annotations":{"nodetask.io/claim":` + strconv.Quote(mine) + `,"nodetask.io/cordoned-by":"task-uid"},"resourceVersion":"7"},"spec":{"unschedulable":true}}`},
+			`{"metadata":{"annotations":{"nodetask.io/claim":` + strconv.Quote(mineCordoned) + `,"nodetask.io/cordoned-by":"task-uid"},"resourceVersion":"7"},"spec":{"unschedulable":true}}`},
 		{"claim a node cordoned by someone else", func(n *corev1.Node) { n.Spec.Unschedulable = true }, NodeOp{Kind: OpClaim, Cordon: true},
 			`{"metadata":{"annotations":{"nodetask.io/claim":` + strconv.Quote(mine) + `},"resourceVersion":"7"}}`},
 		{"release and uncordon", func(n *corev1.Node) {
-			n.Spec.Unschedulable = true
-			n.Annotations = map[string]string{AnnotationClaim: mine, AnnotationCordonedBy: "task-uid"}
+			n.Spec.Unschedulable, n.ManagedFields = true, operatorFields()
+			n.Annotations = map[string]string{AnnotationClaim: mineCordoned, AnnotationCordonedBy: "task-uid"}
 		}, NodeOp{Kind: OpRelease, Uncordon: true},
 			`{"metadata":{"annotations":{"nodetask.io/claim":null,"nodetask.io/cordoned-by":null},"resourceVersion":"7"},"spec":{"unschedulable":null}}`},
+		{"release keeps a cordon this claim did not make, though the operator made it earlier", func(n *corev1.Node) {
+			n.Spec.Unschedulable, n.ManagedFields = true, operatorFields()
+			n.Annotations = map[string]string{AnnotationClaim: mine, AnnotationCordonedBy: "task-uid"}
+		}, NodeOp{Kind: OpRelease, Uncordon: true},
+			`{"metadata":{"annotations":{"nodetask.io/claim":null},"resourceVersion":"7"}}`},
+		{"release keeps a cordon someone made again after this claim's, and drops the mark", func(n *corev1.Node) {
+			n.Spec.Unschedulable = true // kubectl uncordon, then kubectl cordon: the field is kubectl's
+			n.Annotations = map[string]string{AnnotationClaim: mineCordoned, AnnotationCordonedBy: "task-uid"}
+		}, NodeOp{Kind: OpRelease, Uncordon: true},
+			`{"metadata":{"annotations":{"nodetask.io/claim":null,"nodetask.io/cordoned-by":null},"resourceVersion":"7"}}`},
+		{"a claim drops a mark someone else's cordon made stale", func(n *corev1.Node) {
+			n.Spec.Unschedulable = true
+			n.Annotations = map[string]string{AnnotationCordonedBy: "task-uid"}
+		}, NodeOp{Kind: OpClaim, Cordon: true},
+			`{"metadata":{"annotations":{"nodetask.io/claim":` + strconv.Quote(mine) + `,"nodetask.io/cordoned-by":null},"resourceVersion":"7"}}`},
+		{"a forged claim of a gone task uncordons nothing the operator did not cordon", func(n *corev1.Node) {
+			n.Spec.Unschedulable = true
+			n.Annotations = map[string]string{AnnotationClaim: mineCordoned, AnnotationCordonedBy: "task-uid"}
+		}, NodeOp{Kind: OpRelease, Uncordon: true},
+			`{"metadata":{"annotations":{"nodetask.io/claim":null,"nodetask.io/cordoned-by":null},"resourceVersion":"7"}}`},
 		{"release never uncordons someone else's cordon", func(n *corev1.Node) {
 			n.Spec.Unschedulable = true
 			n.Annotations = map[string]string{AnnotationClaim: mine}

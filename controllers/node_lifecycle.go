@@ -122,6 +122,12 @@ func (d *nodeDecision) holding() bool {
 	return d.claimed || len(d.evict) > 0 || slices.ContainsFunc(d.ops, func(op NodeOp) bool { return op.Kind == OpCordon })
 }
 
+// neverStarted reports whether the node has not started the given run and holds nothing:
+// its entry would only say "Pending".
+func (d *nodeDecision) neverStarted(run int64) bool {
+	return d.entry.Run == run && d.entry.Phase == ntv1.NodePending && d.entry.Attempts == 0 && !d.inFlight
+}
+
 func (d *nodeDecision) after(wait time.Duration) {
 	d.requeue = soonest(d.requeue, max(wait, time.Millisecond))
 }

@@ -181,6 +181,8 @@ func (r *NodeTaskReconciler) observeDrain(ctx context.Context, task *ntv1.NodeTa
 
 // drained reports whether a drain evicts (or waits for) the pod: not finished, not a mirror
 // pod, not a DaemonSet's (the DaemonSet controller would put it back), not a NodeTask's.
+// A NodeTask's pod is one a NodeTask controls, not one that carries the operator's labels:
+// anyone who can create a pod can set a label, and must not exempt it from every drain.
 func drained(pod *corev1.Pod) bool {
 	if podFinished(pod) {
 		return false
@@ -188,13 +190,15 @@ func drained(pod *corev1.Pod) bool {
 	if _, mirror := pod.Annotations[corev1.MirrorPodAnnotationKey]; mirror {
 		return false
 	}
-	if _, ours := pod.Labels[LabelTask]; ours {
-		return false
-	}
-	if ref := metav1.GetControllerOf(pod); ref != nil && ref.Kind == "DaemonSet" {
+	if ref := metav1.GetControllerOf(pod); ref != nil && (ref.Kind == "DaemonSet" || isNodeTaskRef(ref)) {
 		return false
 	}
 	return true
+}
+
+// isNodeTaskRef reports whether an owner reference names a NodeTask.
+func isNodeTaskRef(ref *metav1.OwnerReference) bool {
+	return ref.APIVersion == ntv1.GroupVersion.String() && ref.Kind == "NodeTask"
 }
 
 func hasEmptyDir(pod *corev1.Pod) bool {
@@ -230,7 +234,7 @@ func (r *NodeTaskReconciler) applyMaintenance(ctx context.Context, task *ntv1.No
 			continue
 		}
 		written := &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: node.Name}}
-		err := r.Client.Patch(ctx, written, client.RawPatch(types.MergePatchType, patch))
+		err := r.Client.Patch(ctx, written, client.RawPatch(types.MergePatchType, patch), client.FieldOwner(FieldManager))
 		switch {
 		case apierrors.IsConflict(err) || apierrors.IsNotFound(err):
 			logger.V(1).Info("node changed meanwhile", "task", klog.KObj(task), "node", op.Node, "op", op.Kind)
@@ -295,32 +299,47 @@ func (r *NodeTaskReconciler) applyMaintenance(ctx context.Context, task *ntv1.No
 // nodePatch is the JSON merge patch that carries out op on the node as last read, or nil
 // when there is nothing to change. It names the node's resourceVersion, so that the API
 // server refuses it if the node changed meanwhile: two tasks never both take a claim.
+//
+// The cordon belongs to the claim that made it: a claim records whether it cordoned the
+// node, and the release uncordons only such a node, and only while the operator's write
+// is still the last one to spec.unschedulable (operatorCordoned). A cordoned-by mark that
+// no longer matches the node is dropped on the way.
 func nodePatch(task *ntv1.NodeTask, node *corev1.Node, op NodeOp, now time.Time) []byte {
 	ann := map[string]any{}
 	spec := map[string]any{}
-	uid := string(task.UID)
+	claim := readClaim(node)
+	ours := claim != nil && claim.UID == task.UID
+	marked := false // the patch sets or removes the cordoned-by mark
+	mark := func(v any) { ann[AnnotationCordonedBy], marked = v, true }
 	switch op.Kind {
 	case OpClaim:
-		ann[AnnotationClaim] = claimValue(task, now)
-		if op.TakeOverCordon {
-			ann[AnnotationCordonedBy] = uid
+		cordon := op.Cordon && !node.Spec.Unschedulable
+		ann[AnnotationClaim] = claimValue(task, now, cordon || op.TakeOverCordon)
+		if cordon {
+			spec["unschedulable"] = true
 		}
-		fallthrough
+		if cordon || op.TakeOverCordon {
+			mark(string(task.UID))
+		}
 	case OpCordon:
-		if op.Cordon || op.Kind == OpCordon {
-			if !node.Spec.Unschedulable {
-				spec["unschedulable"] = true
-				ann[AnnotationCordonedBy] = uid
-			}
+		if ours && !node.Spec.Unschedulable {
+			ann[AnnotationClaim] = claimValue(task, claim.Since.Time, true)
+			spec["unschedulable"] = true
+			mark(string(task.UID))
 		}
 	case OpRelease:
-		if c := readClaim(node); c != nil && c.UID == task.UID {
+		if ours {
 			ann[AnnotationClaim] = nil
 		}
-		if op.Uncordon && node.Spec.Unschedulable && node.Annotations[AnnotationCordonedBy] == uid {
+		if op.Uncordon && ours && claim.Cordoned && operatorCordoned(node) {
 			spec["unschedulable"] = nil
-			ann[AnnotationCordonedBy] = nil
+			mark(nil)
 		}
+	}
+	if _, ok := node.Annotations[AnnotationCordonedBy]; ok && !marked && len(ann) > 0 && !operatorCordoned(node) {
+		// Someone changed the node's schedulability since the operator's cordon: the mark
+		// no longer says who cordoned it.
+		ann[AnnotationCordonedBy] = nil
 	}
 	if len(ann) == 0 && len(spec) == 0 {
 		return nil

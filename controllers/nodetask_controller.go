@@ -79,6 +79,9 @@ type NodeTaskReconciler struct {
 	// drainRefusals holds, by task key, a uidMark with why the last pass's evictions were
 	// refused, by node name.
 	drainRefusals sync.Map
+	// admissions holds, by task key, a uidMark with the API server's last verdict on the
+	// task's pods (an admissionRecord).
+	admissions sync.Map
 }
 
 // uidMark is a value remembered for one incarnation of a task: a task deleted and created
@@ -132,13 +135,29 @@ func (r *NodeTaskReconciler) Reconcile(ctx context.Context, req ctrl.Request) (c
 		return ctrl.Result{}, err
 	}
 	plan := ComputePlan(obs)
+	recheck := obs.admissionRecheck // when a refusal of the task's pods is looked at again
+	if plan.AdmissionProbe != nil {
+		// The plan would touch a node or create a pod: the API server says first whether
+		// it admits the run's pods. An error confirms nothing (fail closed) and is retried.
+		if obs.Admission, recheck, err = r.checkAdmission(ctx, task, obs.admissionKey, *plan.AdmissionProbe, obs.Now); err != nil {
+			return ctrl.Result{}, err
+		}
+		plan = ComputePlan(obs)
+	}
 	out, err := r.apply(ctx, task, obs, plan)
 	if err != nil {
 		return ctrl.Result{}, err
 	}
+	if out.Problem != nil && out.Problem.Reason == ntv1.ReasonPodSecurityRejected {
+		// The namespace's level changed since the dry run: remembered like its refusal.
+		recheck = r.rememberAdmission(task, obs.admissionKey, Admission{Refused: out.Problem}, obs.Now)
+	}
+	if out.Waiting == nil {
+		out.Waiting = obs.Admission.Waiting
+	}
 	st := ComputeStatus(obs, plan, out)
 
-	requeue := plan.RequeueAfter
+	requeue := soonest(plan.RequeueAfter, recheck)
 	if awaiting {
 		requeue = soonest(requeue, 5*time.Second)
 	}
@@ -169,14 +188,10 @@ func (r *NodeTaskReconciler) Reconcile(ctx context.Context, req ctrl.Request) (c
 		r.emitEvents(task, &old, plan, results)
 	}
 
-	if meta.IsStatusConditionTrue(st.Conditions, ntv1.ConditionStalled) && !plan.BudgetExceeded {
-		retry := stalledRetry
-		if out.Problem != nil && out.Problem.Reason == ntv1.ReasonPodSecurityRejected && r.namespacePrivileged(ctx, task.Namespace) {
-			// The namespace allows privileged pods now, but the API server's admission had
-			// not seen the new label yet: try again shortly.
-			retry = 2 * time.Second
-		}
-		requeue = soonest(requeue, retry)
+	if meta.IsStatusConditionTrue(st.Conditions, ntv1.ConditionStalled) && !plan.BudgetExceeded && recheck == 0 {
+		// A missing ConfigMap may appear at any time. A refusal of the pods has its own,
+		// growing, wait (recheck).
+		requeue = soonest(requeue, stalledRetry)
 	}
 	return ctrl.Result{RequeueAfter: requeue}, nil
 }
@@ -217,15 +232,7 @@ func (r *NodeTaskReconciler) forget(key types.NamespacedName) {
 	r.lastWrite.Delete(key)
 	r.cleaned.Delete(key)
 	r.drainRefusals.Delete(key)
-}
-
-// namespacePrivileged reports whether the namespace's Pod Security level allows HostProcess pods.
-func (r *NodeTaskReconciler) namespacePrivileged(ctx context.Context, name string) bool {
-	var ns corev1.Namespace
-	if err := r.Client.Get(ctx, types.NamespacedName{Name: name}, &ns); err != nil {
-		return false
-	}
-	return ns.Labels[podSecurityEnforceLabel] == "privileged"
+	r.admissions.Delete(key)
 }
 
 // observe reads what the planner needs from the cache. awaiting says whether created pods
@@ -248,6 +255,9 @@ func (r *NodeTaskReconciler) observe(ctx context.Context, task *ntv1.NodeTask) (
 		Nodes:    make(map[string]*corev1.Node, len(nodes.Items)),
 		Now:      now,
 	}
+	run, _ := currentRun(&task.Status, obs.Revision)
+	obs.admissionKey = r.admissionKeyOf(ctx, task, run, obs.Revision)
+	obs.Admission, obs.admissionRecheck = r.recallAdmission(task, obs.admissionKey, now)
 	for i := range nodes.Items {
 		obs.Nodes[nodes.Items[i].Name] = &nodes.Items[i]
 	}
@@ -344,15 +354,12 @@ func (r *NodeTaskReconciler) createPods(ctx context.Context, task *ntv1.NodeTask
 					out.Started = append(out.Started, StartedAttempt{PodRequest: req, At: pod.CreationTimestamp.Time})
 					created = append(created, pod)
 				case isPodSecurityRejection(err):
-					out.Problem, stop = &Problem{Reason: ntv1.ReasonPodSecurityRejected, Message: fmt.Sprintf(
-						"Pod Security admission in namespace %q rejected the task's pods: HostProcess pods need a privileged namespace. "+
-							"Label it with `kubectl label namespace %s pod-security.kubernetes.io/enforce=privileged` (only where every user "+
-							"who can create pods there may run code as SYSTEM on the nodes). The API server said: %s",
-						task.Namespace, task.Namespace, apiMessage(err))}, true
+					// The namespace's level changed since the dry run: the task stalls.
+					out.Problem, _ = admissionProblem(task, err)
+					stop = true
 				case isQuotaRefusal(err):
-					out.Waiting, stop = &Problem{Reason: ntv1.ReasonQuotaExceeded, Message: fmt.Sprintf(
-						"a ResourceQuota in namespace %q refused new pods; nodes start as running pods finish (raise the quota, "+
-							"or lower rollout.maxConcurrent to match it). The API server said: %s", task.Namespace, apiMessage(err))}, true
+					_, out.Waiting = admissionProblem(task, err)
+					stop = true
 				case apierrors.IsInvalid(err) || apierrors.IsForbidden(err) || apierrors.IsBadRequest(err) || errors.Is(err, errForeignPod):
 					out.Rejected = append(out.Rejected, RejectedAttempt{PodRequest: req, Message: fmt.Sprintf(
 						"the API server refused pod %s: %s", pod.Name, apiMessage(err))})
@@ -433,9 +440,10 @@ func (r *NodeTaskReconciler) ensureScript(ctx context.Context, task *ntv1.NodeTa
 		}
 		text, ok := src.Data[ref.Key]
 		if !ok {
+			// The other keys are not named: the task's author may not be allowed to read them.
 			return &Problem{Reason: ntv1.ReasonConfigMapNotFound, Message: fmt.Sprintf(
-				"ConfigMap %q has no key %q (it has: %s): add the script under that key, or fix spec.script.configMapKeyRef.key",
-				ref.Name, ref.Key, nameList(slices.Sorted(maps.Keys(src.Data))))}, nil
+				"ConfigMap %q has no key %q: add the script under that key, or fix spec.script.configMapKeyRef.key",
+				ref.Name, ref.Key)}, nil
 		}
 		script = text
 	}
@@ -529,7 +537,7 @@ func (r *NodeTaskReconciler) SetupWithManager(mgr ctrl.Manager) error {
 	}
 	ctx := context.Background()
 	if err := mgr.GetFieldIndexer().IndexField(ctx, &corev1.Pod{}, podOwnerIndex, func(o client.Object) []string {
-		if ref := metav1.GetControllerOf(o); ref != nil && ref.APIVersion == ntv1.GroupVersion.String() && ref.Kind == "NodeTask" {
+		if ref := metav1.GetControllerOf(o); ref != nil && isNodeTaskRef(ref) {
 			return []string{ref.Name}
 		}
 		return nil

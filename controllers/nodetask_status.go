@@ -69,17 +69,15 @@ type counts struct {
 }
 
 // countTargets counts the target entries by phase; a target whose entry belongs to an older
-// run has not started the current one and counts as pending.
+// run, or that has no entry, has not started the current one and counts as pending.
 func countTargets(entries []ntv1.NodeStatus, targets map[string]bool, run int64) counts {
 	c := counts{Targets: int32(len(targets))}
 	for i := range entries {
 		e := &entries[i]
-		if !targets[e.Name] {
+		if !targets[e.Name] || e.Run != run {
 			continue
 		}
 		switch {
-		case e.Run != run || e.Phase == ntv1.NodePending:
-			c.Pending++
 		case e.Phase == ntv1.NodeRunning || e.Phase == ntv1.NodeRebooting:
 			c.Running++
 		case e.Phase == ntv1.NodeSucceeded:
@@ -88,6 +86,7 @@ func countTargets(entries []ntv1.NodeStatus, targets map[string]bool, run int64)
 			c.Failed++
 		}
 	}
+	c.Pending = c.Targets - c.Running - c.Succeeded - c.Failed
 	return c
 }
 

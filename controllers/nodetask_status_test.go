@@ -118,7 +118,7 @@ func bigStatus(n int, nameOf func(int) string) (*ntv1.NodeTask, ntv1.NodeTaskSta
 	task := newTask()
 	rev := Revision(&task.Spec)
 	msg := failureMessage
-	obs := &Observed{Task: task, Revision: rev, Nodes: map[string]*corev1.Node{}, Now: t0}
+	obs := &Observed{Task: task, Revision: rev, Nodes: map[string]*corev1.Node{}, Now: t0, Admission: admitted}
 	for i := 0; i < n; i++ {
 		name := nameOf(i)
 		obs.Nodes[name] = winNode(name)
@@ -195,7 +195,7 @@ func TestStatusSizeBudgetFavoursFailures(t *testing.T) {
 	g := NewWithT(t)
 	task := newTask()
 	rev := Revision(&task.Spec)
-	obs := &Observed{Task: task, Revision: rev, Nodes: map[string]*corev1.Node{}, Now: t0}
+	obs := &Observed{Task: task, Revision: rev, Nodes: map[string]*corev1.Node{}, Now: t0, Admission: admitted}
 	for i := 0; i < 5000; i++ {
 		name := fmt.Sprintf("akswin%06d", i)
 		obs.Nodes[name] = winNode(name)
@@ -226,7 +226,7 @@ func eksName(i int) string {
 // and whose spec then changed: run 2 is about to start everywhere.
 func finishedFleet(n int, mutate ...func(*ntv1.NodeTask)) *Observed {
 	task := newTask(mutate...)
-	obs := &Observed{Task: task, Revision: Revision(&task.Spec), Nodes: map[string]*corev1.Node{}, Now: t0}
+	obs := &Observed{Task: task, Revision: Revision(&task.Spec), Nodes: map[string]*corev1.Node{}, Now: t0, Admission: admitted}
 	for i := 0; i < n; i++ {
 		name := eksName(i)
 		obs.Nodes[name] = winNode(name)

@@ -38,6 +38,14 @@ type Observed struct {
 	// StaleClaims names the nodes whose claim (AnnotationClaim) names a task that no longer
 	// exists: such a claim holds nobody back.
 	StaleClaims map[string]bool
+	// Admission is what the API server said of the current run's pods (admission.go). Until
+	// it confirmed them, the plan creates no pod and claims, cordons, drains and restarts
+	// no node.
+	Admission Admission
+	// admissionKey is what Admission holds for; admissionRecheck is when a remembered
+	// refusal or wait is looked at again.
+	admissionKey     admissionKey
+	admissionRecheck time.Duration
 }
 
 // PodRequest asks for the pod of one attempt on one node.
@@ -104,6 +112,10 @@ type Plan struct {
 	NextWindow   time.Time
 	// Problem is set when the task cannot go on until a person acts. No pod is created then.
 	Problem *Problem
+	// AdmissionProbe is set when the plan would create a pod or act on a node but the API
+	// server has not yet said whether it admits the run's pods: the node to dry-run a pod
+	// for. The plan holds every such action back until then.
+	AdmissionProbe *PodRequest
 	// RequeueAfter is when the plan changes by itself (a backoff, a TTL or a deadline ends); 0 for never.
 	RequeueAfter time.Duration
 }
@@ -179,7 +191,9 @@ func ComputePlan(obs *Observed) *Plan {
 		}
 		d := lc.decide(nodeInput{name: name, node: obs.Nodes[name], target: p.Targets[name], stored: prev,
 			pods: podsByNode[name], drain: obs.Drains[name], staleClaim: obs.StaleClaims[name]})
-		if d.keep {
+		if d.keep && (obs.Admission.Refused == nil || !d.neverStarted(p.Run)) {
+			// A task whose pods are refused lists no entry for a node it never started:
+			// thousands of "Pending" entries would say nothing and cost a large status.
 			p.Nodes = append(p.Nodes, d.entry)
 		}
 		if d.inFlight {
@@ -212,6 +226,9 @@ func ComputePlan(obs *Observed) *Plan {
 	}
 
 	p.BudgetExceeded = countTargets(p.Nodes, p.Targets, p.Run).Failed > int32(p.MaxFailures)
+	if p.Problem == nil {
+		p.Problem = obs.Admission.Refused
+	}
 	if p.Problem == nil {
 		starting := min(len(candidates), max(0, p.MaxConcurrent-p.InFlight))
 		p.Problem = statusTooLarge(task, p.Nodes, starting)
@@ -255,10 +272,56 @@ func ComputePlan(obs *Observed) *Plan {
 	if !stopped {
 		p.Create = append(p.Create, claimed...)
 	}
+	p.gate(obs)
 	if len(p.Create) == 0 {
 		p.Create = nil
 	}
 	return p
+}
+
+// gate holds back every pod and every node action (claim, cordon, eviction, restart) until
+// the API server has confirmed it admits the run's pods; releases go ahead, since they undo.
+// When nothing is decided yet, AdmissionProbe names the node of the first held-back action.
+func (p *Plan) gate(obs *Observed) {
+	if obs.Admission.Confirmed {
+		return
+	}
+	probe := p.firstAction(obs)
+	if probe == nil {
+		return
+	}
+	if !obs.Admission.decided() {
+		p.AdmissionProbe = probe
+	}
+	p.Create, p.Evict, p.Reboots = nil, nil, nil
+	p.NodeOps = slices.DeleteFunc(p.NodeOps, func(op NodeOp) bool { return op.Kind != OpRelease })
+}
+
+// firstAction returns the pod request of the first pod or node action of the plan that
+// needs admission, or nil if there is none.
+func (p *Plan) firstAction(obs *Observed) *PodRequest {
+	switch {
+	case len(p.Create) > 0:
+		return &p.Create[0]
+	case len(p.Reboots) > 0:
+		return &p.Reboots[0].PodRequest
+	}
+	nodes := make([]string, 0, 1)
+	for _, op := range p.NodeOps {
+		if op.Kind != OpRelease {
+			nodes = append(nodes, op.Node)
+			break
+		}
+	}
+	if len(p.Evict) > 0 {
+		nodes = append(nodes, p.Evict[0].Spec.NodeName)
+	}
+	for _, name := range nodes {
+		if node := obs.Nodes[name]; node != nil {
+			return &PodRequest{Node: name, NodeUID: node.UID, Attempt: 1}
+		}
+	}
+	return nil
 }
 
 // currentRun returns the run a reconcile works on, and whether it starts now. A run is a

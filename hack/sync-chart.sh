@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Copies the generated CRD and the RBAC roles from config/ into the Helm chart's files/, which
+# Copies the generated CRD, the RBAC roles and the admission policy from config/ into the Helm chart's files/, which
 # its templates read: both install paths come from the same controller-gen markers, and
 # hack/verify-generated.sh fails if the copies drift.
 set -euo pipefail
@@ -10,3 +10,4 @@ cp "$ROOT/config/crd/bases/nodetask.io_nodetasks.yaml" "$files/crd.yaml"
 for role in role leader_election_role nodetask_editor_role nodetask_viewer_role metrics_reader_role; do
   cp "$ROOT/config/rbac/$role.yaml" "$files/$role.yaml"
 done
+cp "$ROOT/config/admission/disruption_rights_policy.yaml" "$files/disruption_rights_policy.yaml"

@@ -10,6 +10,7 @@ import (
 	"testing"
 
 	. "github.com/onsi/gomega"
+	admissionregistrationv1 "k8s.io/api/admissionregistration/v1"
 	appsv1 "k8s.io/api/apps/v1"
 	rbacv1 "k8s.io/api/rbac/v1"
 	apiextensionsv1 "k8s.io/apiextensions-apiserver/pkg/apis/apiextensions/v1"
@@ -107,36 +108,24 @@ func TestChartMatchesConfig(t *testing.T) {
 	g.Expect(dep.Spec.Template.Spec.ServiceAccountName).To(Equal("nodetask-controller-manager"))
 	g.Expect(objs).To(HaveKey("Service/nodetask-controller-manager-metrics"))
 	g.Expect(objs).NotTo(HaveKey("ServiceMonitor/nodetask-controller-manager"))
+
+	policy := as[admissionregistrationv1.ValidatingAdmissionPolicy](g, objs["ValidatingAdmissionPolicy/nodetask-disruption-rights"])
+	g.Expect(policy.Spec).To(Equal(readFile[admissionregistrationv1.ValidatingAdmissionPolicy](g,
+		"config/admission/disruption_rights_policy.yaml").Spec), "the chart's policy is config/admission's")
+	binding := as[admissionregistrationv1.ValidatingAdmissionPolicyBinding](g, objs["ValidatingAdmissionPolicyBinding/nodetask-disruption-rights"])
+	g.Expect(binding.Spec.PolicyName).To(Equal("nodetask-disruption-rights"))
+	g.Expect(binding.Spec.ValidationActions).To(Equal(readFile[admissionregistrationv1.ValidatingAdmissionPolicyBinding](g,
+		"config/admission/disruption_rights_binding.yaml").Spec.ValidationActions))
 }
 
-func TestChartValues(t *testing.T) {
+// TestChartAdmissionPolicy: on by default, and off only by value: never left out silently.
+func TestChartAdmissionPolicy(t *testing.T) {
 	g := NewWithT(t)
-	objs := render(t, map[string]any{
-		"replicas":          3,
-		"image":             map[string]any{"repository": "registry.example.com/nodetask", "tag": "v1.2.3"},
-		"priorityClassName": "system-cluster-critical",
-		"tolerations":       []any{map[string]any{"key": "CriticalAddonsOnly", "operator": "Exists"}},
-		"manager":           map[string]any{"kubeAPIQPS": 50, "defaultScriptImage": "mirror.example.com/hpc:v1.0.0"},
-		"metrics":           map[string]any{"service": false, "serviceMonitor": map[string]any{"enabled": true, "interval": "1m"}},
-		"crds":              map[string]any{"keep": false},
-	})
-	dep := as[appsv1.Deployment](g, objs["Deployment/nodetask-controller-manager"])
-	spec := dep.Spec.Template.Spec
-	g.Expect(*dep.Spec.Replicas).To(BeEquivalentTo(3))
-	g.Expect(spec.Containers[0].Image).To(Equal("registry.example.com/nodetask:v1.2.3"))
-	g.Expect(spec.Containers[0].Args).To(ContainElements("--leader-elect", "--kube-api-qps=50",
-		"--default-script-image=mirror.example.com/hpc:v1.0.0"))
-	g.Expect(spec.PriorityClassName).To(Equal("system-cluster-critical"))
-	g.Expect(spec.Tolerations).To(HaveLen(1))
-	g.Expect(objs).NotTo(HaveKey("Service/nodetask-controller-manager-metrics"))
-	g.Expect(objs).To(HaveKey("ServiceMonitor/nodetask-controller-manager"))
-	crd := objs["CustomResourceDefinition/nodetasks.nodetask.io"]
-	g.Expect(crd.GetAnnotations()).NotTo(HaveKey("helm.sh/resource-policy"))
-
-	objs = render(t, map[string]any{"crds": map[string]any{"install": false}})
-	g.Expect(objs).NotTo(HaveKey("CustomResourceDefinition/nodetasks.nodetask.io"))
+	g.Expect(render(t, nil)).To(HaveKey("ValidatingAdmissionPolicy/nodetask-disruption-rights"))
+	off := render(t, map[string]any{"admissionPolicy": map[string]any{"enabled": false}})
+	g.Expect(off).NotTo(HaveKey("ValidatingAdmissionPolicy/nodetask-disruption-rights"))
+	g.Expect(off).NotTo(HaveKey("ValidatingAdmissionPolicyBinding/nodetask-disruption-rights"))
 }
-
 // readDeployment reads the manager Deployment of config/manager/manager.yaml.
 func readDeployment(g *WithT) *appsv1.Deployment {
 	data, err := os.ReadFile("../../config/manager/manager.yaml")
