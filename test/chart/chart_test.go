@@ -126,6 +126,7 @@ func TestChartAdmissionPolicy(t *testing.T) {
 	g.Expect(off).NotTo(HaveKey("ValidatingAdmissionPolicy/nodetask-disruption-rights"))
 	g.Expect(off).NotTo(HaveKey("ValidatingAdmissionPolicyBinding/nodetask-disruption-rights"))
 }
+
 // readDeployment reads the manager Deployment of config/manager/manager.yaml.
 func readDeployment(g *WithT) *appsv1.Deployment {
 	data, err := os.ReadFile("../../config/manager/manager.yaml")
