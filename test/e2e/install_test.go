@@ -17,6 +17,7 @@ import (
 	authorizationv1 "k8s.io/api/authorization/v1"
 	corev1 "k8s.io/api/core/v1"
 	flowcontrolv1 "k8s.io/api/flowcontrol/v1"
+	rbacv1 "k8s.io/api/rbac/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	utilyaml "k8s.io/apimachinery/pkg/util/yaml"
@@ -26,6 +27,8 @@ import (
 	clientcmdapi "k8s.io/client-go/tools/clientcmd/api"
 	"k8s.io/utils/ptr"
 	"sigs.k8s.io/controller-runtime/pkg/client"
+
+	ntv1 "github.com/nodetask/nodetask-operator/api/v1alpha1"
 )
 
 // The install bundle, applied for real, and the manager running with the credentials of the
@@ -139,6 +142,46 @@ var _ = Describe("Install bundle", func() {
 		Expect(err).NotTo(HaveOccurred())
 		Expect(string(kubeconfig)).To(ContainSubstring("token:"))
 		Expect(manager.Args()).To(ContainElement("--kubeconfig=" + filepath.Join(c.WorkDir, "manager.kubeconfig")))
+	})
+
+	It("refuses a namespace editor's disruptive NodeTask and accepts an administrator's (the bundle's admission policy)", func() {
+		const ns = "e2e-tenant"
+		Expect(k8s.Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: ns}})).To(Succeed())
+		for _, role := range []string{"edit", "nodetask-editor-role"} {
+			Expect(k8s.Create(ctx, &rbacv1.RoleBinding{
+				ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: "tenant-editor-" + role},
+				RoleRef:    rbacv1.RoleRef{APIGroup: rbacv1.GroupName, Kind: "ClusterRole", Name: role},
+				Subjects:   []rbacv1.Subject{{Kind: rbacv1.UserKind, Name: "tenant-editor"}},
+			})).To(Succeed())
+		}
+		impersonated := rest.CopyConfig(c.Config)
+		impersonated.Impersonate = rest.ImpersonationConfig{UserName: "tenant-editor", Groups: []string{"system:authenticated"}}
+		editor, err := client.New(impersonated, client.Options{Scheme: k8s.Scheme()})
+		Expect(err).NotTo(HaveOccurred())
+		task := func(name string, reboot ntv1.RebootPolicy) *ntv1.NodeTask {
+			return &ntv1.NodeTask{
+				ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: name},
+				Spec: ntv1.NodeTaskSpec{
+					Script:       &ntv1.ScriptSpec{Inline: ptr.To("Write-Output hi")},
+					NodeSelector: &metav1.LabelSelector{MatchLabels: map[string]string{"e2e": "no-such-node"}},
+					Suspend:      true,
+					Reboot:       reboot,
+				},
+			}
+		}
+		Expect(editor.Create(ctx, task("inventory", ntv1.RebootNever))).To(Succeed())
+		// The API server loads a new policy asynchronously (the bundle was applied at the start).
+		Eventually(func() error {
+			t := task("restart", ntv1.RebootAlways)
+			err := editor.Create(ctx, t)
+			if err == nil {
+				Expect(k8s.Delete(ctx, t)).To(Succeed())
+			}
+			return err
+		}).Should(MatchError(And(ContainSubstring("ValidatingAdmissionPolicy 'nodetask-disruption-rights'"),
+			ContainSubstring("user tenant-editor may not patch nodes"))))
+		Expect(k8s.Create(ctx, task("restart", ntv1.RebootAlways))).To(Succeed(), "an administrator's")
+		Expect(k8s.Delete(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: ns}})).To(Succeed())
 	})
 
 	It("puts the manager's requests in a priority level of its own (config/apf)", func() {
