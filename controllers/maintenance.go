@@ -17,7 +17,8 @@ import (
 //	Pending ──claim(+cordon)──▶ Pending(Draining|DrainBlocked) ──drained──▶ Running
 //	   │ NodeBusy: another task's claim       │ drain.timeoutSeconds ──▶ Failed(DrainTimeout)
 //	Running ──success, reboot wanted──▶ Rebooting ──new bootID, Ready──▶ Succeeded(Rebooted)
-//	                                        ├── restart pod failed ──▶ Failed(RebootFailed)
+//	                                        │   (the host restarted: the restart pod's phase no longer matters)
+//	                                        ├── restart pod failed, same bootID for rebootFailureGrace ──▶ Failed(RebootFailed)
 //	                                        └── rebootTimeoutSeconds ──▶ Failed(RebootTimeout)
 //	final result stored ──▶ release: uncordon (if this claim cordoned it and no one changed its
 //	                        schedulability since, and it succeeded or drain.uncordonOnFailure)
@@ -51,6 +52,17 @@ const (
 // drainPoll is how often a draining node is looked at again: the evicted pods are not the
 // operator's, so no watch event says when they are gone.
 const drainPoll = 5 * time.Second
+
+// rebootFailureGrace is how long a restart pod reported Failed, on a node that still
+// reports the boot ID from before the restart, waits for a new boot ID before the restart
+// counts as failed. After a boot the kubelet reports pod status (its status manager, on
+// change) and node status (every nodeStatusUpdateFrequency, 10 s by default, retried up to
+// 5 times) from two loops, in either order: a pod killed by the shutdown can be reported
+// Failed a few seconds before the node's new boot ID. A minute covers the node status
+// interval several times over, and is short next to a restart's own minutes. It counts from
+// when the kubelet reported the failure (the pod's latest condition change), not from the
+// container's end, which the kubelet may date from before the host went down.
+const rebootFailureGrace = time.Minute
 
 // NodeClaim is the value of AnnotationClaim.
 type NodeClaim struct {
@@ -369,16 +381,22 @@ func (m *maintenance) rebootStep(lc *lifecycle, in maintainInput, d *nodeDecisio
 	requested := in.reboot != nil || e.BootIDBefore != ""
 	e.Phase, e.Reason, e.BootIDBefore = ntv1.NodeRebooting, ntv1.NodeReasonRebootRequested, before
 	claim, _ := m.claimOf(node, in.staleClaim)
+	// The host decides: once it restarted, whatever the kubelet reports of the restart pod
+	// (Succeeded before the shutdown, Failed after the boot, nothing) does not matter.
+	restarted := requested && hostRestarted(node, before, in.reboot)
+	failed := in.reboot != nil && in.reboot.Status.Phase == corev1.PodFailed && !restarted
 	switch {
-	case requested && backFromReboot(node, before, in.reboot):
+	case restarted && nodeReady(node):
 		// The exit code (3010) and the run's output stay: they say why it restarted.
 		e.Phase, e.Reason, e.BootIDAfter = ntv1.NodeSucceeded, ntv1.NodeReasonRebooted, node.Status.NodeInfo.BootID
 		e.FinishTime = &metav1.Time{Time: lc.now}
-	case in.reboot != nil && in.reboot.Status.Phase == corev1.PodFailed:
+	case failed && !lc.now.Before(failureReported(in.reboot).Add(rebootFailureGrace)):
 		r := podResult(in.reboot, false, lc.now)
 		e.Phase, e.Reason, e.ExitCode, e.FinishTime = ntv1.NodeFailed, ntv1.NodeReasonRebootFailed, r.ExitCode, r.FinishTime
-		e.Output = "the restart command failed: " + r.Output
+		e.Output = "the restart command failed and the node kept its boot ID: " + r.Output
 	case in.reboot != nil:
+		// Waiting: for the host to go down and come back, for the node to be Ready again,
+		// or, for a failed restart pod, for a new boot ID the kubelet may report late.
 		deadline := in.reboot.CreationTimestamp.Add(m.rebootTimeout)
 		if !lc.now.Before(deadline) {
 			e.Phase, e.Reason = ntv1.NodeFailed, ntv1.NodeReasonRebootTimeout
@@ -387,7 +405,14 @@ func (m *maintenance) rebootStep(lc *lifecycle, in maintainInput, d *nodeDecisio
 				int(m.rebootTimeout/time.Second))
 			return
 		}
-		d.after(deadline.Sub(lc.now))
+		wait := deadline.Sub(lc.now)
+		if failed {
+			wait = min(wait, failureReported(in.reboot).Add(rebootFailureGrace).Sub(lc.now))
+		}
+		d.after(wait)
+	case restarted:
+		// Restarted, its restart pod gone (deleted after the boot), not Ready yet: the
+		// node's Ready change wakes the task. Never a second restart.
 	case claim == claimForeign:
 		// Someone removed this task's claim and another task took the node: wait for it.
 		e.Reason = ntv1.NodeReasonNodeBusy
@@ -401,13 +426,10 @@ func (m *maintenance) rebootStep(lc *lifecycle, in maintainInput, d *nodeDecisio
 	}
 }
 
-// backFromReboot reports whether a node restarted since its boot ID was before: it is Ready
-// and reports another boot ID. A node whose kubelet reports no boot ID is back once it is
-// Ready again after having been not Ready since the restart pod was made.
-func backFromReboot(node *corev1.Node, before string, pod *corev1.Pod) bool {
-	if !nodeReady(node) {
-		return false
-	}
+// hostRestarted reports whether the node's host restarted since its boot ID was before: it
+// reports another boot ID. A node whose kubelet reports no boot ID counts as restarted once
+// its Ready condition changed after the restart pod was made (it went down, or came back).
+func hostRestarted(node *corev1.Node, before string, pod *corev1.Pod) bool {
 	if before != "" {
 		return node.Status.NodeInfo.BootID != "" && node.Status.NodeInfo.BootID != before
 	}
@@ -420,6 +442,18 @@ func backFromReboot(node *corev1.Node, before string, pod *corev1.Pod) bool {
 		}
 	}
 	return false
+}
+
+// failureReported is when the kubelet reported the pod's failure: its latest condition
+// change, or, without one, when its container ended.
+func failureReported(pod *corev1.Pod) time.Time {
+	at := podFinishTime(pod)
+	for _, c := range pod.Status.Conditions {
+		if c.LastTransitionTime.After(at) {
+			at = c.LastTransitionTime.Time
+		}
+	}
+	return at
 }
 
 // isRebootPod reports whether the pod is a restart pod rather than a run's attempt.

@@ -5,6 +5,7 @@ import (
 	_ "embed"
 	"encoding/hex"
 	"fmt"
+	"maps"
 	"strconv"
 	"strings"
 
@@ -114,32 +115,35 @@ func ScriptConfigMapName(task *ntv1.NodeTask, run int64, revision string) string
 	return trimName(task.Name, 200) + "-script-" + shortHash(string(task.UID)+"/"+strconv.FormatInt(run, 10)+"/"+revision)
 }
 
-// Pod builds the HostProcess pod that runs one attempt of the task's run on one node.
-func (b *PodBuilder) Pod(task *ntv1.NodeTask, run int64, revision string, req PodRequest) *corev1.Pod {
-	spec := &task.Spec
-	node, attempt := req.Node, req.Attempt
-	labels := make(map[string]string, len(spec.PodLabels)+7)
-	for k, v := range spec.PodLabels {
-		labels[k] = v
-	}
+// podMeta returns the labels and annotations every pod of the task carries, the restart pod
+// included: spec.podLabels and spec.podAnnotations (admission policies and exemptions are
+// often keyed on them), then the operator's own labels, which the user's never override
+// (the API refuses podLabels under nodetask.io/).
+func podMeta(task *ntv1.NodeTask, run int64, revision string, req PodRequest) (labels, annotations map[string]string) {
+	labels = make(map[string]string, len(task.Spec.PodLabels)+8)
+	maps.Copy(labels, task.Spec.PodLabels)
 	labels[LabelTask] = taskLabelValue(task.Name)
 	labels[LabelRevision] = revision
 	labels[LabelRun] = strconv.FormatInt(run, 10)
-	labels[LabelAttempt] = strconv.Itoa(int(attempt))
+	labels[LabelAttempt] = strconv.Itoa(int(req.Attempt))
 	labels[LabelManagedBy] = ManagedByValue
-	if len(validation.IsValidLabelValue(node)) == 0 {
-		labels[LabelNode] = node
+	if len(validation.IsValidLabelValue(req.Node)) == 0 {
+		labels[LabelNode] = req.Node
 	}
 	if req.NodeUID != "" {
 		labels[LabelNodeUID] = string(req.NodeUID)
 	}
-	var annotations map[string]string
-	if len(spec.PodAnnotations) > 0 {
-		annotations = make(map[string]string, len(spec.PodAnnotations))
-		for k, v := range spec.PodAnnotations {
-			annotations[k] = v
-		}
+	if len(task.Spec.PodAnnotations) > 0 {
+		annotations = maps.Clone(task.Spec.PodAnnotations)
 	}
+	return labels, annotations
+}
+
+// Pod builds the HostProcess pod that runs one attempt of the task's run on one node.
+func (b *PodBuilder) Pod(task *ntv1.NodeTask, run int64, revision string, req PodRequest) *corev1.Pod {
+	spec := &task.Spec
+	node, attempt := req.Node, req.Attempt
+	labels, annotations := podMeta(task, run, revision, req)
 
 	userName := spec.RunAsUserName
 	if userName == "" {
@@ -241,29 +245,22 @@ func RebootPodName(task *ntv1.NodeTask, run int64, req PodRequest) string {
 // RebootPod builds the HostProcess pod that restarts a node: `shutdown.exe /r` as SYSTEM,
 // with a delay, a planned-maintenance reason code and a comment that names the task (Windows
 // logs both in the System event log, event 1074). It runs in the task's namespace with the
-// task's tolerations and priority class, and the boot ID before the restart in an annotation.
+// task's tolerations, priority class, podLabels and podAnnotations, and the boot ID before
+// the restart in an annotation.
 func (b *PodBuilder) RebootPod(task *ntv1.NodeTask, run int64, revision string, req RebootRequest) *corev1.Pod {
-	labels := map[string]string{
-		LabelTask:      taskLabelValue(task.Name),
-		LabelRevision:  revision,
-		LabelRun:       strconv.FormatInt(run, 10),
-		LabelAttempt:   strconv.Itoa(int(req.Attempt)),
-		LabelRole:      RoleReboot,
-		LabelManagedBy: ManagedByValue,
+	labels, annotations := podMeta(task, run, revision, req.PodRequest)
+	labels[LabelRole] = RoleReboot
+	if annotations == nil {
+		annotations = map[string]string{}
 	}
-	if len(validation.IsValidLabelValue(req.Node)) == 0 {
-		labels[LabelNode] = req.Node
-	}
-	if req.NodeUID != "" {
-		labels[LabelNodeUID] = string(req.NodeUID)
-	}
+	annotations[AnnotationBootID] = req.BootID
 	comment := fmt.Sprintf("NodeTask %s/%s run %d restarts this node", task.Namespace, task.Name, run)
 	return &corev1.Pod{
 		ObjectMeta: metav1.ObjectMeta{
 			Name:            RebootPodName(task, run, req.PodRequest),
 			Namespace:       task.Namespace,
 			Labels:          labels,
-			Annotations:     map[string]string{AnnotationBootID: req.BootID},
+			Annotations:     annotations,
 			OwnerReferences: []metav1.OwnerReference{ownerRef(task)},
 		},
 		Spec: corev1.PodSpec{

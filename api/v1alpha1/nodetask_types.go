@@ -159,8 +159,10 @@ type NodeTaskSpec struct {
 
 	// rebootExitCodes are exit codes that mean "succeeded, and the node must restart to
 	// finish": Windows installers and DISM return 3010 (ERROR_SUCCESS_REBOOT_REQUIRED) and
-	// 1641 (ERROR_SUCCESS_REBOOT_INITIATED). Such a node is recorded as Succeeded with reason
-	// RebootRequired and its exit code; the operator does not restart it.
+	// 1641 (ERROR_SUCCESS_REBOOT_INITIATED). What follows depends on reboot: with Never (the
+	// default) the node is recorded as Succeeded with reason RebootRequired and its exit
+	// code, and is not restarted; with IfRequired or Always the operator restarts it and it
+	// ends Succeeded with reason Rebooted, the exit code kept.
 	// +optional
 	// +kubebuilder:default={3010,1641}
 	// +listType=set
@@ -173,31 +175,39 @@ type NodeTaskSpec struct {
 	// of rebootExitCodes) or Always (restart it after every successful run). The restart is
 	// done by the operator, with a HostProcess pod that runs `shutdown.exe /r`; the node is
 	// Rebooting until it is Ready again with a new status.nodeInfo.bootID, and only then
-	// Succeeded. A task that may reboot holds a per-node claim (see cordon), so two tasks
-	// never restart one node at once.
+	// Succeeded with reason Rebooted, whatever the kubelet reports of the restart pod. It
+	// fails with reason RebootFailed only if the restart pod failed and the node kept its
+	// boot ID for a minute after, and with RebootTimeout after rebootTimeoutSeconds. A task
+	// that may reboot (IfRequired, Always) holds a per-node claim (see cordon), so two tasks
+	// never restart one node at once, and is refused by the disruption-rights admission
+	// policy unless its author may patch nodes and evict pods in every namespace.
 	// +optional
 	// +kubebuilder:default=Never
 	Reboot RebootPolicy `json:"reboot,omitempty"`
 
 	// rebootTimeoutSeconds bounds the wait for a restarted node to come back Ready with a new
-	// boot ID; past it the node fails with reason RebootTimeout.
+	// boot ID, from the restart pod's creation; past it the node fails with reason
+	// RebootTimeout. Used only with reboot IfRequired or Always.
 	// +optional
 	// +kubebuilder:default=1800
 	// +kubebuilder:validation:XValidation:rule="self >= 60 && self <= 86400",message="rebootTimeoutSeconds must be between 60 and 86400 (one day)"
 	RebootTimeoutSeconds *int32 `json:"rebootTimeoutSeconds,omitempty"`
 
 	// cordon marks each node unschedulable before its run, and schedulable again once the
-	// node's work (run and restart) succeeded; a node that someone else had cordoned stays
-	// cordoned. A task that cordons, drains or reboots claims each node it works on with the
-	// node annotation nodetask.io/claim, and a node another task has claimed waits with
-	// reason NodeBusy. Such a node counts against rollout.maxConcurrent from its claim to
-	// its release.
+	// node's work (run, and restart under reboot IfRequired or Always) succeeded; a node
+	// that was cordoned when claimed, or that someone cordoned again since, stays cordoned,
+	// and so does a failed node unless drain.uncordonOnFailure. A task that cordons, drains
+	// or reboots claims each node it works on with the node annotation nodetask.io/claim,
+	// and a node another task has claimed waits with reason NodeBusy. Such a node counts
+	// against rollout.maxConcurrent from its claim to its release. Nothing is claimed or
+	// cordoned before the API server admits the task's pods.
 	// +optional
 	Cordon bool `json:"cordon,omitempty"`
 
 	// drain cordons each node and evicts its pods through the Eviction API (so that
-	// PodDisruptionBudgets hold) before the node's run. DaemonSet pods, mirror pods and
-	// finished pods are left alone.
+	// PodDisruptionBudgets hold) before the node's first attempt of each run, whatever
+	// reboot says. DaemonSet pods, mirror pods, finished pods and the pods of NodeTasks are
+	// left alone.
 	// +optional
 	Drain *DrainSpec `json:"drain,omitempty"`
 
@@ -214,7 +224,8 @@ type NodeTaskSpec struct {
 type RebootPolicy string
 
 const (
-	// RebootNever never restarts a node; a reboot exit code is recorded as RebootRequired.
+	// RebootNever never restarts a node; an exit code of rebootExitCodes is recorded as
+	// Succeeded with reason RebootRequired.
 	RebootNever RebootPolicy = "Never"
 	// RebootIfRequired restarts a node whose run exited with one of spec.rebootExitCodes.
 	RebootIfRequired RebootPolicy = "IfRequired"
@@ -244,8 +255,9 @@ type DrainSpec struct {
 	// +kubebuilder:validation:XValidation:rule="!has(self.matchExpressions) || self.matchExpressions.all(e, !(e.operator in ['Exists', 'DoesNotExist']) || !has(e.values) || size(e.values) == 0)",message="drain.podSelector.matchExpressions[] with operator Exists or DoesNotExist must not have values"
 	PodSelector *metav1.LabelSelector `json:"podSelector,omitempty"`
 
-	// uncordonOnFailure makes a node whose run, drain or restart failed schedulable again.
-	// By default such a node stays cordoned for a person to look at.
+	// uncordonOnFailure makes a node whose run, drain or restart failed schedulable again,
+	// if this task's claim cordoned it. By default such a node stays cordoned for a person
+	// to look at, also through later runs of the task.
 	// +optional
 	UncordonOnFailure bool `json:"uncordonOnFailure,omitempty"`
 }
