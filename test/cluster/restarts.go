@@ -33,6 +33,19 @@ const (
 	AnnotationDown = "sim.nodetask.io/down"
 	// AnnotationBootID is the boot ID KWOK reports for the node.
 	AnnotationBootID = "sim.nodetask.io/boot-id"
+	// AnnotationRestartReport on a node chooses when its kubelet reports the restart pod:
+	// unset, the pod is reported Succeeded before the host goes down; ReportAfterBoot, the
+	// host goes down with the pod unreported, and after the boot the kubelet posts the new
+	// boot ID with the node still NotReady, then the pod Failed (ExitCodeShutdownKilled, a
+	// container killed by the shutdown), then the node Ready 3 s later.
+	AnnotationRestartReport = "sim.nodetask.io/restart-report"
+	// ReportAfterBoot is the value of AnnotationRestartReport for the second order.
+	ReportAfterBoot = "after-boot"
+	// ExitCodeShutdownKilled is the exit code a Windows container killed by the host's
+	// shutdown reports (0x40010004).
+	ExitCodeShutdownKilled = 1073807364
+	// annotationHang keeps KWOK from ending a pod (test/kwok/windows-kubelet.yaml).
+	annotationHang = "sim.nodetask.io/hang"
 	// defaultRestartSeconds is how long a restart takes by default.
 	defaultRestartSeconds = 3
 )
@@ -95,7 +108,7 @@ func RestartsCommand(ctr *corev1.Container) bool {
 }
 
 func (h *hosts) observe(ctx context.Context, pod *corev1.Pod) {
-	if pod.Status.Phase != corev1.PodSucceeded || pod.Spec.NodeName == "" {
+	if pod.Spec.NodeName == "" || pod.DeletionTimestamp != nil {
 		return
 	}
 	restarts := false
@@ -104,6 +117,17 @@ func (h *hosts) observe(ctx context.Context, pod *corev1.Pod) {
 	}
 	if !restarts {
 		return
+	}
+	afterBoot := false
+	if pod.Status.Phase != corev1.PodSucceeded {
+		// A pod not yet ended restarts its host now only where the kubelet reports it after
+		// the boot; elsewhere the host goes down once the pod is reported Succeeded.
+		node := &corev1.Node{}
+		if pod.Status.Phase == corev1.PodFailed || h.c.Client.Get(ctx, client.ObjectKey{Name: pod.Spec.NodeName}, node) != nil ||
+			node.Annotations[AnnotationRestartReport] != ReportAfterBoot {
+			return
+		}
+		afterBoot = true
 	}
 	h.mu.Lock()
 	if h.seen[pod.UID] {
@@ -116,51 +140,145 @@ func (h *hosts) observe(ctx context.Context, pod *corev1.Pod) {
 	h.maxDown = max(h.maxDown, h.down)
 	h.mu.Unlock()
 	go func() {
-		if err := h.restart(ctx, pod.Spec.NodeName); err != nil && ctx.Err() == nil {
+		var err error
+		if afterBoot {
+			err = h.restartReportedAfterBoot(ctx, pod)
+		} else {
+			err = h.restart(ctx, pod.Spec.NodeName)
+		}
+		if err != nil && ctx.Err() == nil {
 			h.c.logf("restart of node %s: %v", pod.Spec.NodeName, err)
 		}
 	}()
 }
 
-// restart takes the node down, waits, and brings it back with the next boot ID.
-func (h *hosts) restart(ctx context.Context, name string) error {
+// restartReportedAfterBoot plays the second order: the host goes down before its kubelet
+// reported the restart pod; after the boot the kubelet posts the new boot ID with the node
+// still NotReady, then reports the pod Failed, then the node Ready.
+func (h *hosts) restartReportedAfterBoot(ctx context.Context, pod *corev1.Pod) error {
 	cl := h.c.Client
+	// The kubelet will not report the pod's end before the host goes down: KWOK must not either.
+	patch, err := json.Marshal(map[string]any{"metadata": map[string]any{"annotations": map[string]any{annotationHang: "true"}}})
+	if err != nil {
+		return err
+	}
+	if err := cl.Patch(ctx, &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Namespace: pod.Namespace, Name: pod.Name}},
+		client.RawPatch(types.MergePatchType, patch)); err != nil {
+		return err
+	}
+	shutdown := metav1.Now()
+	boot, err := h.goDown(ctx, pod.Spec.NodeName)
+	if err != nil || boot == "" {
+		return err
+	}
+	name := pod.Spec.NodeName
+	h.c.logf("node %s booted (boot ID %s), still NotReady; its restart pod is reported after", name, boot)
 	node := &corev1.Node{}
 	if err := cl.Get(ctx, client.ObjectKey{Name: name}, node); err != nil {
 		return err
 	}
-	h.c.logf("node %s restarts (boot ID %s)", name, node.Status.NodeInfo.BootID)
-	if err := patchAnnotations(ctx, cl, name, map[string]any{AnnotationDown: "true"}); err != nil {
+	base := node.DeepCopy()
+	node.Status.NodeInfo.BootID = boot
+	if err := cl.Status().Patch(ctx, node, client.MergeFrom(base)); err != nil {
 		return err
 	}
-	if err := setReady(ctx, cl, name, corev1.ConditionFalse, "NodeRestarting", "the host is restarting (simulated)"); err != nil {
+	if !sleep(ctx, time.Second) {
+		return nil
+	}
+	if err := failPod(ctx, cl, pod, ExitCodeShutdownKilled, shutdown); err != nil {
 		return err
+	}
+	if !sleep(ctx, 3*time.Second) {
+		return nil
+	}
+	h.comeBack(name)
+	return patchAnnotations(ctx, cl, name, map[string]any{AnnotationDown: nil, AnnotationBootID: boot})
+}
+
+// failPod plays the kubelet reporting, after the boot, a pod whose container the shutdown
+// killed: Failed, with the exit code, ended when the host went down.
+func failPod(ctx context.Context, cl client.Client, pod *corev1.Pod, code int32, ended metav1.Time) error {
+	cur := &corev1.Pod{}
+	if err := cl.Get(ctx, client.ObjectKeyFromObject(pod), cur); err != nil {
+		return err
+	}
+	base := cur.DeepCopy()
+	now := metav1.Now()
+	cur.Status.Phase = corev1.PodFailed
+	cur.Status.Conditions = []corev1.PodCondition{{Type: corev1.PodReady, Status: corev1.ConditionFalse, Reason: "PodFailed", LastTransitionTime: now}}
+	cur.Status.ContainerStatuses = nil
+	for _, ctr := range cur.Spec.Containers {
+		cur.Status.ContainerStatuses = append(cur.Status.ContainerStatuses, corev1.ContainerStatus{
+			Name: ctr.Name, Image: ctr.Image,
+			State: corev1.ContainerState{Terminated: &corev1.ContainerStateTerminated{
+				ExitCode: code, Reason: "Error", StartedAt: ended, FinishedAt: ended,
+			}},
+		})
+	}
+	return cl.Status().Patch(ctx, cur, client.MergeFrom(base))
+}
+
+func sleep(ctx context.Context, d time.Duration) bool {
+	select {
+	case <-ctx.Done():
+		return false
+	case <-time.After(d):
+		return true
+	}
+}
+
+// restart takes the node down, waits, and brings it back with the next boot ID.
+func (h *hosts) restart(ctx context.Context, name string) error {
+	boot, err := h.goDown(ctx, name)
+	if err != nil || boot == "" {
+		return err
+	}
+	h.comeBack(name)
+	// KWOK's node stage reports it Ready again, with this boot ID, once it is not down.
+	return patchAnnotations(ctx, h.c.Client, name, map[string]any{AnnotationDown: nil, AnnotationBootID: boot})
+}
+
+// goDown takes the node down and waits for its restart to end. It returns the boot ID the
+// host comes back with, or "" when it does not come back (or the context ended).
+func (h *hosts) goDown(ctx context.Context, name string) (string, error) {
+	cl := h.c.Client
+	node := &corev1.Node{}
+	if err := cl.Get(ctx, client.ObjectKey{Name: name}, node); err != nil {
+		return "", err
+	}
+	h.c.logf("node %s restarts (boot ID %s)", name, node.Status.NodeInfo.BootID)
+	if err := patchAnnotations(ctx, cl, name, map[string]any{AnnotationDown: "true"}); err != nil {
+		return "", err
+	}
+	if err := setReady(ctx, cl, name, corev1.ConditionFalse, "NodeRestarting", "the host is restarting (simulated)"); err != nil {
+		return "", err
 	}
 	wait := time.Duration(defaultRestartSeconds) * time.Second
 	switch v := node.Annotations[AnnotationRestartSeconds]; v {
 	case "":
 	case "never":
 		h.c.logf("node %s does not come back", name)
-		return nil
+		return "", nil
 	default:
 		s, err := strconv.Atoi(v)
 		if err != nil {
-			return fmt.Errorf("annotation %s: %w", AnnotationRestartSeconds, err)
+			return "", fmt.Errorf("annotation %s: %w", AnnotationRestartSeconds, err)
 		}
 		wait = time.Duration(s) * time.Second
 	}
-	select {
-	case <-ctx.Done():
-		return nil
-	case <-time.After(wait):
+	if !sleep(ctx, wait) {
+		return "", nil
 	}
 	boot, _ := strconv.Atoi(node.Status.NodeInfo.BootID)
+	return strconv.Itoa(boot + 1), nil
+}
+
+// comeBack counts the node as back.
+func (h *hosts) comeBack(name string) {
 	h.mu.Lock()
 	h.down--
 	h.mu.Unlock()
-	h.c.logf("node %s is back (boot ID %d)", name, boot+1)
-	// KWOK's node stage reports it Ready again, with this boot ID, once it is not down.
-	return patchAnnotations(ctx, cl, name, map[string]any{AnnotationDown: nil, AnnotationBootID: strconv.Itoa(boot + 1)})
+	h.c.logf("node %s is back", name)
 }
 
 func patchAnnotations(ctx context.Context, cl client.Client, name string, ann map[string]any) error {

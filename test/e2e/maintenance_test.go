@@ -217,6 +217,85 @@ var _ = Describe("Windows maintenance", func() {
 		Expect(restartPods(ns)).To(Equal(10), "one restart pod per node")
 	})
 
+	It("counts a node restarted when its kubelet reports the restart pod Failed only after the boot, through kill -9", func() {
+		const pool = "late-report"
+		nodes := addPool(pool, 3)
+		for _, n := range nodes {
+			patch := fmt.Sprintf(`{"metadata":{"annotations":{%q:%q,%q:"6"}}}`,
+				cluster.AnnotationRestartReport, cluster.ReportAfterBoot, cluster.AnnotationRestartSeconds)
+			Expect(k8s.Patch(ctx, &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: n}}, client.RawPatch("application/merge-patch+json", []byte(patch)))).To(Succeed())
+		}
+		ns := namespace(true)
+		before, _ := c.Restarts()
+		bootBefore := map[string]string{}
+		for _, node := range poolNodes(pool) {
+			bootBefore[node.Name] = node.Status.NodeInfo.BootID
+		}
+		task := newTask(ns, "restart", pool, func(t *ntv1.NodeTask) {
+			t.Spec.Reboot = ntv1.RebootAlways
+			t.Spec.Cordon = true
+			t.Spec.Rollout.MaxConcurrent = ptr.To(intstr.FromString("100%"))
+		})
+
+		By("kill -9 while the hosts are down, their restart pods unreported")
+		Eventually(func() bool {
+			for _, node := range poolNodes(pool) {
+				if node.Annotations[cluster.AnnotationDown] != "" {
+					return true
+				}
+			}
+			return false
+		}, 2*time.Minute).Should(BeTrue())
+		killManager()
+
+		By("start it again once a host posted its new boot ID while still NotReady")
+		Eventually(func() bool {
+			for _, node := range poolNodes(pool) {
+				if node.Status.NodeInfo.BootID != bootBefore[node.Name] && !ready(&node) {
+					return true
+				}
+			}
+			return false
+		}, time.Minute, 50*time.Millisecond).Should(BeTrue())
+		startManager()
+
+		By("kill -9 again as soon as a restart pod is reported Failed")
+		Eventually(func() bool {
+			for _, p := range pods(ns) {
+				if p.Labels[controllers.LabelRole] == controllers.RoleReboot && p.Status.Phase == corev1.PodFailed {
+					return true
+				}
+			}
+			return false
+		}, time.Minute, 50*time.Millisecond).Should(BeTrue())
+		killManager()
+		startManager()
+
+		Eventually(conditionTrue(task, ntv1.ConditionReady), 3*time.Minute).Should(BeTrue())
+		after, _ := c.Restarts()
+		got := get(task)
+		for _, n := range nodes {
+			Expect(after[n]-before[n]).To(Equal(1), "node %s restarted %d times", n, after[n]-before[n])
+			e := got.Status.Node(n)
+			Expect(e.Phase).To(Equal(ntv1.NodeSucceeded), n)
+			Expect(e.Reason).To(Equal(ntv1.NodeReasonRebooted), n)
+			Expect(e.BootIDBefore).To(Equal(bootBefore[n]), n)
+			Expect(e.BootIDAfter).NotTo(Equal(e.BootIDBefore), n)
+		}
+		for _, node := range poolNodes(pool) {
+			Expect(node.Spec.Unschedulable).To(BeFalse(), "%s uncordoned", node.Name)
+			Expect(node.Annotations).NotTo(HaveKey(controllers.AnnotationClaim), node.Name)
+		}
+		failed := 0
+		for _, p := range pods(ns) {
+			if p.Labels[controllers.LabelRole] == controllers.RoleReboot {
+				Expect(p.Status.Phase).To(Equal(corev1.PodFailed), "the kubelet reported every restart pod only after the boot")
+				failed++
+			}
+		}
+		Expect(failed).To(Equal(3), "one restart pod per node")
+	})
+
 	It("fails a node that does not come back from its restart with RebootTimeout, and the failure budget applies", func() {
 		const pool = "noreturn"
 		nodes := addPool(pool, 2)
