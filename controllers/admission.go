@@ -143,6 +143,22 @@ func labelsAllowPrivileged(nsLabels string) bool {
 	return slices.Contains(strings.Split(nsLabels, ","), podSecurityEnforceLabel+"=privileged")
 }
 
+// planAdmitted computes the plan and, when it would create a pod or act on a node before the
+// API server has said whether it admits the run's pods, asks it (checkAdmission) and plans
+// again with the answer. recheck is when a remembered refusal or wait is looked at again.
+// An error means the API server did not answer: nothing is confirmed (the gate fails
+// closed), and the caller retries.
+func (r *NodeTaskReconciler) planAdmitted(ctx context.Context, task *ntv1.NodeTask, obs *Observed) (plan *Plan, recheck time.Duration, err error) {
+	plan, recheck = ComputePlan(obs), obs.admissionRecheck
+	if plan.AdmissionProbe == nil {
+		return plan, recheck, nil
+	}
+	if obs.Admission, recheck, err = r.checkAdmission(ctx, task, obs.admissionKey, *plan.AdmissionProbe, obs.Now); err != nil {
+		return nil, 0, err
+	}
+	return ComputePlan(obs), recheck, nil
+}
+
 // checkAdmission asks the API server, by dry runs, whether it admits the pods the plan's
 // probe stands for: the run's pod on the probe's node and, for a task that restarts nodes,
 // the restart pod. It returns the verdict and how long until a refusal is looked at again.

@@ -134,15 +134,9 @@ func (r *NodeTaskReconciler) Reconcile(ctx context.Context, req ctrl.Request) (c
 	if err != nil {
 		return ctrl.Result{}, err
 	}
-	plan := ComputePlan(obs)
-	recheck := obs.admissionRecheck // when a refusal of the task's pods is looked at again
-	if plan.AdmissionProbe != nil {
-		// The plan would touch a node or create a pod: the API server says first whether
-		// it admits the run's pods. An error confirms nothing (fail closed) and is retried.
-		if obs.Admission, recheck, err = r.checkAdmission(ctx, task, obs.admissionKey, *plan.AdmissionProbe, obs.Now); err != nil {
-			return ctrl.Result{}, err
-		}
-		plan = ComputePlan(obs)
+	plan, recheck, err := r.planAdmitted(ctx, task, obs)
+	if err != nil {
+		return ctrl.Result{}, err
 	}
 	out, err := r.apply(ctx, task, obs, plan)
 	if err != nil {
