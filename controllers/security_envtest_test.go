@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"sync"
+	"time"
 
 	. "github.com/onsi/ginkgo/v2"
 	. "github.com/onsi/gomega"
@@ -13,6 +14,7 @@ import (
 	"k8s.io/apimachinery/pkg/watch"
 	"k8s.io/utils/ptr"
 	"sigs.k8s.io/controller-runtime/pkg/client"
+	ctrlmetrics "sigs.k8s.io/controller-runtime/pkg/metrics"
 
 	ntv1 "github.com/nodetask/nodetask-operator/api/v1alpha1"
 )
@@ -124,6 +126,36 @@ var _ = Describe("What a NodeTask's author can do through the operator", func() 
 		Expect(conditionReason(attack, ntv1.ConditionStalled)()).To(Equal(ntv1.ReasonPodSecurityRejected))
 	})
 
+	It("does not amplify: five refused tasks ask the API server a few times, with a growing backoff", func() {
+		f := newFixture()
+		f.addWindowsNodes(4)
+		baseline := f.ns + "-baseline"
+		create(&corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: baseline, Labels: map[string]string{
+			"pod-security.kubernetes.io/enforce": "baseline",
+		}}})
+		before := refusedPosts()
+		var tasks []*ntv1.NodeTask
+		for i := range 5 {
+			task := f.task(fmt.Sprintf("refused-%d", i), func(t *ntv1.NodeTask) { t.Namespace = baseline })
+			create(task)
+			tasks = append(tasks, task)
+		}
+		for _, task := range tasks {
+			Eventually(conditionReason(task, ntv1.ConditionStalled)).Should(Equal(ntv1.ReasonPodSecurityRejected))
+		}
+		// The first refusal, then one more after admissionRecheckBase (30 s): in 35 s, two per
+		// task. Before the gate, every reconcile tried to create the pods again.
+		time.Sleep(admissionRecheckBase + 5*time.Second)
+		refused := refusedPosts() - before
+		GinkgoWriter.Printf("refused requests from 5 tasks in %s: %d\n", admissionRecheckBase+5*time.Second, refused)
+		Expect(refused).To(BeNumerically("<=", 2*len(tasks)+4), "a little slack for other specs' rechecks")
+		Expect(refused).To(BeNumerically(">=", len(tasks)), "each task was refused at least once")
+		for _, task := range tasks {
+			Expect(get(task).Status.Nodes).To(BeEmpty())
+			Expect(ownPods(task)).To(BeEmpty())
+		}
+	})
+
 	It("leaves a node cordoned that was cordoned again after an earlier failed run's cordon", func() {
 		f := newFixture()
 		names := f.addWindowsNodes(1)
@@ -208,4 +240,27 @@ func eventMessages(task *ntv1.NodeTask) string {
 		}
 	}
 	return out
+}
+
+// refusedPosts counts the manager's POST requests the API server answered 403 (refused pod
+// creations and dry runs), from client-go's request metrics as controller-runtime exports them.
+func refusedPosts() int {
+	families, err := ctrlmetrics.Registry.Gather()
+	Expect(err).NotTo(HaveOccurred())
+	n := 0
+	for _, mf := range families {
+		if mf.GetName() != "rest_client_requests_total" {
+			continue
+		}
+		for _, m := range mf.GetMetric() {
+			labels := map[string]string{}
+			for _, l := range m.GetLabel() {
+				labels[l.GetName()] = l.GetValue()
+			}
+			if labels["method"] == "POST" && labels["code"] == "403" {
+				n += int(m.GetCounter().GetValue())
+			}
+		}
+	}
+	return n
 }
