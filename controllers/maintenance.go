@@ -207,7 +207,7 @@ func newMaintenance(task *ntv1.NodeTask) maintenance {
 		m.rebootTimeout = time.Duration(*spec.RebootTimeoutSeconds) * time.Second
 	}
 	if d := spec.Drain; d != nil {
-		m.drainTimeout = 600 * time.Second
+		m.drainTimeout = ntv1.DefaultDrainTimeoutSeconds * time.Second
 		if d.TimeoutSeconds != nil {
 			m.drainTimeout = time.Duration(*d.TimeoutSeconds) * time.Second
 		}

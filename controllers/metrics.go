@@ -83,18 +83,12 @@ func newResults(old, st *ntv1.NodeTaskStatus) []ntv1.NodeStatus {
 	var out []ntv1.NodeStatus
 	for i := range st.Nodes {
 		e := st.Nodes[i]
-		if e.Run == 0 {
-			e.Run = st.Run
-		}
+		e.Run = st.RunOf(&e)
 		if e.Run != st.Run || (e.Phase != ntv1.NodeSucceeded && e.Phase != ntv1.NodeFailed) {
 			continue
 		}
 		if o := old.Node(e.Name); o != nil {
-			oRun := o.Run
-			if oRun == 0 {
-				oRun = old.Run
-			}
-			if oRun == e.Run && o.Phase == e.Phase && o.Attempts == e.Attempts {
+			if old.RunOf(o) == e.Run && o.Phase == e.Phase && o.Attempts == e.Attempts {
 				continue
 			}
 		}

@@ -52,7 +52,7 @@ type lifecycle struct {
 }
 
 func newLifecycle(task *ntv1.NodeTask, run int64, revision string, now time.Time) *lifecycle {
-	lc := &lifecycle{run: run, revision: revision, timeout: 600 * time.Second, tolerations: task.Spec.Tolerations, now: now,
+	lc := &lifecycle{run: run, revision: revision, timeout: ntv1.DefaultTimeoutSeconds * time.Second, tolerations: task.Spec.Tolerations, now: now,
 		rebootCodes: task.Spec.RebootExitCodes, maint: newMaintenance(task)}
 	if task.Spec.Retries != nil {
 		lc.retries = *task.Spec.Retries

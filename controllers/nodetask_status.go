@@ -173,6 +173,8 @@ func ComputeStatus(obs *Observed, p *Plan, out Outcome) ntv1.NodeTaskStatus {
 	}
 	setConditions(&st, f)
 
+	// The stored form: an entry's run is left out when it equals status.run (read back
+	// with NodeTaskStatus.RunOf).
 	for i := range entries {
 		if entries[i].Run == st.Run {
 			entries[i].Run = 0

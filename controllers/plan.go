@@ -359,9 +359,7 @@ func retryDelay(attempts int32) time.Duration {
 func storedEntries(st *ntv1.NodeTaskStatus, nodes map[string]*corev1.Node) map[string]ntv1.NodeStatus {
 	m := make(map[string]ntv1.NodeStatus, len(st.Nodes))
 	for _, e := range st.Nodes {
-		if e.Run == 0 {
-			e.Run = st.Run
-		}
+		e.Run = st.RunOf(&e)
 		if n := nodes[e.Name]; n != nil && e.StartTime != nil && n.CreationTimestamp.After(e.StartTime.Time) {
 			continue
 		}

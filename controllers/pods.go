@@ -149,7 +149,7 @@ func (b *PodBuilder) Pod(task *ntv1.NodeTask, run int64, revision string, req Po
 	if userName == "" {
 		userName = ntv1.DefaultRunAsUserName
 	}
-	timeout := int64(600)
+	timeout := int64(ntv1.DefaultTimeoutSeconds)
 	if spec.TimeoutSeconds != nil {
 		timeout = int64(*spec.TimeoutSeconds)
 	}

@@ -62,8 +62,8 @@ func (o *options) logs(cmd *cobra.Command, task *ntv1.NodeTask, node string, att
 	}
 	entry := task.Status.Node(node)
 	run := task.Status.Run
-	if entry != nil && entry.Run != 0 {
-		run = entry.Run
+	if entry != nil {
+		run = task.Status.RunOf(entry)
 	}
 	// The machine by its UID: pods left from an earlier node of the same name are not its.
 	var machine types.UID

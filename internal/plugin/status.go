@@ -219,11 +219,7 @@ func printNode(w io.Writer, task *ntv1.NodeTask, e *ntv1.NodeStatus, now time.Ti
 	fmt.Fprintf(tw, "Node:\t%s\n", e.Name)
 	fmt.Fprintf(tw, "Task:\t%s/%s\n", task.Namespace, task.Name)
 	fmt.Fprintf(tw, "Phase:\t%s\n", e.Phase)
-	run := e.Run
-	if run == 0 {
-		run = task.Status.Run
-	}
-	fmt.Fprintf(tw, "Run:\t%d\n", run)
+	fmt.Fprintf(tw, "Run:\t%d\n", task.Status.RunOf(e))
 	fmt.Fprintf(tw, "Attempts:\t%s\n", dash(attempts(e)))
 	fmt.Fprintf(tw, "Exit code:\t%s\n", exitCode(e))
 	fmt.Fprintf(tw, "Reason:\t%s\n", dash(e.Reason))
