@@ -85,6 +85,16 @@ func (w *downWatch) result() int {
 	return w.peak
 }
 
+// downNode names a node of the pool whose simulated host is restarting, or "".
+func downNode(pool string) string {
+	for _, node := range poolNodes(pool) {
+		if node.Annotations[cluster.AnnotationDown] != "" {
+			return node.Name
+		}
+	}
+	return ""
+}
+
 func ready(node *corev1.Node) bool {
 	for _, c := range node.Status.Conditions {
 		if c.Type == corev1.NodeReady {
@@ -161,15 +171,7 @@ var _ = Describe("Windows maintenance", func() {
 		Eventually(func() int { return restartPods(ns) }, 2*time.Minute).Should(BeNumerically(">", 0))
 		killManager()
 		var slow string
-		Eventually(func() string {
-			for _, node := range poolNodes(pool) {
-				if node.Annotations[cluster.AnnotationDown] != "" {
-					slow = node.Name
-					return node.Name
-				}
-			}
-			return ""
-		}).ShouldNot(BeEmpty())
+		Eventually(func() string { slow = downNode(pool); return slow }).ShouldNot(BeEmpty())
 		Eventually(func() bool {
 			node := &corev1.Node{}
 			Expect(k8s.Get(ctx, client.ObjectKey{Name: slow}, node)).To(Succeed())
@@ -178,14 +180,7 @@ var _ = Describe("Windows maintenance", func() {
 		startManager() // the node is back, and still cordoned: the new manager goes on from there
 
 		By("kill -9 while a node is down")
-		Eventually(func() bool {
-			for _, node := range poolNodes(pool) {
-				if node.Annotations[cluster.AnnotationDown] != "" {
-					return true
-				}
-			}
-			return false
-		}, 2*time.Minute).Should(BeTrue())
+		Eventually(func() bool { return downNode(pool) != "" }, 2*time.Minute).Should(BeTrue())
 		killManager()
 		startManager()
 
@@ -238,14 +233,7 @@ var _ = Describe("Windows maintenance", func() {
 		})
 
 		By("kill -9 while the hosts are down, their restart pods unreported")
-		Eventually(func() bool {
-			for _, node := range poolNodes(pool) {
-				if node.Annotations[cluster.AnnotationDown] != "" {
-					return true
-				}
-			}
-			return false
-		}, 2*time.Minute).Should(BeTrue())
+		Eventually(func() bool { return downNode(pool) != "" }, 2*time.Minute).Should(BeTrue())
 		killManager()
 
 		By("start it again once a host posted its new boot ID while still NotReady")
