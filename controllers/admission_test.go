@@ -171,7 +171,7 @@ func TestDrainSkipsOnlyNodeTaskPods(t *testing.T) {
 		want bool
 	}{
 		{"a workload", corev1.Pod{}, true},
-		{"a pod with the operator's label alone", corev1.Pod{ObjectMeta: metav1.ObjectMeta{Labels: map[string]string{LabelTask: "patch"}}}, true},
+		{"a pod with the operator's label alone", corev1.Pod{ObjectMeta: metav1.ObjectMeta{Labels: map[string]string{ntv1.LabelTask: "patch"}}}, true},
 		{"a NodeTask's pod", corev1.Pod{ObjectMeta: metav1.ObjectMeta{OwnerReferences: []metav1.OwnerReference{ownerRef(task)}}}, false},
 		{"a DaemonSet's pod", corev1.Pod{ObjectMeta: metav1.ObjectMeta{OwnerReferences: []metav1.OwnerReference{ds}}}, false},
 		{"a mirror pod", corev1.Pod{ObjectMeta: metav1.ObjectMeta{Annotations: map[string]string{corev1.MirrorPodAnnotationKey: "x"}}}, false},

@@ -9,6 +9,8 @@ import (
 	"k8s.io/apimachinery/pkg/selection"
 	"sigs.k8s.io/controller-runtime/pkg/cache"
 	"sigs.k8s.io/controller-runtime/pkg/client"
+
+	ntv1 "github.com/nodetask/nodetask-operator/api/v1alpha1"
 )
 
 // CacheOptions limits the manager's cache to what the controller reads: the pods it made
@@ -17,7 +19,7 @@ import (
 // kilobytes; the trimmed one a few hundred bytes. ConfigMaps are never cached: the controller reads them straight from
 // the API server, and rarely.
 func CacheOptions() cache.Options {
-	managed, err := labels.NewRequirement(LabelTask, selection.Exists, nil)
+	managed, err := labels.NewRequirement(ntv1.LabelTask, selection.Exists, nil)
 	if err != nil {
 		panic(err) // a constant, valid requirement
 	}

@@ -7,6 +7,8 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/api/equality"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
+	ntv1 "github.com/nodetask/nodetask-operator/api/v1alpha1"
 )
 
 // TestCachedPodsKeepNoManagedFields: the pod cache drops managedFields (a fifth of the cached
@@ -22,7 +24,7 @@ func TestCachedPodsKeepNoManagedFields(t *testing.T) {
 		t.Fatal("the pod cache has no transform")
 	}
 	pod := &corev1.Pod{
-		ObjectMeta: metav1.ObjectMeta{Name: "p", Labels: map[string]string{LabelTask: "t"},
+		ObjectMeta: metav1.ObjectMeta{Name: "p", Labels: map[string]string{ntv1.LabelTask: "t"},
 			OwnerReferences: []metav1.OwnerReference{ownerRef(newTask())},
 			ManagedFields:   []metav1.ManagedFieldsEntry{{Manager: "kwok", FieldsV1: &metav1.FieldsV1{Raw: []byte(`{"f:status":{}}`)}}}},
 		Spec:   corev1.PodSpec{NodeName: "win-a"},
@@ -36,7 +38,7 @@ func TestCachedPodsKeepNoManagedFields(t *testing.T) {
 	if got.ManagedFields != nil {
 		t.Errorf("managedFields kept: %v", got.ManagedFields)
 	}
-	if got.Labels[LabelTask] != "t" || got.Spec.NodeName != "win-a" || got.Status.Phase != corev1.PodSucceeded {
+	if got.Labels[ntv1.LabelTask] != "t" || got.Spec.NodeName != "win-a" || got.Status.Phase != corev1.PodSucceeded {
 		t.Errorf("the transform lost what the planner reads: %+v", got)
 	}
 }
@@ -52,7 +54,7 @@ func TestCachedForeignPodsKeepOnlyTheirIdentity(t *testing.T) {
 		}
 	}
 	pod := &corev1.Pod{
-		ObjectMeta: metav1.ObjectMeta{Namespace: "apps", Name: "disguised", UID: "u1", Labels: map[string]string{LabelTask: "t"},
+		ObjectMeta: metav1.ObjectMeta{Namespace: "apps", Name: "disguised", UID: "u1", Labels: map[string]string{ntv1.LabelTask: "t"},
 			Annotations: map[string]string{"big": strings.Repeat("x", 1<<16)}},
 		Spec: corev1.PodSpec{NodeName: "win-a", Containers: []corev1.Container{{Name: "c", Image: "img"}}},
 	}

@@ -57,7 +57,7 @@ func ranOn(task *ntv1.NodeTask, node string) string {
 
 func scriptConfigMaps(ns string) []corev1.ConfigMap {
 	var list corev1.ConfigMapList
-	Expect(k8sClient.List(suiteCtx, &list, client.InNamespace(ns), client.HasLabels{LabelRun})).To(Succeed())
+	Expect(k8sClient.List(suiteCtx, &list, client.InNamespace(ns), client.HasLabels{ntv1.LabelRun})).To(Succeed())
 	return list.Items
 }
 
@@ -230,7 +230,7 @@ var _ = Describe("NodeTask controller at the edges", func() {
 		Eventually(func() []string {
 			var runs []string
 			for _, cm := range scriptConfigMaps(f.ns) {
-				runs = append(runs, cm.Labels[LabelRun])
+				runs = append(runs, cm.Labels[ntv1.LabelRun])
 			}
 			return runs
 		}).Should(ConsistOf("3"), "only the current run's script is kept")

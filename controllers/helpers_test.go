@@ -188,7 +188,7 @@ func requestNodes(reqs []PodRequest) []string {
 
 // onMachine makes the pod one for the machine with this Node UID.
 func onMachine(uid types.UID) podOpt {
-	return func(p *corev1.Pod) { p.Labels[LabelNodeUID] = string(uid) }
+	return func(p *corev1.Pod) { p.Labels[ntv1.LabelNodeUID] = string(uid) }
 }
 
 // created sets the pod's creation time.

@@ -41,12 +41,6 @@ const (
 	// decides an uncordon is the claim's own record and the operator's ownership of
 	// spec.unschedulable (operatorCordoned). A mark that no longer matches is dropped.
 	AnnotationCordonedBy = "nodetask.io/cordoned-by"
-	// AnnotationBootID on a restart pod is the node's boot ID when the pod was made.
-	AnnotationBootID = "nodetask.io/boot-id"
-	// LabelRole is "reboot" on the pod that restarts a node; a task's run pods have none.
-	LabelRole = "nodetask.io/role"
-	// RoleReboot is the value of LabelRole on restart pods.
-	RoleReboot = "reboot"
 )
 
 // drainPoll is how often a draining node is looked at again: the evicted pods are not the
@@ -376,7 +370,7 @@ func (m *maintenance) rebootStep(lc *lifecycle, in maintainInput, d *nodeDecisio
 	bootNow := node.Status.NodeInfo.BootID
 	before := e.BootIDBefore
 	if in.reboot != nil {
-		before = in.reboot.Annotations[AnnotationBootID]
+		before = in.reboot.Annotations[ntv1.AnnotationBootID]
 	}
 	requested := in.reboot != nil || e.BootIDBefore != ""
 	e.Phase, e.Reason, e.BootIDBefore = ntv1.NodeRebooting, ntv1.NodeReasonRebootRequested, before
@@ -455,6 +449,3 @@ func failureReported(pod *corev1.Pod) time.Time {
 	}
 	return at
 }
-
-// isRebootPod reports whether the pod is a restart pod rather than a run's attempt.
-func isRebootPod(pod *corev1.Pod) bool { return pod.Labels[LabelRole] == RoleReboot }

@@ -58,7 +58,7 @@ func podOn(ns, name, node string, labels map[string]string) *corev1.Pod {
 
 func restartPodOf(task *ntv1.NodeTask, node string) *corev1.Pod {
 	for _, p := range ownPods(task) {
-		if isRebootPod(&p) && p.Spec.NodeName == node {
+		if ntv1.IsRebootPod(&p) && p.Spec.NodeName == node {
 			return &p
 		}
 	}
@@ -117,7 +117,7 @@ var _ = Describe("NodeTask maintenance", func() {
 		finish(&pod, 3010, "a restart is required")
 		var restart *corev1.Pod
 		Eventually(func() *corev1.Pod { restart = restartPodOf(task, names[0]); return restart }).ShouldNot(BeNil())
-		Expect(restart.Annotations).To(HaveKeyWithValue(AnnotationBootID, "5"))
+		Expect(restart.Annotations).To(HaveKeyWithValue(ntv1.AnnotationBootID, "5"))
 		Expect(restart.Spec.Containers[0].Command[:2]).To(Equal([]string{"shutdown.exe", "/r"}))
 		Eventually(func() ntv1.NodePhase { return nodeEntry(task, names[0]).Phase }).Should(Equal(ntv1.NodeRebooting))
 		finish(restart, 0, "")

@@ -131,7 +131,7 @@ func (w *maintWorld) finishRuns(code int32) {
 		if podFinished(p) {
 			continue
 		}
-		if isRebootPod(p) {
+		if ntv1.IsRebootPod(p) {
 			p.Status.Phase = corev1.PodSucceeded
 			notReady(w.nodes[p.Spec.NodeName])
 			continue

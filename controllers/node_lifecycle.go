@@ -3,7 +3,6 @@ package controllers
 import (
 	"fmt"
 	"slices"
-	"strconv"
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
@@ -141,7 +140,7 @@ func (lc *lifecycle) decide(in nodeInput) nodeDecision {
 	// Pods made for another machine under this name are the old machine's: they never count.
 	var mine []*corev1.Pod
 	for _, pod := range in.pods {
-		if !gone && in.node.UID != "" && podNodeUID(pod) != "" && podNodeUID(pod) != string(in.node.UID) {
+		if !gone && in.node.UID != "" && ntv1.PodNodeUID(pod) != "" && ntv1.PodNodeUID(pod) != string(in.node.UID) {
 			if pod.DeletionTimestamp == nil {
 				d.deletes = append(d.deletes, PodDeletion{Pod: pod, Force: true, Why: "its machine was replaced"})
 			}
@@ -155,7 +154,7 @@ func (lc *lifecycle) decide(in nodeInput) nodeDecision {
 	busy := false          // a pod of the node has not finished: the node starts nothing else
 	attempts := mine[:0:0] // the run pods, without the restart pods
 	for _, pod := range mine {
-		if isRebootPod(pod) && !podFinished(pod) && lc.recorded(in.stored, pod) {
+		if ntv1.IsRebootPod(pod) && !podFinished(pod) && lc.recorded(in.stored, pod) {
 			// The node came back and its result is stored: a restart pod the kubelet never
 			// reported finished no longer holds the node (its deadline deletes it).
 			continue
@@ -167,18 +166,18 @@ func (lc *lifecycle) decide(in nodeInput) nodeDecision {
 			}
 			if !lc.isCurrent(pod) {
 				d.otherRunInFlight = true
-			} else if podUnstarted(pod) && !isRebootPod(pod) {
+			} else if podUnstarted(pod) && !ntv1.IsRebootPod(pod) {
 				d.unstarted++
 			}
 		}
-		if isRebootPod(pod) {
+		if ntv1.IsRebootPod(pod) {
 			if lc.isCurrent(pod) {
 				reboot = pod
 			}
 			continue
 		}
 		attempts = append(attempts, pod)
-		if lc.isCurrent(pod) && (cur == nil || podAttempt(pod) > podAttempt(cur)) {
+		if lc.isCurrent(pod) && (cur == nil || ntv1.PodAttempt(pod) > ntv1.PodAttempt(cur)) {
 			cur = pod
 		}
 	}
@@ -238,10 +237,10 @@ func (lc *lifecycle) entry(in nodeInput, cur *corev1.Pod, gone, ready bool, d *n
 	prev := in.stored
 	prevCurrent := prev != nil && prev.Run == lc.run
 	switch {
-	case prevCurrent && isFinal(prev) && (cur == nil || podAttempt(cur) <= prev.Attempts):
+	case prevCurrent && isFinal(prev) && (cur == nil || ntv1.PodAttempt(cur) <= prev.Attempts):
 		// A stored final result is never rewritten, and an older pod never replaces it.
 		return *prev
-	case cur != nil && (!prevCurrent || podAttempt(cur) >= prev.Attempts):
+	case cur != nil && (!prevCurrent || ntv1.PodAttempt(cur) >= prev.Attempts):
 		e := lc.result(cur, gone)
 		e.Run = lc.run
 		if e.Phase == ntv1.NodeRunning && cur.DeletionTimestamp == nil {
@@ -367,7 +366,7 @@ func (lc *lifecycle) deletions(in nodeInput, mine []*corev1.Pod, ready bool, d *
 // attempt's final result or a later attempt, or the pod belongs to another run whose result
 // the entry does not wait for.
 func (lc *lifecycle) recorded(stored *ntv1.NodeStatus, pod *corev1.Pod) bool {
-	run, attempt := podRun(pod), podAttempt(pod)
+	run, attempt := ntv1.PodRun(pod), ntv1.PodAttempt(pod)
 	if run == lc.run && !lc.isCurrent(pod) {
 		return true // made for this run number with other content, by a write that was lost
 	}
@@ -392,7 +391,7 @@ func (lc *lifecycle) holdsSlot(pod *corev1.Pod, gone, ready bool) bool {
 
 // isCurrent reports whether the pod was made for the current run: its number and its content.
 func (lc *lifecycle) isCurrent(pod *corev1.Pod) bool {
-	return podRun(pod) == lc.run && podRevision(pod) == lc.revision
+	return ntv1.PodRun(pod) == lc.run && ntv1.PodRevision(pod) == lc.revision
 }
 
 // isFinal reports whether a stored entry holds the final result of its attempt.
@@ -413,25 +412,11 @@ func lostAttempt(e ntv1.NodeStatus, nodeGone bool, at time.Time) ntv1.NodeStatus
 
 func findPod(pods []*corev1.Pod, run int64, attempt int32) *corev1.Pod {
 	for _, pod := range pods {
-		if podRun(pod) == run && podAttempt(pod) == attempt {
+		if ntv1.PodRun(pod) == run && ntv1.PodAttempt(pod) == attempt {
 			return pod
 		}
 	}
 	return nil
-}
-
-func podRevision(pod *corev1.Pod) string { return pod.Labels[LabelRevision] }
-
-func podNodeUID(pod *corev1.Pod) string { return pod.Labels[LabelNodeUID] }
-
-func podRun(pod *corev1.Pod) int64 {
-	n, _ := strconv.ParseInt(pod.Labels[LabelRun], 10, 64)
-	return n
-}
-
-func podAttempt(pod *corev1.Pod) int32 {
-	n, _ := strconv.ParseInt(pod.Labels[LabelAttempt], 10, 32)
-	return int32(n)
 }
 
 func podFinished(pod *corev1.Pod) bool {

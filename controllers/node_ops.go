@@ -89,7 +89,7 @@ func (r *NodeTaskReconciler) observeMaintenance(ctx context.Context, obs *Observ
 	run, _ := currentRun(&task.Status, obs.Revision)
 	running := map[string]bool{}
 	for _, pod := range obs.Pods {
-		if podRun(pod) == run && podRevision(pod) == obs.Revision && !isRebootPod(pod) {
+		if ntv1.PodRun(pod) == run && ntv1.PodRevision(pod) == obs.Revision && !ntv1.IsRebootPod(pod) {
 			running[pod.Spec.NodeName] = true
 		}
 	}

@@ -389,8 +389,8 @@ func (r *NodeTaskReconciler) existingPod(ctx context.Context, task *ntv1.NodeTas
 	if err := r.APIReader.Get(ctx, client.ObjectKeyFromObject(want), &pod); err != nil {
 		return nil, err
 	}
-	if !metav1.IsControlledBy(&pod, task) || pod.Labels[LabelRun] != want.Labels[LabelRun] ||
-		pod.Labels[LabelRevision] != want.Labels[LabelRevision] || pod.Labels[LabelAttempt] != want.Labels[LabelAttempt] {
+	if !metav1.IsControlledBy(&pod, task) || pod.Labels[ntv1.LabelRun] != want.Labels[ntv1.LabelRun] ||
+		pod.Labels[ntv1.LabelRevision] != want.Labels[ntv1.LabelRevision] || pod.Labels[ntv1.LabelAttempt] != want.Labels[ntv1.LabelAttempt] {
 		return nil, errForeignPod
 	}
 	return &pod, nil
@@ -459,7 +459,7 @@ func (r *NodeTaskReconciler) cleanScripts(ctx context.Context, task *ntv1.NodeTa
 	}
 	var cms corev1.ConfigMapList
 	if err := r.APIReader.List(ctx, &cms, client.InNamespace(task.Namespace),
-		client.MatchingLabels{LabelTask: taskLabelValue(task.Name), LabelManagedBy: ManagedByValue}); err != nil {
+		client.MatchingLabels{ntv1.LabelTask: taskLabelValue(task.Name), ntv1.LabelManagedBy: ntv1.ManagedByValue}); err != nil {
 		return fmt.Errorf("listing script ConfigMaps: %w", err)
 	}
 	current := ScriptConfigMapName(task, plan.Run, plan.Revision)

@@ -118,7 +118,7 @@ func get(task *ntv1.NodeTask) *ntv1.NodeTask {
 
 func (f *fixture) pods(task *ntv1.NodeTask) []corev1.Pod {
 	var list corev1.PodList
-	Expect(k8sClient.List(suiteCtx, &list, client.InNamespace(task.Namespace), client.MatchingLabels{LabelTask: task.Name})).To(Succeed())
+	Expect(k8sClient.List(suiteCtx, &list, client.InNamespace(task.Namespace), client.MatchingLabels{ntv1.LabelTask: task.Name})).To(Succeed())
 	return list.Items
 }
 
@@ -353,7 +353,7 @@ var _ = Describe("NodeTask controller", func() {
 		Consistently(func() int { return len(f.pods(task)) }, "5s").Should(Equal(1))
 		Eventually(func() int { return len(f.pods(task)) }, "15s").Should(Equal(2))
 		second := unfinished(f.pods(task))[0]
-		Expect(second.Labels[LabelAttempt]).To(Equal("2"))
+		Expect(second.Labels[ntv1.LabelAttempt]).To(Equal("2"))
 		finish(&second, 0, "worked")
 		Eventually(conditionStatus(task, ntv1.ConditionReady)).Should(Equal(metav1.ConditionTrue))
 		e := nodeEntry(task, names[0])

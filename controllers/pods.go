@@ -17,27 +17,6 @@ import (
 	ntv1 "github.com/nodetask/nodetask-operator/api/v1alpha1"
 )
 
-// Labels the operator puts on the pods and ConfigMaps it creates.
-const (
-	// LabelTask names the NodeTask (shortened with a hash when the name is longer than a label value may be).
-	LabelTask = "nodetask.io/task"
-	// LabelNode names the node a pod runs on, when the name fits in a label value.
-	LabelNode = "nodetask.io/node"
-	// LabelRevision is the task revision (the hash of what runs) a pod runs.
-	LabelRevision = "nodetask.io/revision"
-	// LabelRun is the run (status.run) a pod or script ConfigMap belongs to.
-	LabelRun = "nodetask.io/run"
-	// LabelAttempt is the attempt number, from 1, of a pod on its node in its run.
-	LabelAttempt = "nodetask.io/attempt"
-	// LabelNodeUID is the UID of the Node object a pod was made for: a node deleted and
-	// created again under its name is another machine.
-	LabelNodeUID = "nodetask.io/node-uid"
-	// LabelManagedBy marks objects made by this operator.
-	LabelManagedBy = "app.kubernetes.io/managed-by"
-	// ManagedByValue is the value of LabelManagedBy.
-	ManagedByValue = "nodetask-operator"
-)
-
 const (
 	containerName = "task"
 	scriptVolume  = "nodetask"
@@ -83,7 +62,7 @@ func (b *PodBuilder) scriptImage() string {
 	return ntv1.DefaultScriptImage
 }
 
-// taskLabelValue returns the value of LabelTask for a task name: the name itself when it is
+// taskLabelValue returns the value of ntv1.LabelTask for a task name: the name itself when it is
 // a valid label value, else a prefix and a hash, so that long names still select uniquely.
 func taskLabelValue(name string) string {
 	if len(name) <= validation.LabelValueMaxLength {
@@ -95,7 +74,7 @@ func taskLabelValue(name string) string {
 // TaskPodLabels are labels every pod of the task carries. Pods of an earlier task of the
 // same name carry them too: check the controller reference.
 func TaskPodLabels(taskName string) map[string]string {
-	return map[string]string{LabelTask: taskLabelValue(taskName)}
+	return map[string]string{ntv1.LabelTask: taskLabelValue(taskName)}
 }
 
 // PodName is the deterministic name of the pod of one attempt. Deterministic, so that a
@@ -122,16 +101,16 @@ func ScriptConfigMapName(task *ntv1.NodeTask, run int64, revision string) string
 func podMeta(task *ntv1.NodeTask, run int64, revision string, req PodRequest) (labels, annotations map[string]string) {
 	labels = make(map[string]string, len(task.Spec.PodLabels)+8)
 	maps.Copy(labels, task.Spec.PodLabels)
-	labels[LabelTask] = taskLabelValue(task.Name)
-	labels[LabelRevision] = revision
-	labels[LabelRun] = strconv.FormatInt(run, 10)
-	labels[LabelAttempt] = strconv.Itoa(int(req.Attempt))
-	labels[LabelManagedBy] = ManagedByValue
+	labels[ntv1.LabelTask] = taskLabelValue(task.Name)
+	labels[ntv1.LabelRevision] = revision
+	labels[ntv1.LabelRun] = strconv.FormatInt(run, 10)
+	labels[ntv1.LabelAttempt] = strconv.Itoa(int(req.Attempt))
+	labels[ntv1.LabelManagedBy] = ntv1.ManagedByValue
 	if len(validation.IsValidLabelValue(req.Node)) == 0 {
-		labels[LabelNode] = req.Node
+		labels[ntv1.LabelNode] = req.Node
 	}
 	if req.NodeUID != "" {
-		labels[LabelNodeUID] = string(req.NodeUID)
+		labels[ntv1.LabelNodeUID] = string(req.NodeUID)
 	}
 	if len(task.Spec.PodAnnotations) > 0 {
 		annotations = maps.Clone(task.Spec.PodAnnotations)
@@ -238,7 +217,7 @@ const rebootDelaySeconds = 15
 // RebootPodName is the name of the pod that restarts one node after one run: fixed per
 // task, machine and run, so that a run never restarts a node twice.
 func RebootPodName(task *ntv1.NodeTask, run int64, req PodRequest) string {
-	key := strings.Join([]string{string(task.UID), req.Node, string(req.NodeUID), strconv.FormatInt(run, 10), RoleReboot}, "/")
+	key := strings.Join([]string{string(task.UID), req.Node, string(req.NodeUID), strconv.FormatInt(run, 10), ntv1.RoleReboot}, "/")
 	return trimName(task.Name, 33) + "-reboot-" + shortHash(key)
 }
 
@@ -249,11 +228,11 @@ func RebootPodName(task *ntv1.NodeTask, run int64, req PodRequest) string {
 // the restart in an annotation.
 func (b *PodBuilder) RebootPod(task *ntv1.NodeTask, run int64, revision string, req RebootRequest) *corev1.Pod {
 	labels, annotations := podMeta(task, run, revision, req.PodRequest)
-	labels[LabelRole] = RoleReboot
+	labels[ntv1.LabelRole] = ntv1.RoleReboot
 	if annotations == nil {
 		annotations = map[string]string{}
 	}
-	annotations[AnnotationBootID] = req.BootID
+	annotations[ntv1.AnnotationBootID] = req.BootID
 	comment := fmt.Sprintf("NodeTask %s/%s run %d restarts this node", task.Namespace, task.Name, run)
 	return &corev1.Pod{
 		ObjectMeta: metav1.ObjectMeta{
@@ -307,10 +286,10 @@ func ScriptConfigMap(task *ntv1.NodeTask, run int64, revision, script string) *c
 			Name:      ScriptConfigMapName(task, run, revision),
 			Namespace: task.Namespace,
 			Labels: map[string]string{
-				LabelTask:      taskLabelValue(task.Name),
-				LabelRevision:  revision,
-				LabelRun:       strconv.FormatInt(run, 10),
-				LabelManagedBy: ManagedByValue,
+				ntv1.LabelTask:      taskLabelValue(task.Name),
+				ntv1.LabelRevision:  revision,
+				ntv1.LabelRun:       strconv.FormatInt(run, 10),
+				ntv1.LabelManagedBy: ntv1.ManagedByValue,
 			},
 			OwnerReferences: []metav1.OwnerReference{ownerRef(task)},
 		},

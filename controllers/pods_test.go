@@ -64,13 +64,13 @@ func TestGoldenRebootPod(t *testing.T) {
 	task := newTask(func(t *ntv1.NodeTask) {
 		t.Spec.Reboot = ntv1.RebootAlways
 		t.Spec.PodLabels = map[string]string{"team": "platform"}
-		t.Spec.PodAnnotations = map[string]string{"example.com/ticket": "OPS-42", AnnotationBootID: "not the user's"}
+		t.Spec.PodAnnotations = map[string]string{"example.com/ticket": "OPS-42", ntv1.AnnotationBootID: "not the user's"}
 	})
 	b := PodBuilder{DefaultScriptImage: ntv1.DefaultScriptImage}
 	pod := b.RebootPod(task, 3, Revision(&task.Spec), RebootRequest{
 		PodRequest: PodRequest{Node: "akswin000001", NodeUID: "0b5a8c1e-7f2d-4c55-9a51-3f1f2c7d9e10", Attempt: 1}, BootID: "7"})
 	golden(t, "pod_reboot.golden.yaml", toYAML(t, pod))
-	if pod.Labels["team"] != "platform" || pod.Annotations["example.com/ticket"] != "OPS-42" || pod.Annotations[AnnotationBootID] != "7" {
+	if pod.Labels["team"] != "platform" || pod.Annotations["example.com/ticket"] != "OPS-42" || pod.Annotations[ntv1.AnnotationBootID] != "7" {
 		t.Errorf("restart pod metadata: labels %v, annotations %v", pod.Labels, pod.Annotations)
 	}
 }

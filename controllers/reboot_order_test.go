@@ -23,7 +23,7 @@ func (w *maintWorld) untilRestartPod(node string) *corev1.Pod {
 	for range 10 {
 		w.reconcile()
 		for _, p := range w.pods {
-			if isRebootPod(p) && p.Spec.NodeName == node {
+			if ntv1.IsRebootPod(p) && p.Spec.NodeName == node {
 				return p
 			}
 			if !podFinished(p) {

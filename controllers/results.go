@@ -30,8 +30,8 @@ var waitingProblems = map[string]bool{
 func podResult(pod *corev1.Pod, nodeGone bool, now time.Time) ntv1.NodeStatus {
 	e := ntv1.NodeStatus{
 		Name:      pod.Spec.NodeName,
-		Run:       podRun(pod),
-		Attempts:  podAttempt(pod),
+		Run:       ntv1.PodRun(pod),
+		Attempts:  ntv1.PodAttempt(pod),
 		StartTime: pod.CreationTimestamp.DeepCopy(),
 	}
 	term := terminated(pod)

@@ -219,7 +219,7 @@ var _ = Describe("What a NodeTask's author can do through the operator", func() 
 		names := f.addWindowsNodes(1)
 		other := f.ns + "-apps"
 		create(&corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: other}})
-		disguised := podOn(other, "disguised", names[0], map[string]string{LabelTask: "anything"})
+		disguised := podOn(other, "disguised", names[0], map[string]string{ntv1.LabelTask: "anything"})
 		task := f.task("drainer", func(t *ntv1.NodeTask) {
 			t.Spec.Drain = &ntv1.DrainSpec{}
 			t.Spec.Rollout.MaxConcurrent = ptr.To(intstr.FromInt32(1))

@@ -121,14 +121,14 @@ func pickPod(task *ntv1.NodeTask, pods []corev1.Pod, node string, machine types.
 	var mine []*corev1.Pod
 	for i := range pods {
 		p := &pods[i]
-		if p.Spec.NodeName != node || !metav1.IsControlledBy(p, task) || p.Labels[controllers.LabelRole] != "" ||
-			p.Labels[controllers.LabelRun] != strconv.FormatInt(run, 10) {
+		if p.Spec.NodeName != node || !metav1.IsControlledBy(p, task) || p.Labels[ntv1.LabelRole] != "" ||
+			p.Labels[ntv1.LabelRun] != strconv.FormatInt(run, 10) {
 			continue
 		}
-		if uid, ok := p.Labels[controllers.LabelNodeUID]; ok && machine != "" && uid != string(machine) {
+		if uid, ok := p.Labels[ntv1.LabelNodeUID]; ok && machine != "" && uid != string(machine) {
 			continue
 		}
-		if attempt != 0 && p.Labels[controllers.LabelAttempt] != strconv.Itoa(int(attempt)) {
+		if attempt != 0 && p.Labels[ntv1.LabelAttempt] != strconv.Itoa(int(attempt)) {
 			continue
 		}
 		mine = append(mine, p)
@@ -137,8 +137,8 @@ func pickPod(task *ntv1.NodeTask, pods []corev1.Pod, node string, machine types.
 		return nil
 	}
 	return slices.MaxFunc(mine, func(a, b *corev1.Pod) int {
-		ai, _ := strconv.Atoi(a.Labels[controllers.LabelAttempt])
-		bi, _ := strconv.Atoi(b.Labels[controllers.LabelAttempt])
+		ai, _ := strconv.Atoi(a.Labels[ntv1.LabelAttempt])
+		bi, _ := strconv.Atoi(b.Labels[ntv1.LabelAttempt])
 		return cmp.Or(cmp.Compare(ai, bi), a.CreationTimestamp.Compare(b.CreationTimestamp.Time))
 	})
 }

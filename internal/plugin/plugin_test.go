@@ -222,7 +222,7 @@ func TestPickPod(t *testing.T) {
 	owner := []metav1.OwnerReference{*metav1.NewControllerRef(task, ntv1.GroupVersion.WithKind("NodeTask"))}
 	pod := func(name, node, run, attempt string, mutate ...func(*corev1.Pod)) corev1.Pod {
 		p := corev1.Pod{ObjectMeta: metav1.ObjectMeta{Name: name, OwnerReferences: owner,
-			Labels: map[string]string{controllers.LabelRun: run, controllers.LabelAttempt: attempt}}, Spec: corev1.PodSpec{NodeName: node}}
+			Labels: map[string]string{ntv1.LabelRun: run, ntv1.LabelAttempt: attempt}}, Spec: corev1.PodSpec{NodeName: node}}
 		for _, m := range mutate {
 			m(&p)
 		}
@@ -234,13 +234,13 @@ func TestPickPod(t *testing.T) {
 		pod("a2", "win-b", "2", "2"),
 		pod("old-run", "win-b", "1", "9"),
 		pod("other-node", "win-c", "2", "4"),
-		pod("restart", "win-b", "2", "5", func(p *corev1.Pod) { p.Labels[controllers.LabelRole] = controllers.RoleReboot }),
+		pod("restart", "win-b", "2", "5", func(p *corev1.Pod) { p.Labels[ntv1.LabelRole] = ntv1.RoleReboot }),
 		pod("foreign", "win-b", "2", "7", func(p *corev1.Pod) { p.OwnerReferences = nil }),
 		// A pod of the machine that had this node's name before it was deleted and created again.
-		pod("old-machine", "win-b", "2", "6", func(p *corev1.Pod) { p.Labels[controllers.LabelNodeUID] = "old-uid" }),
+		pod("old-machine", "win-b", "2", "6", func(p *corev1.Pod) { p.Labels[ntv1.LabelNodeUID] = "old-uid" }),
 	}
 	for i := range pods[:3] {
-		pods[i].Labels[controllers.LabelNodeUID] = "node-uid"
+		pods[i].Labels[ntv1.LabelNodeUID] = "node-uid"
 	}
 	for _, tt := range []struct {
 		machine types.UID

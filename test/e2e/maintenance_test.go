@@ -107,7 +107,7 @@ func ready(node *corev1.Node) bool {
 func restartPods(ns string) int {
 	n := 0
 	for _, p := range pods(ns) {
-		if p.Labels[controllers.LabelRole] == controllers.RoleReboot {
+		if p.Labels[ntv1.LabelRole] == ntv1.RoleReboot {
 			n++
 		}
 	}
@@ -250,7 +250,7 @@ var _ = Describe("Windows maintenance", func() {
 		By("kill -9 again as soon as a restart pod is reported Failed")
 		Eventually(func() bool {
 			for _, p := range pods(ns) {
-				if p.Labels[controllers.LabelRole] == controllers.RoleReboot && p.Status.Phase == corev1.PodFailed {
+				if p.Labels[ntv1.LabelRole] == ntv1.RoleReboot && p.Status.Phase == corev1.PodFailed {
 					return true
 				}
 			}
@@ -276,7 +276,7 @@ var _ = Describe("Windows maintenance", func() {
 		}
 		failed := 0
 		for _, p := range pods(ns) {
-			if p.Labels[controllers.LabelRole] == controllers.RoleReboot {
+			if p.Labels[ntv1.LabelRole] == ntv1.RoleReboot {
 				Expect(p.Status.Phase).To(Equal(corev1.PodFailed), "the kubelet reported every restart pod only after the boot")
 				failed++
 			}
@@ -342,7 +342,7 @@ var _ = Describe("Windows maintenance", func() {
 					if owners[p.Spec.NodeName] == nil {
 						owners[p.Spec.NodeName] = map[string]bool{}
 					}
-					owners[p.Spec.NodeName][p.Labels[controllers.LabelTask]] = true
+					owners[p.Spec.NodeName][p.Labels[ntv1.LabelTask]] = true
 					if len(owners[p.Spec.NodeName]) > 1 {
 						select {
 						case overlap <- p.Spec.NodeName:
