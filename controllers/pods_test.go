@@ -1,8 +1,6 @@
 package controllers
 
 import (
-	"flag"
-	"os"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -15,26 +13,13 @@ import (
 	"sigs.k8s.io/yaml"
 
 	ntv1 "github.com/nodetask/nodetask-operator/api/v1alpha1"
+	"github.com/nodetask/nodetask-operator/internal/testutil"
 )
 
-var update = flag.Bool("update", false, "rewrite the golden files in testdata/")
-
-// golden compares got with testdata/name, or rewrites the file with -update.
+// golden compares got with testdata/name (go test ./controllers -run Golden -update rewrites it).
 func golden(t *testing.T, name string, got []byte) {
 	t.Helper()
-	path := filepath.Join("testdata", name)
-	if *update {
-		if err := os.WriteFile(path, got, 0o644); err != nil {
-			t.Fatal(err)
-		}
-	}
-	want, err := os.ReadFile(path)
-	if err != nil {
-		t.Fatalf("%v (run `go test ./controllers -run Golden -update` to create it)", err)
-	}
-	if string(want) != string(got) {
-		t.Errorf("%s differs from what the code builds; if the change is intended, run `go test ./controllers -run Golden -update` and review the diff.\n--- got:\n%s", path, got)
-	}
+	testutil.Golden(t, filepath.Join("testdata", name), got)
 }
 
 func toYAML(t *testing.T, obj any) []byte {

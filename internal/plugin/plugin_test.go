@@ -3,8 +3,6 @@ package plugin
 import (
 	"bytes"
 	"errors"
-	"flag"
-	"os"
 	"path/filepath"
 	"testing"
 	"time"
@@ -16,9 +14,8 @@ import (
 
 	ntv1 "github.com/nodetask/nodetask-operator/api/v1alpha1"
 	"github.com/nodetask/nodetask-operator/controllers"
+	"github.com/nodetask/nodetask-operator/internal/testutil"
 )
-
-var update = flag.Bool("update", false, "rewrite the golden files from the output")
 
 // now is the fixed clock of every table test.
 var now = time.Date(2026, 11, 28, 12, 0, 0, 0, time.UTC)
@@ -28,19 +25,7 @@ func ago(d time.Duration) *metav1.Time { t := metav1.NewTime(now.Add(-d)); retur
 // golden compares got with testdata/name.golden (go test ./internal/plugin -update rewrites it).
 func golden(t *testing.T, name string, got []byte) {
 	t.Helper()
-	path := filepath.Join("testdata", name+".golden")
-	if *update {
-		if err := os.WriteFile(path, got, 0o644); err != nil {
-			t.Fatal(err)
-		}
-	}
-	want, err := os.ReadFile(path)
-	if err != nil {
-		t.Fatalf("%v (run go test ./internal/plugin -update to write it)", err)
-	}
-	if !bytes.Equal(got, want) {
-		t.Errorf("output differs from %s:\n--- got\n%s\n--- want\n%s", path, got, want)
-	}
+	testutil.Golden(t, filepath.Join("testdata", name+".golden"), got)
 }
 
 // rollout is a task halfway through its second run, with a node in every phase.
