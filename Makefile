@@ -95,7 +95,7 @@ argocd-cm: ## Write config/argocd/argocd-cm.yaml (the health check as an argocd-
 
 .PHONY: bench
 bench: ## Run the planner and status benchmarks at 1000 and 5000 nodes.
-	go test -run '^$$' -bench . -benchmem ./controllers/
+	go test -run '^$$' -bench . -benchmem ./controllers/rollout/
 
 ##@ Build
 

@@ -24,6 +24,7 @@ import (
 
 	ntv1 "github.com/nodetask/nodetask-operator/api/v1alpha1"
 	"github.com/nodetask/nodetask-operator/controllers"
+	"github.com/nodetask/nodetask-operator/controllers/rollout"
 )
 
 // metricsFilter authenticates and authorizes scrapes when metrics are served over HTTPS.
@@ -105,7 +106,7 @@ func main() {
 		Client:                  mgr.GetClient(),
 		APIReader:               mgr.GetAPIReader(),
 		Recorder:                mgr.GetEventRecorder("nodetask-controller"),
-		Pods:                    controllers.PodBuilder{DefaultScriptImage: defaultImage},
+		Pods:                    rollout.PodBuilder{DefaultScriptImage: defaultImage},
 		CreateWorkers:           createWorkers,
 		MaxConcurrentReconciles: reconciles,
 	}

@@ -14,6 +14,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	ntv1 "github.com/nodetask/nodetask-operator/api/v1alpha1"
+	"github.com/nodetask/nodetask-operator/controllers/rollout"
 )
 
 // The admission gate. Whoever can create a NodeTask makes the operator act with the
@@ -41,21 +42,6 @@ const (
 	admissionRelabelRecheck = 2 * time.Second
 )
 
-// Admission is what the API server said of the current run's pods.
-type Admission struct {
-	// Confirmed: a dry run of the run's pod (and, for a task that restarts nodes, of its
-	// restart pod) was admitted, in the namespace as its labels are now.
-	Confirmed bool
-	// Refused is why the API server refuses them: the task is Stalled, and touches no node.
-	Refused *Problem
-	// Waiting is why the API server cannot admit them yet though nothing is wrong with
-	// them (a full ResourceQuota): the task waits, and touches no node meanwhile.
-	Waiting *Problem
-}
-
-// decided reports whether the verdict needs no dry run.
-func (a Admission) decided() bool { return a.Confirmed || a.Refused != nil || a.Waiting != nil }
-
 // admissionKey is what a verdict holds for: the run, its content, and the namespace's labels.
 type admissionKey struct {
 	run       int64
@@ -64,10 +50,17 @@ type admissionKey struct {
 	namespace string
 }
 
+// admissionView is what observe read of the remembered verdict: the key of the task's
+// current run, and when a remembered refusal or wait is looked at again.
+type admissionView struct {
+	key     admissionKey
+	recheck time.Duration
+}
+
 // admissionRecord is a remembered verdict.
 type admissionRecord struct {
 	key     admissionKey
-	verdict Admission
+	verdict rollout.Admission
 	// refusals counts the refusals in a row for this key, for the backoff.
 	refusals int
 	// recheckAt is when a refusal or a wait is looked at again.
@@ -91,10 +84,10 @@ func (r *NodeTaskReconciler) admissionKeyOf(ctx context.Context, task *ntv1.Node
 // recallAdmission returns the remembered verdict for key, unless there is none, it is for
 // another key, or it is a refusal or a wait whose time to ask again has come; and, for a
 // refusal or a wait, how long until then.
-func (r *NodeTaskReconciler) recallAdmission(task *ntv1.NodeTask, key admissionKey, now time.Time) (Admission, time.Duration) {
+func (r *NodeTaskReconciler) recallAdmission(task *ntv1.NodeTask, key admissionKey, now time.Time) (rollout.Admission, time.Duration) {
 	rec, ok := loadMark[admissionRecord](&r.admissions, task)
 	if !ok || rec.key != key {
-		return Admission{}, 0
+		return rollout.Admission{}, 0
 	}
 	if rec.verdict.Confirmed {
 		return rec.verdict, 0
@@ -102,11 +95,11 @@ func (r *NodeTaskReconciler) recallAdmission(task *ntv1.NodeTask, key admissionK
 	if wait := rec.recheckAt.Sub(now); wait > 0 {
 		return rec.verdict, wait
 	}
-	return Admission{}, 0
+	return rollout.Admission{}, 0
 }
 
 // rememberAdmission stores a verdict, and returns when a refusal or a wait is looked at again.
-func (r *NodeTaskReconciler) rememberAdmission(task *ntv1.NodeTask, key admissionKey, verdict Admission, now time.Time) time.Duration {
+func (r *NodeTaskReconciler) rememberAdmission(task *ntv1.NodeTask, key admissionKey, verdict rollout.Admission, now time.Time) time.Duration {
 	prev, _ := loadMark[admissionRecord](&r.admissions, task)
 	rec := admissionRecord{key: key, verdict: verdict}
 	var wait time.Duration
@@ -148,27 +141,27 @@ func labelsAllowPrivileged(nsLabels string) bool {
 // again with the answer. recheck is when a remembered refusal or wait is looked at again.
 // An error means the API server did not answer: nothing is confirmed (the gate fails
 // closed), and the caller retries.
-func (r *NodeTaskReconciler) planAdmitted(ctx context.Context, task *ntv1.NodeTask, obs *Observed) (plan *Plan, recheck time.Duration, err error) {
-	plan, recheck = ComputePlan(obs), obs.admissionRecheck
+func (r *NodeTaskReconciler) planAdmitted(ctx context.Context, task *ntv1.NodeTask, obs *rollout.Observed, adm admissionView) (plan *rollout.Plan, recheck time.Duration, err error) {
+	plan, recheck = rollout.ComputePlan(obs), adm.recheck
 	if plan.AdmissionProbe == nil {
 		return plan, recheck, nil
 	}
-	if obs.Admission, recheck, err = r.checkAdmission(ctx, task, obs.admissionKey, *plan.AdmissionProbe, obs.Now); err != nil {
+	if obs.Admission, recheck, err = r.checkAdmission(ctx, task, adm.key, *plan.AdmissionProbe, obs.Now); err != nil {
 		return nil, 0, err
 	}
-	return ComputePlan(obs), recheck, nil
+	return rollout.ComputePlan(obs), recheck, nil
 }
 
 // checkAdmission asks the API server, by dry runs, whether it admits the pods the plan's
 // probe stands for: the run's pod on the probe's node and, for a task that restarts nodes,
 // the restart pod. It returns the verdict and how long until a refusal is looked at again.
 // An error means the API server did not say: nothing is confirmed, and the caller retries.
-func (r *NodeTaskReconciler) checkAdmission(ctx context.Context, task *ntv1.NodeTask, key admissionKey, probe PodRequest, now time.Time) (Admission, time.Duration, error) {
+func (r *NodeTaskReconciler) checkAdmission(ctx context.Context, task *ntv1.NodeTask, key admissionKey, probe rollout.PodRequest, now time.Time) (rollout.Admission, time.Duration, error) {
 	pods := []*corev1.Pod{r.Pods.Pod(task, key.run, key.revision, probe)}
-	if newMaintenance(task).reboot != ntv1.RebootNever {
-		pods = append(pods, r.Pods.RebootPod(task, key.run, key.revision, RebootRequest{PodRequest: probe}))
+	if rollout.RestartsNodes(task) {
+		pods = append(pods, r.Pods.RebootPod(task, key.run, key.revision, rollout.RebootRequest{PodRequest: probe}))
 	}
-	verdict := Admission{Confirmed: true}
+	verdict := rollout.Admission{Confirmed: true}
 	for _, pod := range pods {
 		err := r.Client.Create(ctx, pod, client.DryRunAll)
 		if err == nil || apierrors.IsAlreadyExists(err) {
@@ -178,9 +171,9 @@ func (r *NodeTaskReconciler) checkAdmission(ctx context.Context, task *ntv1.Node
 		}
 		refused, waiting := admissionProblem(task, err)
 		if refused == nil && waiting == nil {
-			return Admission{}, 0, fmt.Errorf("dry run of pod %s (no node is touched until it answers): %w", pod.Name, err)
+			return rollout.Admission{}, 0, fmt.Errorf("dry run of pod %s (no node is touched until it answers): %w", pod.Name, err)
 		}
-		verdict = Admission{Refused: refused, Waiting: waiting}
+		verdict = rollout.Admission{Refused: refused, Waiting: waiting}
 		break
 	}
 	return verdict, r.rememberAdmission(task, key, verdict, now), nil
@@ -190,20 +183,20 @@ func (r *NodeTaskReconciler) checkAdmission(ctx context.Context, task *ntv1.Node
 // concerns: refused (Pod Security, an admission policy or webhook, a LimitRange: the task
 // stalls), waiting (a full ResourceQuota, which frees up as pods finish), or neither (an
 // error to retry).
-func admissionProblem(task *ntv1.NodeTask, err error) (refused, waiting *Problem) {
+func admissionProblem(task *ntv1.NodeTask, err error) (refused, waiting *rollout.Problem) {
 	switch {
 	case isPodSecurityRejection(err):
-		return &Problem{Reason: ntv1.ReasonPodSecurityRejected, Message: fmt.Sprintf(
+		return &rollout.Problem{Reason: ntv1.ReasonPodSecurityRejected, Message: fmt.Sprintf(
 			"Pod Security admission in namespace %q refuses the task's pods: HostProcess pods need a privileged namespace, "+
 				"and no node was claimed, cordoned, drained or restarted. Label it with `kubectl label namespace %s "+
 				"pod-security.kubernetes.io/enforce=privileged` (only where every user who can create pods there may run "+
 				"code as SYSTEM on the nodes). The API server said: %s", task.Namespace, task.Namespace, apiMessage(err))}, nil
 	case isQuotaRefusal(err):
-		return nil, &Problem{Reason: ntv1.ReasonQuotaExceeded, Message: fmt.Sprintf(
+		return nil, &rollout.Problem{Reason: ntv1.ReasonQuotaExceeded, Message: fmt.Sprintf(
 			"a ResourceQuota in namespace %q refused new pods; nodes start as running pods finish (raise the quota, "+
 				"or lower rollout.maxConcurrent to match it). The API server said: %s", task.Namespace, apiMessage(err))}
 	case apierrors.IsForbidden(err) || apierrors.IsInvalid(err) || apierrors.IsBadRequest(err):
-		return &Problem{Reason: ntv1.ReasonPodCreateFailed, Message: fmt.Sprintf(
+		return &rollout.Problem{Reason: ntv1.ReasonPodCreateFailed, Message: fmt.Sprintf(
 			"the API server refuses the task's pods in namespace %q, so no node was claimed, cordoned, drained or "+
 				"restarted: change what its answer names (an admission policy or webhook, a LimitRange, the task's "+
 				"podLabels, podAnnotations or resources). The API server said: %s", task.Namespace, apiMessage(err))}, nil

@@ -11,6 +11,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	ntv1 "github.com/nodetask/nodetask-operator/api/v1alpha1"
+	"github.com/nodetask/nodetask-operator/controllers/rollout"
 )
 
 // CacheOptions limits the manager's cache to what the controller reads: the pods it made
@@ -29,7 +30,7 @@ func CacheOptions() cache.Options {
 			// nodes) and nothing reads them.
 			&corev1.Pod{}: {Label: labels.NewSelector().Add(*managed), Transform: trimForeignPod},
 			&corev1.Node{}: {
-				Label:     labels.SelectorFromSet(labels.Set{OSLabel: WindowsOS}),
+				Label:     labels.SelectorFromSet(labels.Set{rollout.OSLabel: rollout.WindowsOS}),
 				Transform: TrimNode,
 			},
 			// Namespaces are watched only for their labels (Pod Security levels).
@@ -86,8 +87,8 @@ func TrimNode(obj any) (any, error) {
 	trimmed.Spec.Taints = node.Spec.Taints
 	trimmed.Spec.Unschedulable = node.Spec.Unschedulable
 	for _, mf := range node.ManagedFields {
-		// The operator's own entry says whether its cordon is still the last word (operatorCordoned).
-		if mf.Manager == FieldManager {
+		// The operator's own entry says whether its cordon is still the last word (rollout.OperatorCordoned).
+		if mf.Manager == rollout.FieldManager {
 			trimmed.ManagedFields = append(trimmed.ManagedFields, mf)
 		}
 	}

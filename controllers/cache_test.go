@@ -9,6 +9,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	ntv1 "github.com/nodetask/nodetask-operator/api/v1alpha1"
+	"github.com/nodetask/nodetask-operator/controllers/rollout"
 )
 
 // TestCachedPodsKeepNoManagedFields: the pod cache drops managedFields (a fifth of the cached
@@ -25,7 +26,7 @@ func TestCachedPodsKeepNoManagedFields(t *testing.T) {
 	}
 	pod := &corev1.Pod{
 		ObjectMeta: metav1.ObjectMeta{Name: "p", Labels: map[string]string{ntv1.LabelTask: "t"},
-			OwnerReferences: []metav1.OwnerReference{ownerRef(newTask())},
+			OwnerReferences: []metav1.OwnerReference{rollout.OwnerRef(newTask())},
 			ManagedFields:   []metav1.ManagedFieldsEntry{{Manager: "kwok", FieldsV1: &metav1.FieldsV1{Raw: []byte(`{"f:status":{}}`)}}}},
 		Spec:   corev1.PodSpec{NodeName: "win-a"},
 		Status: corev1.PodStatus{Phase: corev1.PodSucceeded},

@@ -19,10 +19,11 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/reconcile"
 
 	ntv1 "github.com/nodetask/nodetask-operator/api/v1alpha1"
+	"github.com/nodetask/nodetask-operator/controllers/rollout"
 )
 
 // claimJanitor lets go of the nodes a deleted task had claimed: it removes the claim and,
-// if that claim cordoned the node and no one changed its schedulability since (nodePatch),
+// if that claim cordoned the node and no one changed its schedulability since (rollout.NodePatch),
 // uncordons it. A forged claim, naming a task that never existed, is removed the same way,
 // and uncordons nothing the operator did not cordon. Without it, deleting a task in the middle
 // of a node's maintenance would leave the node cordoned until another task took it over.
@@ -38,19 +39,19 @@ func (j *claimJanitor) Reconcile(ctx context.Context, req reconcile.Request) (re
 	if err := j.client.Get(ctx, req.NamespacedName, node); err != nil {
 		return reconcile.Result{}, client.IgnoreNotFound(err)
 	}
-	c := readClaim(node)
+	c := rollout.ReadClaim(node)
 	if c == nil || !claimIsStale(ctx, j.client, c) {
 		return reconcile.Result{}, nil
 	}
-	// The gone task releases its own claim: nodePatch with the task's identity.
+	// The gone task releases its own claim: rollout.NodePatch with the task's identity.
 	ns, name, _ := cutTaskKey(c.Task)
 	gone := &ntv1.NodeTask{}
 	gone.Namespace, gone.Name, gone.UID = ns, name, c.UID
-	patch := nodePatch(gone, node, NodeOp{Kind: OpRelease, Uncordon: true}, j.now())
+	patch := rollout.NodePatch(gone, node, rollout.NodeOp{Kind: rollout.OpRelease, Uncordon: true}, j.now())
 	if patch == nil {
 		return reconcile.Result{}, nil
 	}
-	err := j.client.Patch(ctx, &corev1.Node{ObjectMeta: node.ObjectMeta}, client.RawPatch(types.MergePatchType, patch), client.FieldOwner(FieldManager))
+	err := j.client.Patch(ctx, &corev1.Node{ObjectMeta: node.ObjectMeta}, client.RawPatch(types.MergePatchType, patch), client.FieldOwner(rollout.FieldManager))
 	if apierrors.IsConflict(err) || apierrors.IsNotFound(err) {
 		return reconcile.Result{Requeue: true}, nil
 	}
@@ -64,13 +65,13 @@ func (j *claimJanitor) Reconcile(ctx context.Context, req reconcile.Request) (re
 // nodesClaimedBy maps a deleted task to the nodes its claim is still on.
 func (j *claimJanitor) nodesClaimedBy(ctx context.Context, o client.Object) []reconcile.Request {
 	var nodes corev1.NodeList
-	if err := j.client.List(ctx, &nodes, client.MatchingLabels{OSLabel: WindowsOS}, client.UnsafeDisableDeepCopy); err != nil {
+	if err := j.client.List(ctx, &nodes, client.MatchingLabels{rollout.OSLabel: rollout.WindowsOS}, client.UnsafeDisableDeepCopy); err != nil {
 		log.FromContext(ctx).Error(err, "listing nodes")
 		return nil
 	}
 	var reqs []reconcile.Request
 	for i := range nodes.Items {
-		if c := readClaim(&nodes.Items[i]); c != nil && c.UID == o.GetUID() {
+		if c := rollout.ReadClaim(&nodes.Items[i]); c != nil && c.UID == o.GetUID() {
 			reqs = append(reqs, reconcile.Request{NamespacedName: types.NamespacedName{Name: nodes.Items[i].Name}})
 		}
 	}
@@ -82,7 +83,7 @@ func (j *claimJanitor) nodesClaimedBy(ctx context.Context, o client.Object) []re
 func setupClaimJanitor(mgr ctrl.Manager, now func() time.Time) error {
 	j := &claimJanitor{client: mgr.GetClient(), now: now}
 	claimed := predicate.NewPredicateFuncs(func(o client.Object) bool {
-		_, ok := o.GetAnnotations()[AnnotationClaim]
+		_, ok := o.GetAnnotations()[rollout.AnnotationClaim]
 		return ok
 	})
 	onlyDeletes := predicate.Funcs{

@@ -21,6 +21,7 @@ import (
 	"sigs.k8s.io/yaml"
 
 	ntv1 "github.com/nodetask/nodetask-operator/api/v1alpha1"
+	"github.com/nodetask/nodetask-operator/controllers/rollout"
 )
 
 // The "exactly once per node" promise at the edges, against a real API server (issue 7).
@@ -242,7 +243,7 @@ var _ = Describe("NodeTask controller at the edges", func() {
 		task := f.task("squatted", func(t *ntv1.NodeTask) { t.Spec.Suspend = true })
 		create(task)
 		squatter := &corev1.ConfigMap{ObjectMeta: metav1.ObjectMeta{
-			Name: ScriptConfigMapName(get(task), 1, Revision(&task.Spec)), Namespace: f.ns}}
+			Name: rollout.ScriptConfigMapName(get(task), 1, rollout.Revision(&task.Spec)), Namespace: f.ns}}
 		create(squatter)
 		updateSpec(task, func(t *ntv1.NodeTask) { t.Spec.Suspend = false })
 		Eventually(conditionReason(task, ntv1.ConditionStalled)).Should(Equal(ntv1.ReasonScriptConfigMapConflict))

@@ -11,6 +11,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	ntv1 "github.com/nodetask/nodetask-operator/api/v1alpha1"
+	"github.com/nodetask/nodetask-operator/controllers/rollout"
 )
 
 // Maintenance against a real API server: node patches with optimistic locking, the Eviction
@@ -99,7 +100,7 @@ var _ = Describe("NodeTask maintenance", func() {
 
 		By("the first node is claimed, cordoned and drained; the second waits for a slot")
 		Eventually(func() bool { return nodeNamed(names[0]).Spec.Unschedulable }).Should(BeTrue())
-		claim := readClaim(nodeNamed(names[0]))
+		claim := rollout.ReadClaim(nodeNamed(names[0]))
 		Expect(claim).NotTo(BeNil())
 		Expect(claim.Task).To(Equal(f.ns + "/patch"))
 		Expect(nodeNamed(names[1]).Spec.Unschedulable).To(BeFalse())
@@ -128,7 +129,7 @@ var _ = Describe("NodeTask maintenance", func() {
 		Expect(e.BootIDBefore).To(Equal("5"))
 		Expect(e.BootIDAfter).To(Equal("6"))
 		Eventually(func() bool { return nodeNamed(names[0]).Spec.Unschedulable }).Should(BeFalse(), "uncordoned")
-		Expect(nodeNamed(names[0]).Annotations).NotTo(HaveKey(AnnotationClaim))
+		Expect(nodeNamed(names[0]).Annotations).NotTo(HaveKey(rollout.AnnotationClaim))
 
 		By("the second node's drain is blocked by the PodDisruptionBudget, then goes on once the budget is gone")
 		Eventually(func() string { return nodeEntry(task, names[1]).Reason }).Should(Equal(ntv1.NodeReasonDrainBlocked))
@@ -161,7 +162,7 @@ var _ = Describe("NodeTask maintenance", func() {
 		Eventually(func() int {
 			n := 0
 			for _, name := range names {
-				if readClaim(nodeNamed(name)) != nil {
+				if rollout.ReadClaim(nodeNamed(name)) != nil {
 					n++
 				}
 			}
@@ -170,7 +171,7 @@ var _ = Describe("NodeTask maintenance", func() {
 		Expect(nodeNamed(names[0]).Spec.Unschedulable).To(BeTrue())
 		Expect(k8sClient.Delete(suiteCtx, task)).To(Succeed())
 		for _, name := range names {
-			Eventually(func() map[string]string { return nodeNamed(name).Annotations }).ShouldNot(HaveKey(AnnotationClaim))
+			Eventually(func() map[string]string { return nodeNamed(name).Annotations }).ShouldNot(HaveKey(rollout.AnnotationClaim))
 		}
 		Expect(nodeNamed(names[0]).Spec.Unschedulable).To(BeFalse(), "the task's own cordon goes with it")
 		Expect(nodeNamed(names[1]).Spec.Unschedulable).To(BeTrue(), "the administrator's stays")

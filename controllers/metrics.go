@@ -9,6 +9,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/metrics"
 
 	ntv1 "github.com/nodetask/nodetask-operator/api/v1alpha1"
+	"github.com/nodetask/nodetask-operator/controllers/rollout"
 )
 
 // Metrics, served with controller-runtime's on /metrics. Series are per task, never per
@@ -49,11 +50,11 @@ func registerMetrics() {
 }
 
 // recordStatusWrite updates the metrics for one accepted status write: the write itself,
-// the task's phase counts and conditions, and the node results it newly stored (newResults).
+// the task's phase counts and conditions, and the node results it newly stored (rollout.NewResults).
 func recordStatusWrite(task *ntv1.NodeTask, results []ntv1.NodeStatus) {
 	st := &task.Status
 	statusWrites.Inc()
-	statusWriteBytes.Add(float64(objectSize(task, st)))
+	statusWriteBytes.Add(float64(rollout.ObjectSize(task, st)))
 	ns, name := task.Namespace, task.Name
 	for phase, n := range map[string]int32{
 		string(ntv1.NodePending): st.Pending, string(ntv1.NodeRunning): st.Running,
@@ -76,25 +77,6 @@ func recordStatusWrite(task *ntv1.NodeTask, results []ntv1.NodeStatus) {
 			nodeRunDuration.WithLabelValues(ns, name).Observe(e.FinishTime.Sub(e.StartTime.Time).Seconds())
 		}
 	}
-}
-
-// newResults returns the final results of the current run that st holds and old did not.
-func newResults(old, st *ntv1.NodeTaskStatus) []ntv1.NodeStatus {
-	var out []ntv1.NodeStatus
-	for i := range st.Nodes {
-		e := st.Nodes[i]
-		e.Run = st.RunOf(&e)
-		if e.Run != st.Run || (e.Phase != ntv1.NodeSucceeded && e.Phase != ntv1.NodeFailed) {
-			continue
-		}
-		if o := old.Node(e.Name); o != nil {
-			if old.RunOf(o) == e.Run && o.Phase == e.Phase && o.Attempts == e.Attempts {
-				continue
-			}
-		}
-		out = append(out, e)
-	}
-	return out
 }
 
 // forgetMetrics deletes the series of a task that is gone.

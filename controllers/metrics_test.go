@@ -12,6 +12,7 @@ import (
 	"k8s.io/utils/ptr"
 
 	ntv1 "github.com/nodetask/nodetask-operator/api/v1alpha1"
+	"github.com/nodetask/nodetask-operator/controllers/rollout"
 )
 
 func TestTaskMetrics(t *testing.T) {
@@ -31,8 +32,8 @@ func TestTaskMetrics(t *testing.T) {
 			{Name: "win-c", Phase: ntv1.NodePending},
 		}}
 	registerMetrics()
-	recordStatusWrite(task, newResults(&old, &task.Status))
-	recordStatusWrite(task, newResults(&task.Status, &task.Status)) // the same status again counts nothing new
+	recordStatusWrite(task, rollout.NewResults(&old, &task.Status))
+	recordStatusWrite(task, rollout.NewResults(&task.Status, &task.Status)) // the same status again counts nothing new
 
 	g.Expect(testutil.ToFloat64(taskNodes.WithLabelValues("metrics-ns", "metrics-task", "Succeeded"))).To(Equal(1.0))
 	g.Expect(testutil.ToFloat64(taskNodes.WithLabelValues("metrics-ns", "metrics-task", "Pending"))).To(Equal(1.0))

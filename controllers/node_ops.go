@@ -2,7 +2,6 @@ package controllers
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"strconv"
@@ -21,6 +20,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/log"
 
 	ntv1 "github.com/nodetask/nodetask-operator/api/v1alpha1"
+	"github.com/nodetask/nodetask-operator/controllers/rollout"
 )
 
 // This file holds the side of node maintenance that talks to the API server: reading
@@ -78,15 +78,14 @@ func (w *nodeWrites) overlay(nodes map[string]*corev1.Node, now time.Time) {
 
 // observeMaintenance adds to obs what the planner needs for a task that claims nodes: the
 // claims of tasks that no longer exist, and the drains of the nodes this task claimed.
-func (r *NodeTaskReconciler) observeMaintenance(ctx context.Context, obs *Observed) error {
+func (r *NodeTaskReconciler) observeMaintenance(ctx context.Context, obs *rollout.Observed) error {
 	task := obs.Task
-	m := newMaintenance(task)
-	if !m.claims {
+	if !rollout.ClaimsNodes(task) {
 		return nil
 	}
 	r.nodeWrites.overlay(obs.Nodes, obs.Now)
 	// Nodes with an attempt of the current run need no drain: it ran before the attempt.
-	run, _ := currentRun(&task.Status, obs.Revision)
+	run, _ := rollout.CurrentRun(&task.Status, obs.Revision)
 	running := map[string]bool{}
 	for _, pod := range obs.Pods {
 		if ntv1.PodRun(pod) == run && ntv1.PodRevision(pod) == obs.Revision && !ntv1.IsRebootPod(pod) {
@@ -94,7 +93,7 @@ func (r *NodeTaskReconciler) observeMaintenance(ctx context.Context, obs *Observ
 		}
 	}
 	for name, node := range obs.Nodes {
-		c := readClaim(node)
+		c := rollout.ReadClaim(node)
 		switch {
 		case c == nil:
 		case c.UID != task.UID:
@@ -104,13 +103,13 @@ func (r *NodeTaskReconciler) observeMaintenance(ctx context.Context, obs *Observ
 				}
 				obs.StaleClaims[name] = true
 			}
-		case m.drain && node.Spec.Unschedulable && !running[name]:
+		case task.Spec.Drain != nil && node.Spec.Unschedulable && !running[name]:
 			d, err := r.observeDrain(ctx, task, node)
 			if err != nil {
 				return err
 			}
 			if obs.Drains == nil {
-				obs.Drains = map[string]*DrainObservation{}
+				obs.Drains = map[string]*rollout.DrainObservation{}
 			}
 			obs.Drains[name] = d
 		}
@@ -121,7 +120,7 @@ func (r *NodeTaskReconciler) observeMaintenance(ctx context.Context, obs *Observ
 // claimIsStale reports whether a claim names a task that no longer exists: none under its
 // name, or another one (by UID). It reads the cache, where every task the manager has acted
 // on is. A claim this operator did not write is never stale: it is respected.
-func claimIsStale(ctx context.Context, reader client.Reader, c *NodeClaim) bool {
+func claimIsStale(ctx context.Context, reader client.Reader, c *rollout.NodeClaim) bool {
 	ns, name, ok := cutTaskKey(c.Task)
 	if !ok || c.UID == "" {
 		return false
@@ -139,7 +138,7 @@ func cutTaskKey(key string) (ns, name string, ok bool) {
 
 // observeDrain lists the pods on the node that the drain must still evict, straight from
 // the API server: the cache holds only the operator's own pods.
-func (r *NodeTaskReconciler) observeDrain(ctx context.Context, task *ntv1.NodeTask, node *corev1.Node) (*DrainObservation, error) {
+func (r *NodeTaskReconciler) observeDrain(ctx context.Context, task *ntv1.NodeTask, node *corev1.Node) (*rollout.DrainObservation, error) {
 	var pods corev1.PodList
 	if err := r.APIReader.List(ctx, &pods, client.MatchingFields{"spec.nodeName": node.Name}); err != nil {
 		return nil, fmt.Errorf("listing pods on node %s: %w", node.Name, err)
@@ -152,7 +151,7 @@ func (r *NodeTaskReconciler) observeDrain(ctx context.Context, task *ntv1.NodeTa
 			return nil, err // CEL and the planner's own check make this unreachable
 		}
 	}
-	d := &DrainObservation{}
+	d := &rollout.DrainObservation{}
 	var emptyDir []string
 	for i := range pods.Items {
 		pod := &pods.Items[i]
@@ -171,7 +170,7 @@ func (r *NodeTaskReconciler) observeDrain(ctx context.Context, task *ntv1.NodeTa
 	}
 	if len(emptyDir) > 0 {
 		d.Blocked = fmt.Sprintf("%s with emptyDir data (%s): set spec.drain.deleteEmptyDirData to evict them",
-			countOf(len(emptyDir), "pod"), nameList(emptyDir))
+			rollout.CountOf(len(emptyDir), "pod"), rollout.NameList(emptyDir))
 	}
 	if refused, _ := loadMark[map[string]string](&r.drainRefusals, task); len(d.Evictable) > 0 {
 		d.Blocked = joinNonEmpty(d.Blocked, refused[node.Name])
@@ -184,7 +183,7 @@ func (r *NodeTaskReconciler) observeDrain(ctx context.Context, task *ntv1.NodeTa
 // A NodeTask's pod is one a NodeTask controls, not one that carries the operator's labels:
 // anyone who can create a pod can set a label, and must not exempt it from every drain.
 func drained(pod *corev1.Pod) bool {
-	if podFinished(pod) {
+	if rollout.PodFinished(pod) {
 		return false
 	}
 	if _, mirror := pod.Annotations[corev1.MirrorPodAnnotationKey]; mirror {
@@ -222,19 +221,19 @@ func joinNonEmpty(a, b string) string {
 
 // applyMaintenance carries out the plan's node changes, evictions and restart pods. A node
 // changed meanwhile (a conflict) is left for the next pass, which sees the change.
-func (r *NodeTaskReconciler) applyMaintenance(ctx context.Context, task *ntv1.NodeTask, obs *Observed, plan *Plan) error {
+func (r *NodeTaskReconciler) applyMaintenance(ctx context.Context, task *ntv1.NodeTask, obs *rollout.Observed, plan *rollout.Plan) error {
 	logger := log.FromContext(ctx)
 	for _, op := range plan.NodeOps {
 		node := obs.Nodes[op.Node]
 		if node == nil {
 			continue
 		}
-		patch := nodePatch(task, node, op, obs.Now)
+		patch := rollout.NodePatch(task, node, op, obs.Now)
 		if patch == nil {
 			continue
 		}
 		written := &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: node.Name}}
-		err := r.Client.Patch(ctx, written, client.RawPatch(types.MergePatchType, patch), client.FieldOwner(FieldManager))
+		err := r.Client.Patch(ctx, written, client.RawPatch(types.MergePatchType, patch), client.FieldOwner(rollout.FieldManager))
 		switch {
 		case apierrors.IsConflict(err) || apierrors.IsNotFound(err):
 			logger.V(1).Info("node changed meanwhile", "task", klog.KObj(task), "node", op.Node, "op", op.Kind)
@@ -294,65 +293,6 @@ func (r *NodeTaskReconciler) applyMaintenance(ctx context.Context, task *ntv1.No
 	}
 	r.expectations.created(client.ObjectKeyFromObject(task), task.UID, created, obs.Now)
 	return nil
-}
-
-// nodePatch is the JSON merge patch that carries out op on the node as last read, or nil
-// when there is nothing to change. It names the node's resourceVersion, so that the API
-// server refuses it if the node changed meanwhile: two tasks never both take a claim.
-//
-// The cordon belongs to the claim that made it: a claim records whether it cordoned the
-// node, and the release uncordons only such a node, and only while the operator's write
-// is still the last one to spec.unschedulable (operatorCordoned). A cordoned-by mark that
-// no longer matches the node is dropped on the way.
-func nodePatch(task *ntv1.NodeTask, node *corev1.Node, op NodeOp, now time.Time) []byte {
-	ann := map[string]any{}
-	spec := map[string]any{}
-	claim := readClaim(node)
-	ours := claim != nil && claim.UID == task.UID
-	marked := false // the patch sets or removes the cordoned-by mark
-	mark := func(v any) { ann[AnnotationCordonedBy], marked = v, true }
-	switch op.Kind {
-	case OpClaim:
-		cordon := op.Cordon && !node.Spec.Unschedulable
-		ann[AnnotationClaim] = claimValue(task, now, cordon || op.TakeOverCordon)
-		if cordon {
-			spec["unschedulable"] = true
-		}
-		if cordon || op.TakeOverCordon {
-			mark(string(task.UID))
-		}
-	case OpCordon:
-		if ours && !node.Spec.Unschedulable {
-			ann[AnnotationClaim] = claimValue(task, claim.Since.Time, true)
-			spec["unschedulable"] = true
-			mark(string(task.UID))
-		}
-	case OpRelease:
-		if ours {
-			ann[AnnotationClaim] = nil
-		}
-		if op.Uncordon && ours && claim.Cordoned && operatorCordoned(node) {
-			spec["unschedulable"] = nil
-			mark(nil)
-		}
-	}
-	if _, ok := node.Annotations[AnnotationCordonedBy]; ok && !marked && len(ann) > 0 && !operatorCordoned(node) {
-		// Someone changed the node's schedulability since the operator's cordon: the mark
-		// no longer says who cordoned it.
-		ann[AnnotationCordonedBy] = nil
-	}
-	if len(ann) == 0 && len(spec) == 0 {
-		return nil
-	}
-	patch := map[string]any{"metadata": map[string]any{"resourceVersion": node.ResourceVersion, "annotations": ann}}
-	if len(spec) > 0 {
-		patch["spec"] = spec
-	}
-	b, err := json.Marshal(patch)
-	if err != nil {
-		panic(err) // strings, booleans and nils
-	}
-	return b
 }
 
 // evictionMessage is the API server's refusal with its causes, which name the

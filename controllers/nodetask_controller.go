@@ -27,6 +27,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/predicate"
 
 	ntv1 "github.com/nodetask/nodetask-operator/api/v1alpha1"
+	"github.com/nodetask/nodetask-operator/controllers/rollout"
 )
 
 const (
@@ -61,7 +62,7 @@ type NodeTaskReconciler struct {
 	// Recorder emits events about tasks.
 	Recorder events.EventRecorder
 	// Pods builds the pods and ConfigMaps.
-	Pods PodBuilder
+	Pods rollout.PodBuilder
 	// CreateWorkers is how many pods one reconcile creates in parallel.
 	CreateWorkers int
 	// MaxConcurrentReconciles is how many tasks are reconciled at once.
@@ -130,11 +131,11 @@ func (r *NodeTaskReconciler) Reconcile(ctx context.Context, req ctrl.Request) (c
 		return ctrl.Result{}, nil
 	}
 
-	obs, awaiting, err := r.observe(ctx, task)
+	obs, adm, awaiting, err := r.observe(ctx, task)
 	if err != nil {
 		return ctrl.Result{}, err
 	}
-	plan, recheck, err := r.planAdmitted(ctx, task, obs)
+	plan, recheck, err := r.planAdmitted(ctx, task, obs, adm)
 	if err != nil {
 		return ctrl.Result{}, err
 	}
@@ -144,24 +145,24 @@ func (r *NodeTaskReconciler) Reconcile(ctx context.Context, req ctrl.Request) (c
 	}
 	if out.Problem != nil && out.Problem.Reason == ntv1.ReasonPodSecurityRejected {
 		// The namespace's level changed since the dry run: remembered like its refusal.
-		recheck = r.rememberAdmission(task, obs.admissionKey, Admission{Refused: out.Problem}, obs.Now)
+		recheck = r.rememberAdmission(task, adm.key, rollout.Admission{Refused: out.Problem}, obs.Now)
 	}
 	if out.Waiting == nil {
 		out.Waiting = obs.Admission.Waiting
 	}
-	st := ComputeStatus(obs, plan, out)
+	st := rollout.ComputeStatus(obs, plan, out)
 
-	requeue := soonest(plan.RequeueAfter, recheck)
+	requeue := rollout.Soonest(plan.RequeueAfter, recheck)
 	if awaiting {
-		requeue = soonest(requeue, 5*time.Second)
+		requeue = rollout.Soonest(requeue, 5*time.Second)
 	}
 	if out.Waiting != nil {
-		requeue = soonest(requeue, quotaRetry)
+		requeue = rollout.Soonest(requeue, quotaRetry)
 	}
-	if statusChanged(&task.Status, &st) {
+	if rollout.StatusChanged(&task.Status, &st) {
 		if wait := r.writeDelay(task, &st, obs.Now); wait > 0 {
 			// Progress only: coalesce it with what the next second brings.
-			return ctrl.Result{RequeueAfter: soonest(requeue, wait)}, nil
+			return ctrl.Result{RequeueAfter: rollout.Soonest(requeue, wait)}, nil
 		}
 		old := task.Status
 		task.Status = st
@@ -176,7 +177,7 @@ func (r *NodeTaskReconciler) Reconcile(ctx context.Context, req ctrl.Request) (c
 			return ctrl.Result{}, fmt.Errorf("writing status: %w", err)
 		}
 		storeMark(&r.lastWrite, task, obs.Now)
-		results := newResults(&old, &task.Status)
+		results := rollout.NewResults(&old, &task.Status)
 		recordStatusWrite(task, results)
 		// Events describe what the stored status now says, never a write that failed.
 		r.emitEvents(task, &old, plan, results)
@@ -185,7 +186,7 @@ func (r *NodeTaskReconciler) Reconcile(ctx context.Context, req ctrl.Request) (c
 	if meta.IsStatusConditionTrue(st.Conditions, ntv1.ConditionStalled) && !plan.BudgetExceeded && recheck == 0 {
 		// A missing ConfigMap may appear at any time. A refusal of the pods has its own,
 		// growing, wait (recheck).
-		requeue = soonest(requeue, stalledRetry)
+		requeue = rollout.Soonest(requeue, stalledRetry)
 	}
 	return ctrl.Result{RequeueAfter: requeue}, nil
 }
@@ -229,29 +230,29 @@ func (r *NodeTaskReconciler) forget(key types.NamespacedName) {
 	r.admissions.Delete(key)
 }
 
-// observe reads what the planner needs from the cache. awaiting says whether created pods
-// are still missing from the cache.
-func (r *NodeTaskReconciler) observe(ctx context.Context, task *ntv1.NodeTask) (*Observed, bool, error) {
+// observe reads what the planner needs from the cache, and the remembered admission verdict
+// of the task's current run. awaiting says whether created pods are still missing from the cache.
+func (r *NodeTaskReconciler) observe(ctx context.Context, task *ntv1.NodeTask) (obs *rollout.Observed, adm admissionView, awaiting bool, err error) {
 	now := r.now()
 	var nodes corev1.NodeList
 	// The objects are only read: skip the deep copy of thousands of nodes and pods.
-	if err := r.Client.List(ctx, &nodes, client.MatchingLabels{OSLabel: WindowsOS}, client.UnsafeDisableDeepCopy); err != nil {
-		return nil, false, fmt.Errorf("listing nodes: %w", err)
+	if err := r.Client.List(ctx, &nodes, client.MatchingLabels{rollout.OSLabel: rollout.WindowsOS}, client.UnsafeDisableDeepCopy); err != nil {
+		return nil, adm, false, fmt.Errorf("listing nodes: %w", err)
 	}
 	var pods corev1.PodList
 	if err := r.Client.List(ctx, &pods, client.InNamespace(task.Namespace),
 		client.MatchingFields{podOwnerIndex: task.Name}, client.UnsafeDisableDeepCopy); err != nil {
-		return nil, false, fmt.Errorf("listing pods: %w", err)
+		return nil, adm, false, fmt.Errorf("listing pods: %w", err)
 	}
-	obs := &Observed{
+	obs = &rollout.Observed{
 		Task:     task,
-		Revision: Revision(&task.Spec),
+		Revision: rollout.Revision(&task.Spec),
 		Nodes:    make(map[string]*corev1.Node, len(nodes.Items)),
 		Now:      now,
 	}
-	run, _ := currentRun(&task.Status, obs.Revision)
-	obs.admissionKey = r.admissionKeyOf(ctx, task, run, obs.Revision)
-	obs.Admission, obs.admissionRecheck = r.recallAdmission(task, obs.admissionKey, now)
+	run, _ := rollout.CurrentRun(&task.Status, obs.Revision)
+	adm = admissionView{key: r.admissionKeyOf(ctx, task, run, obs.Revision)}
+	obs.Admission, adm.recheck = r.recallAdmission(task, adm.key, now)
 	for i := range nodes.Items {
 		obs.Nodes[nodes.Items[i].Name] = &nodes.Items[i]
 	}
@@ -263,18 +264,17 @@ func (r *NodeTaskReconciler) observe(ctx context.Context, task *ntv1.NodeTask) (
 			cached = append(cached, &pods.Items[i])
 		}
 	}
-	var awaiting bool
 	obs.Pods, awaiting = r.expectations.merge(client.ObjectKeyFromObject(task), task.UID, cached, now)
 	if err := r.observeMaintenance(ctx, obs); err != nil {
-		return nil, false, err
+		return nil, adm, false, err
 	}
-	return obs, awaiting, nil
+	return obs, adm, awaiting, nil
 }
 
 // apply carries out the plan: it deletes the pods the plan lets go, makes sure the run's
 // script ConfigMap exists, creates the new pods, and deletes script ConfigMaps no pod needs.
 // Problems the user must fix come back in the Outcome; other errors are returned to retry.
-func (r *NodeTaskReconciler) apply(ctx context.Context, task *ntv1.NodeTask, obs *Observed, plan *Plan) (Outcome, error) {
+func (r *NodeTaskReconciler) apply(ctx context.Context, task *ntv1.NodeTask, obs *rollout.Observed, plan *rollout.Plan) (rollout.Outcome, error) {
 	logger := log.FromContext(ctx)
 	for _, del := range plan.Delete {
 		pod := del.Pod
@@ -286,26 +286,26 @@ func (r *NodeTaskReconciler) apply(ctx context.Context, task *ntv1.NodeTask, obs
 		}
 		err := r.Client.Delete(ctx, pod, opts...)
 		if err != nil && !apierrors.IsNotFound(err) && !apierrors.IsConflict(err) {
-			return Outcome{}, fmt.Errorf("deleting pod %s: %w", pod.Name, err)
+			return rollout.Outcome{}, fmt.Errorf("deleting pod %s: %w", pod.Name, err)
 		}
 		logger.V(1).Info("deleted pod", "task", klog.KObj(task), "pod", klog.KObj(pod), "node", pod.Spec.NodeName, "why", del.Why)
 	}
 	if err := r.cleanScripts(ctx, task, plan); err != nil {
-		return Outcome{}, err
+		return rollout.Outcome{}, err
 	}
 	if err := r.applyMaintenance(ctx, task, obs, plan); err != nil {
-		return Outcome{}, err
+		return rollout.Outcome{}, err
 	}
 	if task.Spec.Script != nil && (len(plan.Create) > 0 || plan.Unstarted > 0) {
 		// Checked on every pass that starts pods or has pods waiting to start, never
 		// remembered: someone may have deleted it, and pods would then hang in
 		// ContainerCreating until their timeout.
 		if problem, err := r.ensureScript(ctx, task, plan.Run, plan.Revision); problem != nil || err != nil {
-			return Outcome{Problem: problem}, err
+			return rollout.Outcome{Problem: problem}, err
 		}
 	}
 	if len(plan.Create) == 0 {
-		return Outcome{}, nil
+		return rollout.Outcome{}, nil
 	}
 	out, err := r.createPods(ctx, task, obs, plan)
 	if n := len(out.Started); n > 0 {
@@ -318,15 +318,15 @@ func (r *NodeTaskReconciler) apply(ctx context.Context, task *ntv1.NodeTask, obs
 // whom they concern: Pod Security rejects every pod of the namespace (the task stalls), a
 // full ResourceQuota frees up as pods finish (the task waits), anything else concerns that
 // one pod (that node's attempt fails).
-func (r *NodeTaskReconciler) createPods(ctx context.Context, task *ntv1.NodeTask, obs *Observed, plan *Plan) (Outcome, error) {
+func (r *NodeTaskReconciler) createPods(ctx context.Context, task *ntv1.NodeTask, obs *rollout.Observed, plan *rollout.Plan) (rollout.Outcome, error) {
 	var (
 		mu      sync.Mutex
-		out     Outcome
+		out     rollout.Outcome
 		created []*corev1.Pod
 		errs    []error
 		stop    bool
 	)
-	work := make(chan PodRequest)
+	work := make(chan rollout.PodRequest)
 	var wg sync.WaitGroup
 	for range max(1, min(r.CreateWorkers, len(plan.Create))) {
 		wg.Go(func() {
@@ -342,10 +342,10 @@ func (r *NodeTaskReconciler) createPods(ctx context.Context, task *ntv1.NodeTask
 				case err == nil && existing != nil:
 					// This attempt's own pod, made by an earlier pass whose status write was
 					// lost. Until the cache shows it, it holds its rollout slot like a new one.
-					out.Started = append(out.Started, StartedAttempt{PodRequest: req, At: existing.CreationTimestamp.Time})
+					out.Started = append(out.Started, rollout.StartedAttempt{PodRequest: req, At: existing.CreationTimestamp.Time})
 					created = append(created, existing)
 				case err == nil:
-					out.Started = append(out.Started, StartedAttempt{PodRequest: req, At: pod.CreationTimestamp.Time})
+					out.Started = append(out.Started, rollout.StartedAttempt{PodRequest: req, At: pod.CreationTimestamp.Time})
 					created = append(created, pod)
 				case isPodSecurityRejection(err):
 					// The namespace's level changed since the dry run: the task stalls.
@@ -355,7 +355,7 @@ func (r *NodeTaskReconciler) createPods(ctx context.Context, task *ntv1.NodeTask
 					_, out.Waiting = admissionProblem(task, err)
 					stop = true
 				case apierrors.IsInvalid(err) || apierrors.IsForbidden(err) || apierrors.IsBadRequest(err) || errors.Is(err, errForeignPod):
-					out.Rejected = append(out.Rejected, RejectedAttempt{PodRequest: req, Message: fmt.Sprintf(
+					out.Rejected = append(out.Rejected, rollout.RejectedAttempt{PodRequest: req, Message: fmt.Sprintf(
 						"the API server refused pod %s: %s", pod.Name, apiMessage(err))})
 				default:
 					errs = append(errs, fmt.Errorf("creating pod for node %s: %w", req.Node, err))
@@ -400,15 +400,15 @@ func (r *NodeTaskReconciler) existingPod(ctx context.Context, task *ntv1.NodeTas
 // copied from spec.script.inline or from the referenced ConfigMap when the run first
 // starts, so every node of a run runs the same text; if someone deletes it, it is made
 // again from the spec.
-func (r *NodeTaskReconciler) ensureScript(ctx context.Context, task *ntv1.NodeTask, run int64, revision string) (*Problem, error) {
-	key := types.NamespacedName{Namespace: task.Namespace, Name: ScriptConfigMapName(task, run, revision)}
+func (r *NodeTaskReconciler) ensureScript(ctx context.Context, task *ntv1.NodeTask, run int64, revision string) (*rollout.Problem, error) {
+	key := types.NamespacedName{Namespace: task.Namespace, Name: rollout.ScriptConfigMapName(task, run, revision)}
 	var existing corev1.ConfigMap
 	err := r.APIReader.Get(ctx, key, &existing)
 	if err == nil && metav1.IsControlledBy(&existing, task) {
 		return nil, nil
 	}
 	if err == nil {
-		return &Problem{Reason: ntv1.ReasonScriptConfigMapConflict, Message: fmt.Sprintf(
+		return &rollout.Problem{Reason: ntv1.ReasonScriptConfigMapConflict, Message: fmt.Sprintf(
 			"ConfigMap %q, where this run's script goes, exists and is not this NodeTask's: delete it, or change spec.rerunToken to start a run under another name",
 			key.Name)}, nil
 	}
@@ -425,7 +425,7 @@ func (r *NodeTaskReconciler) ensureScript(ctx context.Context, task *ntv1.NodeTa
 		ref := s.ConfigMapKeyRef
 		err := r.APIReader.Get(ctx, types.NamespacedName{Namespace: task.Namespace, Name: ref.Name}, &src)
 		if apierrors.IsNotFound(err) {
-			return &Problem{Reason: ntv1.ReasonConfigMapNotFound, Message: fmt.Sprintf(
+			return &rollout.Problem{Reason: ntv1.ReasonConfigMapNotFound, Message: fmt.Sprintf(
 				"ConfigMap %q, named by spec.script.configMapKeyRef, does not exist in namespace %q: create it with the script under key %q, or fix the reference",
 				ref.Name, task.Namespace, ref.Key)}, nil
 		}
@@ -435,13 +435,13 @@ func (r *NodeTaskReconciler) ensureScript(ctx context.Context, task *ntv1.NodeTa
 		text, ok := src.Data[ref.Key]
 		if !ok {
 			// The other keys are not named: the task's author may not be allowed to read them.
-			return &Problem{Reason: ntv1.ReasonConfigMapNotFound, Message: fmt.Sprintf(
+			return &rollout.Problem{Reason: ntv1.ReasonConfigMapNotFound, Message: fmt.Sprintf(
 				"ConfigMap %q has no key %q: add the script under that key, or fix spec.script.configMapKeyRef.key",
 				ref.Name, ref.Key)}, nil
 		}
 		script = text
 	}
-	if err := r.Client.Create(ctx, ScriptConfigMap(task, run, revision, script)); err != nil && !apierrors.IsAlreadyExists(err) {
+	if err := r.Client.Create(ctx, rollout.ScriptConfigMap(task, run, revision, script)); err != nil && !apierrors.IsAlreadyExists(err) {
 		return nil, fmt.Errorf("creating script ConfigMap: %w", err)
 	}
 	return nil, nil
@@ -450,7 +450,7 @@ func (r *NodeTaskReconciler) ensureScript(ctx context.Context, task *ntv1.NodeTa
 // cleanScripts deletes the task's script ConfigMaps of other runs once no pod of another
 // run is unfinished (only an unstarted pod still needs its script). It lists them once per
 // run, not on every pass.
-func (r *NodeTaskReconciler) cleanScripts(ctx context.Context, task *ntv1.NodeTask, plan *Plan) error {
+func (r *NodeTaskReconciler) cleanScripts(ctx context.Context, task *ntv1.NodeTask, plan *rollout.Plan) error {
 	if plan.OtherRunsInFlight || plan.Run <= 1 {
 		return nil
 	}
@@ -459,10 +459,10 @@ func (r *NodeTaskReconciler) cleanScripts(ctx context.Context, task *ntv1.NodeTa
 	}
 	var cms corev1.ConfigMapList
 	if err := r.APIReader.List(ctx, &cms, client.InNamespace(task.Namespace),
-		client.MatchingLabels{ntv1.LabelTask: taskLabelValue(task.Name), ntv1.LabelManagedBy: ntv1.ManagedByValue}); err != nil {
+		client.MatchingLabels{ntv1.LabelTask: rollout.TaskLabelValue(task.Name), ntv1.LabelManagedBy: ntv1.ManagedByValue}); err != nil {
 		return fmt.Errorf("listing script ConfigMaps: %w", err)
 	}
-	current := ScriptConfigMapName(task, plan.Run, plan.Revision)
+	current := rollout.ScriptConfigMapName(task, plan.Run, plan.Revision)
 	for i := range cms.Items {
 		cm := &cms.Items[i]
 		if cm.Name == current || !metav1.IsControlledBy(cm, task) {
@@ -477,9 +477,9 @@ func (r *NodeTaskReconciler) cleanScripts(ctx context.Context, task *ntv1.NodeTa
 }
 
 // emitEvents reports what the status write just stored: a run starting, nodes failing, a
-// stall, completion. results are the node results the write newly stored (newResults).
+// stall, completion. results are the node results the write newly stored (rollout.NewResults).
 // Events summarize; there is never one event per succeeded node.
-func (r *NodeTaskReconciler) emitEvents(task *ntv1.NodeTask, old *ntv1.NodeTaskStatus, plan *Plan, results []ntv1.NodeStatus) {
+func (r *NodeTaskReconciler) emitEvents(task *ntv1.NodeTask, old *ntv1.NodeTaskStatus, plan *rollout.Plan, results []ntv1.NodeStatus) {
 	if r.Recorder == nil {
 		return
 	}
@@ -489,9 +489,9 @@ func (r *NodeTaskReconciler) emitEvents(task *ntv1.NodeTask, old *ntv1.NodeTaskS
 		r.Recorder.Eventf(task, nil, corev1.EventTypeNormal, "RolloutStarted", "Start",
 			"run %d (revision %s) on %d nodes, at most %d at once", st.Run, st.Revision, st.Targets, plan.MaxConcurrent)
 	}
-	if failed := failedNames(results); len(failed) > 0 {
+	if failed := rollout.FailedNames(results); len(failed) > 0 {
 		r.Recorder.Eventf(task, nil, corev1.EventTypeWarning, "NodeFailed", "Run",
-			"%s failed: %s", nodeCount(len(failed)), nameList(failed))
+			"%s failed: %s", rollout.NodeCount(len(failed)), rollout.NameList(failed))
 	}
 	was := func(typ string) bool { return meta.IsStatusConditionTrue(old.Conditions, typ) }
 	if stalled := meta.FindStatusCondition(st.Conditions, ntv1.ConditionStalled); stalled != nil &&
@@ -502,17 +502,6 @@ func (r *NodeTaskReconciler) emitEvents(task *ntv1.NodeTask, old *ntv1.NodeTaskS
 		ready.Status == metav1.ConditionTrue && (!was(ntv1.ConditionReady) || newRun) {
 		r.Recorder.Eventf(task, nil, corev1.EventTypeNormal, "Completed", "Run", "%s", ready.Message)
 	}
-}
-
-// failedNames names the failed nodes among results.
-func failedNames(results []ntv1.NodeStatus) []string {
-	var names []string
-	for _, e := range results {
-		if e.Phase == ntv1.NodeFailed {
-			names = append(names, e.Name)
-		}
-	}
-	return names
 }
 
 func (r *NodeTaskReconciler) now() time.Time {
@@ -623,10 +612,10 @@ var nodeChanged = predicate.Funcs{
 			return true
 		}
 		return !maps.Equal(a.Labels, b.Labels) || !slices.EqualFunc(a.Spec.Taints, b.Spec.Taints, sameTaint) ||
-			a.Spec.Unschedulable != b.Spec.Unschedulable || nodeReady(a) != nodeReady(b) ||
+			a.Spec.Unschedulable != b.Spec.Unschedulable || rollout.NodeReady(a) != rollout.NodeReady(b) ||
 			a.Status.NodeInfo.BootID != b.Status.NodeInfo.BootID ||
-			a.Annotations[AnnotationClaim] != b.Annotations[AnnotationClaim] ||
-			a.Annotations[AnnotationCordonedBy] != b.Annotations[AnnotationCordonedBy]
+			a.Annotations[rollout.AnnotationClaim] != b.Annotations[rollout.AnnotationClaim] ||
+			a.Annotations[rollout.AnnotationCordonedBy] != b.Annotations[rollout.AnnotationCordonedBy]
 	},
 	GenericFunc: func(event.GenericEvent) bool { return false },
 }

@@ -23,6 +23,7 @@ import (
 	"sigs.k8s.io/yaml"
 
 	ntv1 "github.com/nodetask/nodetask-operator/api/v1alpha1"
+	"github.com/nodetask/nodetask-operator/controllers/rollout"
 )
 
 var testCounter atomic.Int32
@@ -49,7 +50,7 @@ func (f *fixture) nodeName(i int) string { return fmt.Sprintf("%s-win-%d", f.gro
 // addNode creates a node of this fixture: Windows and Ready unless told otherwise.
 func (f *fixture) addNode(name string, os string, ready bool, taints ...corev1.Taint) *corev1.Node {
 	node := &corev1.Node{
-		ObjectMeta: metav1.ObjectMeta{Name: name, Labels: map[string]string{OSLabel: os, "test-group": f.group}},
+		ObjectMeta: metav1.ObjectMeta{Name: name, Labels: map[string]string{rollout.OSLabel: os, "test-group": f.group}},
 		Spec:       corev1.NodeSpec{Taints: taints},
 	}
 	Expect(k8sClient.Create(suiteCtx, node)).To(Succeed())
@@ -62,7 +63,7 @@ func (f *fixture) addWindowsNodes(n int) []string {
 	names := make([]string, n)
 	for i := range names {
 		names[i] = f.nodeName(i)
-		f.addNode(names[i], WindowsOS, true)
+		f.addNode(names[i], rollout.WindowsOS, true)
 	}
 	return names
 }
@@ -135,7 +136,7 @@ func unfinished(pods []corev1.Pod) []corev1.Pod {
 // finish plays the kubelet: the pod's container ended with this exit code and output, which
 // the wrapper ends with its completion marker.
 func finish(pod *corev1.Pod, code int32, message string) {
-	message += "\n" + completionMarker + fmt.Sprint(code)
+	message += "\n" + rollout.CompletionMarker + fmt.Sprint(code)
 	Eventually(func() error {
 		if err := k8sClient.Get(suiteCtx, client.ObjectKeyFromObject(pod), pod); err != nil {
 			return err
@@ -147,7 +148,7 @@ func finish(pod *corev1.Pod, code int32, message string) {
 		}
 		now := metav1.Now()
 		pod.Status.ContainerStatuses = []corev1.ContainerStatus{{
-			Name: containerName, Image: pod.Spec.Containers[0].Image,
+			Name: rollout.ContainerName, Image: pod.Spec.Containers[0].Image,
 			State: corev1.ContainerState{Terminated: &corev1.ContainerStateTerminated{
 				ExitCode: code, Reason: reason, Message: message, StartedAt: now, FinishedAt: now,
 			}},
@@ -248,7 +249,7 @@ var _ = Describe("NodeTask controller", func() {
 			Expect(metav1.IsControlledBy(&p, get(task))).To(BeTrue())
 		}
 		var cm corev1.ConfigMap
-		Expect(k8sClient.Get(suiteCtx, client.ObjectKey{Namespace: f.ns, Name: ScriptConfigMapName(get(task), 1, revisionOf(task))}, &cm)).To(Succeed())
+		Expect(k8sClient.Get(suiteCtx, client.ObjectKey{Namespace: f.ns, Name: rollout.ScriptConfigMapName(get(task), 1, revisionOf(task))}, &cm)).To(Succeed())
 		Expect(cm.Data["script.ps1"]).To(ContainSubstring("hello from"))
 
 		f.finishAll(task, succeed)
@@ -402,9 +403,9 @@ var _ = Describe("NodeTask controller", func() {
 
 	It("keeps a NotReady node waiting and excludes nodes whose taints are not tolerated", func() {
 		f := newFixture()
-		waiting := f.addNode(f.nodeName(0), WindowsOS, false)
-		f.addNode(f.nodeName(1), WindowsOS, true, corev1.Taint{Key: "os", Value: "windows", Effect: corev1.TaintEffectNoSchedule})
-		f.addNode(f.nodeName(2), WindowsOS, true, corev1.Taint{Key: "dedicated", Value: "gpu", Effect: corev1.TaintEffectNoExecute})
+		waiting := f.addNode(f.nodeName(0), rollout.WindowsOS, false)
+		f.addNode(f.nodeName(1), rollout.WindowsOS, true, corev1.Taint{Key: "os", Value: "windows", Effect: corev1.TaintEffectNoSchedule})
+		f.addNode(f.nodeName(2), rollout.WindowsOS, true, corev1.Taint{Key: "dedicated", Value: "gpu", Effect: corev1.TaintEffectNoExecute})
 		task := f.task("patient", func(t *ntv1.NodeTask) {
 			t.Spec.Tolerations = []corev1.Toleration{{Key: "os", Operator: corev1.TolerationOpEqual, Value: "windows", Effect: corev1.TaintEffectNoSchedule}}
 		})
@@ -480,7 +481,7 @@ var _ = Describe("NodeTask controller", func() {
 			f.finishAll(task, succeed)
 			Eventually(conditionStatus(task, ntv1.ConditionReady)).Should(Equal(metav1.ConditionTrue))
 
-			f.addNode(f.nodeName(1), WindowsOS, true)
+			f.addNode(f.nodeName(1), rollout.WindowsOS, true)
 			if want == 2 {
 				Eventually(func() int { return len(f.pods(task)) }).Should(Equal(2))
 				Expect(conditionStatus(task, ntv1.ConditionReady)()).To(Equal(metav1.ConditionFalse))
@@ -577,8 +578,8 @@ var _ = Describe("NodeTask controller", func() {
 		create(task)
 		Eventually(func() int { return len(f.pods(task)) }).Should(Equal(1))
 		var cm corev1.ConfigMap
-		Expect(k8sClient.Get(suiteCtx, client.ObjectKey{Namespace: f.ns, Name: ScriptConfigMapName(get(task), 1, revisionOf(task))}, &cm)).To(Succeed())
-		Expect(cm.Data["script.ps1"]).To(Equal(utf8BOM + "Write-Output fixed"))
+		Expect(k8sClient.Get(suiteCtx, client.ObjectKey{Namespace: f.ns, Name: rollout.ScriptConfigMapName(get(task), 1, revisionOf(task))}, &cm)).To(Succeed())
+		Expect(cm.Data["script.ps1"]).To(Equal(rollout.UTF8BOM + "Write-Output fixed"))
 		Expect(cm.Immutable).To(HaveValue(BeTrue()))
 	})
 

@@ -17,6 +17,7 @@ import (
 	ctrlmetrics "sigs.k8s.io/controller-runtime/pkg/metrics"
 
 	ntv1 "github.com/nodetask/nodetask-operator/api/v1alpha1"
+	"github.com/nodetask/nodetask-operator/controllers/rollout"
 )
 
 // What a NodeTask author can make the operator do, against a real API server: nothing to a
@@ -40,10 +41,10 @@ func (f *fixture) nodeTouches() func() []string {
 				continue
 			}
 			var touched []string
-			if v, ok := node.Annotations[AnnotationClaim]; ok {
+			if v, ok := node.Annotations[rollout.AnnotationClaim]; ok {
 				touched = append(touched, "claim "+v)
 			}
-			if v, ok := node.Annotations[AnnotationCordonedBy]; ok {
+			if v, ok := node.Annotations[rollout.AnnotationCordonedBy]; ok {
 				touched = append(touched, "cordoned-by "+v)
 			}
 			if node.Spec.Unschedulable {
@@ -165,7 +166,7 @@ var _ = Describe("What a NodeTask's author can do through the operator", func() 
 		pods := unfinished(ownPods(task))
 		finish(&pods[0], 1, "failed")
 		Eventually(func() ntv1.NodePhase { return nodeEntry(task, names[0]).Phase }).Should(Equal(ntv1.NodeFailed))
-		Eventually(func() map[string]string { return nodeNamed(names[0]).Annotations }).ShouldNot(HaveKey(AnnotationClaim))
+		Eventually(func() map[string]string { return nodeNamed(names[0]).Annotations }).ShouldNot(HaveKey(rollout.AnnotationClaim))
 		Expect(nodeNamed(names[0]).Spec.Unschedulable).To(BeTrue(), "a failed node stays cordoned for a person to look at")
 
 		By("a person uncordons the node, later cordons it for reasons of their own, and the task runs again")
@@ -176,7 +177,7 @@ var _ = Describe("What a NodeTask's author can do through the operator", func() 
 		pods = unfinished(ownPods(task))
 		finish(&pods[0], 0, "ok")
 		Eventually(conditionStatus(task, ntv1.ConditionReady)).Should(Equal(metav1.ConditionTrue))
-		Eventually(func() map[string]string { return nodeNamed(names[0]).Annotations }).ShouldNot(HaveKey(AnnotationClaim))
+		Eventually(func() map[string]string { return nodeNamed(names[0]).Annotations }).ShouldNot(HaveKey(rollout.AnnotationClaim))
 		Consistently(func() bool { return nodeNamed(names[0]).Spec.Unschedulable }, "1s").Should(BeTrue(),
 			"the person's cordon stays")
 	})
@@ -189,10 +190,10 @@ var _ = Describe("What a NodeTask's author can do through the operator", func() 
 		Expect(err).NotTo(HaveOccurred())
 		Eventually(func() error {
 			node := nodeNamed(names[0])
-			node.Annotations = map[string]string{AnnotationClaim: string(forged), AnnotationCordonedBy: "forged-uid"}
+			node.Annotations = map[string]string{rollout.AnnotationClaim: string(forged), rollout.AnnotationCordonedBy: "forged-uid"}
 			return k8sClient.Update(suiteCtx, node)
 		}).Should(Succeed())
-		Eventually(func() map[string]string { return nodeNamed(names[0]).Annotations }).ShouldNot(HaveKey(AnnotationClaim),
+		Eventually(func() map[string]string { return nodeNamed(names[0]).Annotations }).ShouldNot(HaveKey(rollout.AnnotationClaim),
 			"the claim of a task that does not exist is removed")
 		Consistently(func() bool { return nodeNamed(names[0]).Spec.Unschedulable }, "1s").Should(BeTrue())
 	})

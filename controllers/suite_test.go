@@ -22,6 +22,7 @@ import (
 	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
 
 	ntv1 "github.com/nodetask/nodetask-operator/api/v1alpha1"
+	"github.com/nodetask/nodetask-operator/controllers/rollout"
 )
 
 // The controller suite runs the real controller in a manager against a real kube-apiserver
@@ -91,7 +92,7 @@ func startManager() context.CancelFunc {
 		Client:                  mgr.GetClient(),
 		APIReader:               mgr.GetAPIReader(),
 		Recorder:                mgr.GetEventRecorder("nodetask-controller"),
-		Pods:                    PodBuilder{DefaultScriptImage: ntv1.DefaultScriptImage},
+		Pods:                    rollout.PodBuilder{DefaultScriptImage: ntv1.DefaultScriptImage},
 		CreateWorkers:           8,
 		MaxConcurrentReconciles: 4,
 	}

@@ -42,7 +42,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/log/zap"
 
 	ntv1 "github.com/nodetask/nodetask-operator/api/v1alpha1"
-	"github.com/nodetask/nodetask-operator/controllers"
+	"github.com/nodetask/nodetask-operator/controllers/rollout"
 	"github.com/nodetask/nodetask-operator/test/cluster"
 )
 
@@ -566,11 +566,11 @@ func benchBareTaskPods(ctx context.Context, c *cluster.Cluster, n, round int) (r
 	if err := c.Client.Create(ctx, task); err != nil {
 		return result{}, err
 	}
-	builder := controllers.PodBuilder{DefaultScriptImage: ntv1.DefaultScriptImage}
+	builder := rollout.PodBuilder{DefaultScriptImage: ntv1.DefaultScriptImage}
 	// Stand-ins of the lengths the manager uses.
 	const revision, nodeUID = "0123456789", types.UID("00000000-0000-4000-8000-000000000000")
 	r, err := benchBare(ctx, c, "bare client, the task's pods", ns, n, func(node string) *corev1.Pod {
-		return builder.Pod(task, 1, revision, controllers.PodRequest{Node: node, NodeUID: nodeUID, Attempt: 1})
+		return builder.Pod(task, 1, revision, rollout.PodRequest{Node: node, NodeUID: nodeUID, Attempt: 1})
 	})
 	if err != nil {
 		return r, err

@@ -16,7 +16,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	ntv1 "github.com/nodetask/nodetask-operator/api/v1alpha1"
-	"github.com/nodetask/nodetask-operator/controllers"
+	"github.com/nodetask/nodetask-operator/controllers/rollout"
 )
 
 func newLogsCommand(o *options) *cobra.Command {
@@ -57,7 +57,7 @@ func (o *options) logs(cmd *cobra.Command, task *ntv1.NodeTask, node string, att
 		return err
 	}
 	var pods corev1.PodList
-	if err := c.List(cmd.Context(), &pods, client.InNamespace(task.Namespace), client.MatchingLabels(controllers.TaskPodLabels(task.Name))); err != nil {
+	if err := c.List(cmd.Context(), &pods, client.InNamespace(task.Namespace), client.MatchingLabels(rollout.TaskPodLabels(task.Name))); err != nil {
 		return fmt.Errorf("listing the task's pods: %w", err)
 	}
 	entry := task.Status.Node(node)

@@ -13,7 +13,7 @@ import (
 	"k8s.io/utils/ptr"
 
 	ntv1 "github.com/nodetask/nodetask-operator/api/v1alpha1"
-	"github.com/nodetask/nodetask-operator/controllers"
+	"github.com/nodetask/nodetask-operator/controllers/rollout"
 	"github.com/nodetask/nodetask-operator/internal/testutil"
 )
 
@@ -28,8 +28,8 @@ func golden(t *testing.T, name string, got []byte) {
 	testutil.Golden(t, filepath.Join("testdata", name+".golden"), got)
 }
 
-// rollout is a task halfway through its second run, with a node in every phase.
-func rollout() *ntv1.NodeTask {
+// halfwayTask is a task halfway through its second run, with a node in every phase.
+func halfwayTask() *ntv1.NodeTask {
 	return &ntv1.NodeTask{
 		ObjectMeta: metav1.ObjectMeta{Namespace: "ops", Name: "install-agent", UID: "task-uid", Generation: 2,
 			CreationTimestamp: *ago(2 * time.Hour)},
@@ -69,7 +69,7 @@ func TestStatusTables(t *testing.T) {
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			var out bytes.Buffer
-			if err := printStatus(&out, rollout(), tt.flags, now); err != nil {
+			if err := printStatus(&out, halfwayTask(), tt.flags, now); err != nil {
 				t.Fatal(err)
 			}
 			golden(t, tt.name, out.Bytes())
@@ -78,14 +78,14 @@ func TestStatusTables(t *testing.T) {
 }
 
 func TestStatusUnknownNode(t *testing.T) {
-	err := printStatus(&bytes.Buffer{}, rollout(), statusFlags{node: "win-z"}, now)
+	err := printStatus(&bytes.Buffer{}, halfwayTask(), statusFlags{node: "win-z"}, now)
 	if err == nil || !bytes.Contains([]byte(err.Error()), []byte(`no entry for node "win-z"`)) {
 		t.Fatalf("got %v", err)
 	}
 }
 
 func TestStatusReady(t *testing.T) {
-	task := rollout()
+	task := halfwayTask()
 	task.Status = ntv1.NodeTaskStatus{ObservedGeneration: 2, Revision: "7c9d0e1f2a", Run: 2, Targets: 1, Succeeded: 1,
 		StartTime: ago(10 * time.Minute), CompletionTime: ago(7 * time.Minute),
 		Conditions: []metav1.Condition{{Type: ntv1.ConditionReady, Status: metav1.ConditionTrue, Reason: "Succeeded", Message: "run 2 succeeded on 1 node"}},
@@ -99,18 +99,18 @@ func TestStatusReady(t *testing.T) {
 }
 
 func TestTaskList(t *testing.T) {
-	ready := rollout()
+	ready := halfwayTask()
 	ready.Namespace, ready.Name = "apps", "rotate-certs"
 	ready.Status = ntv1.NodeTaskStatus{ObservedGeneration: 2, Run: 1, Targets: 40, Succeeded: 40,
 		Conditions: []metav1.Condition{{Type: ntv1.ConditionReady, Status: metav1.ConditionTrue, Reason: "Succeeded"}}}
-	stalled := rollout()
+	stalled := halfwayTask()
 	stalled.Name = "set-registry"
 	stalled.Status = ntv1.NodeTaskStatus{ObservedGeneration: 2, Run: 3, Targets: 10, Succeeded: 4, Failed: 3,
 		Conditions: []metav1.Condition{{Type: ntv1.ConditionStalled, Status: metav1.ConditionTrue, Reason: "FailureBudgetExceeded"}}}
-	fresh := rollout()
+	fresh := halfwayTask()
 	fresh.Name, fresh.Generation, fresh.Status = "new-task", 1, ntv1.NodeTaskStatus{}
 	var out bytes.Buffer
-	if err := printTaskList(&out, []ntv1.NodeTask{*rollout(), *ready, *stalled, *fresh}, true, now); err != nil {
+	if err := printTaskList(&out, []ntv1.NodeTask{*halfwayTask(), *ready, *stalled, *fresh}, true, now); err != nil {
 		t.Fatal(err)
 	}
 	golden(t, "list-all-namespaces", out.Bytes())
@@ -135,7 +135,7 @@ func TestTargetsTable(t *testing.T) {
 		node("linux-a", "linux"),
 	}
 	task := &ntv1.NodeTask{Spec: ntv1.NodeTaskSpec{NodeSelector: &metav1.LabelSelector{MatchLabels: map[string]string{"pool": "win"}}}}
-	decisions, err := controllers.ExplainTargets(task, nodes)
+	decisions, err := rollout.ExplainTargets(task, nodes)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -180,7 +180,7 @@ func TestWaitOutcome(t *testing.T) {
 func TestWaitPlainLines(t *testing.T) {
 	var out bytes.Buffer
 	p := newProgress(&out)
-	task := rollout()
+	task := halfwayTask()
 	p.update(task, now)
 	p.update(task, now.Add(time.Second)) // unchanged: no line
 	task.Status.Running, task.Status.Succeeded = 1, 2
@@ -203,7 +203,7 @@ func TestExitCode(t *testing.T) {
 }
 
 func TestPickPod(t *testing.T) {
-	task := rollout()
+	task := halfwayTask()
 	owner := []metav1.OwnerReference{*metav1.NewControllerRef(task, ntv1.GroupVersion.WithKind("NodeTask"))}
 	pod := func(name, node, run, attempt string, mutate ...func(*corev1.Pod)) corev1.Pod {
 		p := corev1.Pod{ObjectMeta: metav1.ObjectMeta{Name: name, OwnerReferences: owner,

@@ -11,7 +11,7 @@ import (
 	"k8s.io/apimachinery/pkg/runtime/serializer"
 
 	ntv1 "github.com/nodetask/nodetask-operator/api/v1alpha1"
-	"github.com/nodetask/nodetask-operator/controllers"
+	"github.com/nodetask/nodetask-operator/controllers/rollout"
 )
 
 func newTargetsCommand(o *options) *cobra.Command {
@@ -62,7 +62,7 @@ func newTargetsCommand(o *options) *cobra.Command {
 }
 
 // explainTargets judges the task against the live nodes with the controller's own selection.
-func (o *options) explainTargets(cmd *cobra.Command, task *ntv1.NodeTask) ([]controllers.TargetDecision, error) {
+func (o *options) explainTargets(cmd *cobra.Command, task *ntv1.NodeTask) ([]rollout.TargetDecision, error) {
 	c, _, err := o.clients()
 	if err != nil {
 		return nil, err
@@ -71,7 +71,7 @@ func (o *options) explainTargets(cmd *cobra.Command, task *ntv1.NodeTask) ([]con
 	if err := c.List(cmd.Context(), &nodes); err != nil {
 		return nil, fmt.Errorf("listing nodes: %w", err)
 	}
-	return controllers.ExplainTargets(task, nodes.Items)
+	return rollout.ExplainTargets(task, nodes.Items)
 }
 
 // readTaskFile decodes one NodeTask from a YAML or JSON file.
@@ -95,7 +95,7 @@ func readTaskFile(path string, stdin io.Reader) (*ntv1.NodeTask, error) {
 }
 
 // printTargets prints the targets first, then the nodes left out, each with why.
-func printTargets(w io.Writer, decisions []controllers.TargetDecision) error {
+func printTargets(w io.Writer, decisions []rollout.TargetDecision) error {
 	targets, waiting := 0, 0
 	for _, d := range decisions {
 		if d.Target {

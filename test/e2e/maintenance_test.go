@@ -16,7 +16,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	ntv1 "github.com/nodetask/nodetask-operator/api/v1alpha1"
-	"github.com/nodetask/nodetask-operator/controllers"
+	"github.com/nodetask/nodetask-operator/controllers/rollout"
 	"github.com/nodetask/nodetask-operator/test/cluster"
 )
 
@@ -205,7 +205,7 @@ var _ = Describe("Windows maintenance", func() {
 			Expect(e.BootIDAfter).NotTo(Equal(e.BootIDBefore), n)
 		}
 		for _, node := range poolNodes(pool) {
-			Expect(node.Annotations).NotTo(HaveKey(controllers.AnnotationClaim), node.Name)
+			Expect(node.Annotations).NotTo(HaveKey(rollout.AnnotationClaim), node.Name)
 			Expect(node.Spec.Unschedulable).To(Equal(node.Name == admin), "%s: only the administrator's cordon stays", node.Name)
 		}
 		Expect(pods(shop)).To(BeEmpty(), "every workload pod was evicted")
@@ -272,7 +272,7 @@ var _ = Describe("Windows maintenance", func() {
 		}
 		for _, node := range poolNodes(pool) {
 			Expect(node.Spec.Unschedulable).To(BeFalse(), "%s uncordoned", node.Name)
-			Expect(node.Annotations).NotTo(HaveKey(controllers.AnnotationClaim), node.Name)
+			Expect(node.Annotations).NotTo(HaveKey(rollout.AnnotationClaim), node.Name)
 		}
 		failed := 0
 		for _, p := range pods(ns) {
@@ -304,7 +304,7 @@ var _ = Describe("Windows maintenance", func() {
 		Consistently(func() bool {
 			node := &corev1.Node{}
 			Expect(k8s.Get(ctx, client.ObjectKey{Name: nodes[0]}, node)).To(Succeed())
-			_, claimed := node.Annotations[controllers.AnnotationClaim]
+			_, claimed := node.Annotations[rollout.AnnotationClaim]
 			return node.Spec.Unschedulable && !claimed
 		}, 3*time.Second).Should(BeTrue(), "the failed node is left cordoned for a person, and let go")
 	})

@@ -22,7 +22,7 @@ import (
 	"sigs.k8s.io/yaml"
 
 	ntv1 "github.com/nodetask/nodetask-operator/api/v1alpha1"
-	"github.com/nodetask/nodetask-operator/controllers"
+	"github.com/nodetask/nodetask-operator/controllers/rollout"
 	"github.com/nodetask/nodetask-operator/test/cluster"
 )
 
@@ -116,7 +116,7 @@ var _ = Describe("kubectl nodetask", func() {
 		}
 		run = plugin("", "targets", "inventory", "-n", ns, "-o", "json")
 		Expect(run.code).To(BeZero())
-		var decisions []controllers.TargetDecision
+		var decisions []rollout.TargetDecision
 		Expect(json.Unmarshal([]byte(run.stdout), &decisions)).To(Succeed())
 		var pluginTargets []string
 		for _, d := range decisions {

@@ -1,4 +1,4 @@
-package controllers
+package rollout
 
 import (
 	"slices"
@@ -42,10 +42,6 @@ type Observed struct {
 	// it confirmed them, the plan creates no pod and claims, cordons, drains and restarts
 	// no node.
 	Admission Admission
-	// admissionKey is what Admission holds for; admissionRecheck is when a remembered
-	// refusal or wait is looked at again.
-	admissionKey     admissionKey
-	admissionRecheck time.Duration
 }
 
 // PodRequest asks for the pod of one attempt on one node.
@@ -134,7 +130,7 @@ type Problem struct {
 func ComputePlan(obs *Observed) *Plan {
 	task := obs.Task
 	p := &Plan{Revision: obs.Revision, Targets: map[string]bool{}}
-	p.Run, p.NewRun = currentRun(&task.Status, obs.Revision)
+	p.Run, p.NewRun = CurrentRun(&task.Status, obs.Revision)
 	stored := storedEntries(&task.Status, obs.Nodes)
 	lc := newLifecycle(task, p.Run, p.Revision, obs.Now)
 
@@ -222,7 +218,7 @@ func ComputePlan(obs *Observed) *Plan {
 		p.Delete = append(p.Delete, d.deletes...)
 		p.Unstarted += d.unstarted
 		p.OtherRunsInFlight = p.OtherRunsInFlight || d.otherRunInFlight
-		p.RequeueAfter = soonest(p.RequeueAfter, d.requeue)
+		p.RequeueAfter = Soonest(p.RequeueAfter, d.requeue)
 	}
 
 	p.BudgetExceeded = countTargets(p.Nodes, p.Targets, p.Run).Failed > int32(p.MaxFailures)
@@ -247,7 +243,7 @@ func ComputePlan(obs *Observed) *Plan {
 			p.WindowClosed, p.NextWindow = true, next
 			if len(candidates) > 0 {
 				// Woken by the clock at the opening, not by polling.
-				p.RequeueAfter = soonest(p.RequeueAfter, next.Sub(obs.Now))
+				p.RequeueAfter = Soonest(p.RequeueAfter, next.Sub(obs.Now))
 			}
 		}
 	}
@@ -290,7 +286,7 @@ func (p *Plan) gate(obs *Observed) {
 	if probe == nil {
 		return
 	}
-	if !obs.Admission.decided() {
+	if !obs.Admission.Decided() {
 		p.AdmissionProbe = probe
 	}
 	p.Create, p.Evict, p.Reboots = nil, nil, nil
@@ -324,18 +320,18 @@ func (p *Plan) firstAction(obs *Observed) *PodRequest {
 	return nil
 }
 
-// currentRun returns the run a reconcile works on, and whether it starts now. A run is a
+// CurrentRun returns the run a reconcile works on, and whether it starts now. A run is a
 // run, not only a content hash: going back to content that ran before (a GitOps revert, an
 // old rerunToken) starts a new run as any other change does.
-func currentRun(st *ntv1.NodeTaskStatus, revision string) (run int64, isNew bool) {
+func CurrentRun(st *ntv1.NodeTaskStatus, revision string) (run int64, isNew bool) {
 	if st.Revision != revision || st.Run == 0 {
 		return st.Run + 1, true
 	}
 	return st.Run, false
 }
 
-// soonest returns the earlier of two requeue delays, where 0 means never.
-func soonest(a, b time.Duration) time.Duration {
+// Soonest returns the earlier of two requeue delays, where 0 means never.
+func Soonest(a, b time.Duration) time.Duration {
 	if a == 0 || (b != 0 && b < a) {
 		return b
 	}

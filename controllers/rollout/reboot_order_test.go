@@ -1,4 +1,4 @@
-package controllers
+package rollout
 
 import (
 	"testing"
@@ -26,7 +26,7 @@ func (w *maintWorld) untilRestartPod(node string) *corev1.Pod {
 			if ntv1.IsRebootPod(p) && p.Spec.NodeName == node {
 				return p
 			}
-			if !podFinished(p) {
+			if !PodFinished(p) {
 				exited(0, "done", w.now)(p)
 			}
 		}

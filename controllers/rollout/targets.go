@@ -1,4 +1,4 @@
-package controllers
+package rollout
 
 import (
 	"fmt"
@@ -121,8 +121,8 @@ func toleratedBy(t *corev1.Taint, tolerations []corev1.Toleration) bool {
 	return false
 }
 
-// nodeReady reports whether the node's Ready condition is True.
-func nodeReady(node *corev1.Node) bool {
+// NodeReady reports whether the node's Ready condition is True.
+func NodeReady(node *corev1.Node) bool {
 	for _, c := range node.Status.Conditions {
 		if c.Type == corev1.NodeReady {
 			return c.Status == corev1.ConditionTrue
@@ -134,7 +134,7 @@ func nodeReady(node *corev1.Node) bool {
 // nodeBlocked says why a target node cannot start an attempt now: NodeNotReady,
 // NodeUnavailable (a pressure or network taint the task does not tolerate), or "" if it can.
 func nodeBlocked(node *corev1.Node, tolerations []corev1.Toleration) string {
-	if !nodeReady(node) {
+	if !NodeReady(node) {
 		return ntv1.NodeReasonNodeNotReady
 	}
 	for i := range node.Spec.Taints {
@@ -174,7 +174,7 @@ func ExplainTargets(task *ntv1.NodeTask, nodes []corev1.Node) ([]TargetDecision,
 	for i := range nodes {
 		byName[nodes[i].Name] = &nodes[i]
 	}
-	_, newRun := currentRun(&task.Status, Revision(&task.Spec))
+	_, newRun := CurrentRun(&task.Status, Revision(&task.Spec))
 	stored := storedEntries(&task.Status, byName)
 	out := make([]TargetDecision, 0, len(nodes))
 	for i := range nodes {

@@ -1,4 +1,4 @@
-package controllers
+package rollout
 
 import (
 	"strconv"
@@ -87,19 +87,19 @@ func podResult(pod *corev1.Pod, nodeGone bool, now time.Time) ntv1.NodeStatus {
 	return e
 }
 
-// completionMarker starts the last line the wrapper (wrapper/run.ps1) writes to the
+// CompletionMarker starts the last line the wrapper (wrapper/run.ps1) writes to the
 // termination message once the script has ended, followed by its exit code.
-const completionMarker = "nodetask: exit code "
+const CompletionMarker = "nodetask: exit code "
 
 // splitCompletionMarker removes the wrapper's completion marker from the end of a
 // termination message, and says whether it was there.
 func splitCompletionMarker(msg string) (string, bool) {
 	i := strings.LastIndexByte(msg, '\n') + 1
 	last := msg[i:]
-	if !strings.HasPrefix(last, completionMarker) {
+	if !strings.HasPrefix(last, CompletionMarker) {
 		return msg, false
 	}
-	if _, err := strconv.Atoi(strings.TrimSpace(last[len(completionMarker):])); err != nil {
+	if _, err := strconv.Atoi(strings.TrimSpace(last[len(CompletionMarker):])); err != nil {
 		return msg, false
 	}
 	return strings.TrimSuffix(msg[:i], "\n"), true

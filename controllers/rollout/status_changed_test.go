@@ -1,4 +1,4 @@
-package controllers
+package rollout
 
 import (
 	"encoding/json"
@@ -59,10 +59,10 @@ func TestStatusChangedMeansTheJSONDiffers(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			a, b := base(), base()
 			tt.mutate(b)
-			if got, want := statusChanged(a, b), jsonDiffers(a, b); got != want {
+			if got, want := StatusChanged(a, b), jsonDiffers(a, b); got != want {
 				t.Errorf("statusChanged = %v, the JSON differs = %v", got, want)
 			}
-			if got, want := statusChanged(b, a), jsonDiffers(b, a); got != want {
+			if got, want := StatusChanged(b, a), jsonDiffers(b, a); got != want {
 				t.Errorf("reversed: statusChanged = %v, the JSON differs = %v", got, want)
 			}
 		})
@@ -71,7 +71,7 @@ func TestStatusChangedMeansTheJSONDiffers(t *testing.T) {
 
 func BenchmarkStatusChanged(b *testing.B) {
 	for _, n := range []int{1000, 5000} {
-		b.Run(countOf(n, "node"), func(b *testing.B) {
+		b.Run(CountOf(n, "node"), func(b *testing.B) {
 			at := metav1.NewTime(t0)
 			st := &ntv1.NodeTaskStatus{Run: 1, Revision: "r"}
 			for i := range n {
@@ -81,7 +81,7 @@ func BenchmarkStatusChanged(b *testing.B) {
 			other := st.DeepCopy()
 			b.Run("statusChanged", func(b *testing.B) {
 				for range b.N {
-					if statusChanged(st, other) {
+					if StatusChanged(st, other) {
 						b.Fatal("changed")
 					}
 				}

@@ -1,4 +1,4 @@
-package controllers
+package rollout
 
 import (
 	"crypto/sha256"
@@ -18,7 +18,7 @@ import (
 )
 
 const (
-	containerName = "task"
+	ContainerName = "task"
 	scriptVolume  = "nodetask"
 	// scriptMountPath is relative to the container's sandbox: in both of hcsshim's modes
 	// (bind filter, and the fallback on nodes without it) the volume is reachable as
@@ -31,7 +31,7 @@ const (
 	envInterpreter = "NODETASK_INTERPRETER"
 	// utf8BOM lets Windows PowerShell 5.1 read a script as UTF-8; without it, 5.1 reads
 	// the file in the system's ANSI code page and mangles non-ASCII text.
-	utf8BOM = "\ufeff"
+	UTF8BOM = "\ufeff"
 )
 
 // wrapperScript runs the task's script and reports its exit code and output tail.
@@ -62,9 +62,9 @@ func (b *PodBuilder) scriptImage() string {
 	return ntv1.DefaultScriptImage
 }
 
-// taskLabelValue returns the value of ntv1.LabelTask for a task name: the name itself when it is
+// TaskLabelValue returns the value of ntv1.LabelTask for a task name: the name itself when it is
 // a valid label value, else a prefix and a hash, so that long names still select uniquely.
-func taskLabelValue(name string) string {
+func TaskLabelValue(name string) string {
 	if len(name) <= validation.LabelValueMaxLength {
 		return name
 	}
@@ -74,7 +74,7 @@ func taskLabelValue(name string) string {
 // TaskPodLabels are labels every pod of the task carries. Pods of an earlier task of the
 // same name carry them too: check the controller reference.
 func TaskPodLabels(taskName string) map[string]string {
-	return map[string]string{ntv1.LabelTask: taskLabelValue(taskName)}
+	return map[string]string{ntv1.LabelTask: TaskLabelValue(taskName)}
 }
 
 // PodName is the deterministic name of the pod of one attempt. Deterministic, so that a
@@ -101,7 +101,7 @@ func ScriptConfigMapName(task *ntv1.NodeTask, run int64, revision string) string
 func podMeta(task *ntv1.NodeTask, run int64, revision string, req PodRequest) (labels, annotations map[string]string) {
 	labels = make(map[string]string, len(task.Spec.PodLabels)+8)
 	maps.Copy(labels, task.Spec.PodLabels)
-	labels[ntv1.LabelTask] = taskLabelValue(task.Name)
+	labels[ntv1.LabelTask] = TaskLabelValue(task.Name)
 	labels[ntv1.LabelRevision] = revision
 	labels[ntv1.LabelRun] = strconv.FormatInt(run, 10)
 	labels[ntv1.LabelAttempt] = strconv.Itoa(int(req.Attempt))
@@ -142,7 +142,7 @@ func (b *PodBuilder) Pod(task *ntv1.NodeTask, run int64, revision string, req Po
 		{Name: "NODETASK_NODE_NAME", Value: node},
 	}
 	container := corev1.Container{
-		Name: containerName,
+		Name: ContainerName,
 		// With FallbackToLogsOnError the kubelet still reports the log tail of a failed
 		// container that wrote no termination message (container mode, or a wrapper that died).
 		TerminationMessagePolicy: corev1.TerminationMessageFallbackToLogsOnError,
@@ -182,7 +182,7 @@ func (b *PodBuilder) Pod(task *ntv1.NodeTask, run int64, revision string, req Po
 			Namespace:       task.Namespace,
 			Labels:          labels,
 			Annotations:     annotations,
-			OwnerReferences: []metav1.OwnerReference{ownerRef(task)},
+			OwnerReferences: []metav1.OwnerReference{OwnerRef(task)},
 		},
 		Spec: corev1.PodSpec{
 			// Binding by name needs no scheduler and reaches cordoned nodes, which node
@@ -240,7 +240,7 @@ func (b *PodBuilder) RebootPod(task *ntv1.NodeTask, run int64, revision string, 
 			Namespace:       task.Namespace,
 			Labels:          labels,
 			Annotations:     annotations,
-			OwnerReferences: []metav1.OwnerReference{ownerRef(task)},
+			OwnerReferences: []metav1.OwnerReference{OwnerRef(task)},
 		},
 		Spec: corev1.PodSpec{
 			NodeName:      req.Node,
@@ -279,19 +279,19 @@ func ScriptConfigMap(task *ntv1.NodeTask, run int64, revision, script string) *c
 		// cmd.exe can jump to the wrong label in a batch file with LF-only line endings.
 		data["script.cmd"] = crlf(script)
 	} else {
-		data["script.ps1"] = utf8BOM + strings.TrimPrefix(script, utf8BOM)
+		data["script.ps1"] = UTF8BOM + strings.TrimPrefix(script, UTF8BOM)
 	}
 	return &corev1.ConfigMap{
 		ObjectMeta: metav1.ObjectMeta{
 			Name:      ScriptConfigMapName(task, run, revision),
 			Namespace: task.Namespace,
 			Labels: map[string]string{
-				ntv1.LabelTask:      taskLabelValue(task.Name),
+				ntv1.LabelTask:      TaskLabelValue(task.Name),
 				ntv1.LabelRevision:  revision,
 				ntv1.LabelRun:       strconv.FormatInt(run, 10),
 				ntv1.LabelManagedBy: ntv1.ManagedByValue,
 			},
-			OwnerReferences: []metav1.OwnerReference{ownerRef(task)},
+			OwnerReferences: []metav1.OwnerReference{OwnerRef(task)},
 		},
 		Immutable: ptr.To(true),
 		Data:      data,
@@ -310,7 +310,7 @@ func interpreter(s *ntv1.ScriptSpec) ntv1.Interpreter {
 	return s.Interpreter
 }
 
-func ownerRef(task *ntv1.NodeTask) metav1.OwnerReference {
+func OwnerRef(task *ntv1.NodeTask) metav1.OwnerReference {
 	return *metav1.NewControllerRef(task, ntv1.GroupVersion.WithKind("NodeTask"))
 }
 

@@ -1,4 +1,4 @@
-package controllers
+package rollout
 
 import (
 	"encoding/json"
@@ -57,7 +57,7 @@ func (w *maintWorld) reconcile() *Plan {
 	p := ComputePlan(obs)
 	for _, op := range p.NodeOps {
 		node := w.nodes[op.Node]
-		patch := nodePatch(w.task, node, op, w.now)
+		patch := NodePatch(w.task, node, op, w.now)
 		if patch == nil {
 			continue
 		}
@@ -128,7 +128,7 @@ func (w *maintWorld) podNamed(name string) *corev1.Pod {
 // success; a node whose restart pod finished goes down.
 func (w *maintWorld) finishRuns(code int32) {
 	for _, p := range w.pods {
-		if podFinished(p) {
+		if PodFinished(p) {
 			continue
 		}
 		if ntv1.IsRebootPod(p) {
@@ -143,7 +143,7 @@ func (w *maintWorld) finishRuns(code int32) {
 // bootAll brings every node that is down back with a new boot ID.
 func (w *maintWorld) bootAll() {
 	for _, n := range w.nodes {
-		if !nodeReady(n) {
+		if !NodeReady(n) {
 			n.Status.Conditions[0] = corev1.NodeCondition{Type: corev1.NodeReady, Status: corev1.ConditionTrue,
 				LastTransitionTime: metav1.NewTime(w.now)}
 			boot, _ := strconv.Atoi(n.Status.NodeInfo.BootID)
@@ -155,7 +155,7 @@ func (w *maintWorld) bootAll() {
 func (w *maintWorld) claimed() []string {
 	var out []string
 	for name, n := range w.nodes {
-		if readClaim(n) != nil {
+		if ReadClaim(n) != nil {
 			out = append(out, name)
 		}
 	}
@@ -312,7 +312,7 @@ func TestMaintenanceNodeCordonedBySomeoneElseStaysCordoned(t *testing.T) {
 }
 
 func TestMaintenanceClaims(t *testing.T) {
-	other := claimValue(&ntv1.NodeTask{ObjectMeta: metav1.ObjectMeta{Namespace: "ops", Name: "other", UID: "other-uid"}}, t0, true)
+	other := ClaimValue(&ntv1.NodeTask{ObjectMeta: metav1.ObjectMeta{Namespace: "ops", Name: "other", UID: "other-uid"}}, t0, true)
 	for _, tc := range []struct {
 		name      string
 		stale     bool
@@ -394,8 +394,8 @@ func TestMaintenanceDrain(t *testing.T) {
 
 func TestNodePatch(t *testing.T) {
 	task := newTask()
-	mine := claimValue(task, t0, false)
-	mineCordoned := claimValue(task, t0, true)
+	mine := ClaimValue(task, t0, false)
+	mineCordoned := ClaimValue(task, t0, true)
 	for _, tc := range []struct {
 		name string
 		node func(*corev1.Node)
@@ -446,7 +446,7 @@ func TestNodePatch(t *testing.T) {
 			if tc.node != nil {
 				tc.node(n)
 			}
-			NewWithT(t).Expect(string(nodePatch(task, n, tc.op, t0))).To(Equal(tc.want))
+			NewWithT(t).Expect(string(NodePatch(task, n, tc.op, t0))).To(Equal(tc.want))
 		})
 	}
 }

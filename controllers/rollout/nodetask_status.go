@@ -1,4 +1,4 @@
-package controllers
+package rollout
 
 import (
 	"encoding/json"
@@ -237,7 +237,7 @@ func setConditions(st *ntv1.NodeTaskStatus, f conditionFacts) {
 	case f.BudgetExceeded:
 		stalledReason = ntv1.ReasonFailureBudgetExceeded
 		stalledMsg = fmt.Sprintf("%s failed (%s), more than rollout.maxFailures allows (%d); no further node starts",
-			nodeCount(int(c.Failed)), nameList(f.Failed), f.MaxFailures)
+			NodeCount(int(c.Failed)), NameList(f.Failed), f.MaxFailures)
 		if c.Running > 0 {
 			stalledMsg += fmt.Sprintf(" and the %d running will finish", c.Running)
 		}
@@ -262,10 +262,10 @@ func setConditions(st *ntv1.NodeTaskStatus, f conditionFacts) {
 		}
 		if c.Failed > 0 {
 			msg = fmt.Sprintf("%d of %d nodes succeeded; %d failed (%s), within rollout.maxFailures (%d)",
-				c.Succeeded, c.Targets, c.Failed, nameList(f.Failed), f.MaxFailures)
+				c.Succeeded, c.Targets, c.Failed, NameList(f.Failed), f.MaxFailures)
 		}
 		if n := len(f.RebootRequired); n > 0 {
-			msg += fmt.Sprintf("; %d must restart to finish (%s)", n, nameList(f.RebootRequired))
+			msg += fmt.Sprintf("; %d must restart to finish (%s)", n, NameList(f.RebootRequired))
 		}
 		set(ntv1.ConditionReconciling, metav1.ConditionFalse, ntv1.ReasonSucceeded, "")
 		set(ntv1.ConditionReady, metav1.ConditionTrue, ntv1.ReasonSucceeded, msg)
@@ -286,35 +286,35 @@ func setConditions(st *ntv1.NodeTaskStatus, f conditionFacts) {
 			reason, msg = f.Waiting.Reason, progress+"; "+f.Waiting.Message
 		case c.Running > 0:
 		case len(f.Releasing) > 0 && c.Pending == 0:
-			msg = progress + "; releasing (uncordoning) " + nameList(f.Releasing)
+			msg = progress + "; releasing (uncordoning) " + NameList(f.Releasing)
 		case f.WindowClosed:
 			reason = ntv1.ReasonOutsideMaintenanceWindow
 			msg = progress + "; outside spec.window, which opens next at " + f.NextWindow.Format(time.RFC3339)
 		case len(f.NotReady) > 0 && int32(len(f.NotReady)) == c.Pending:
 			reason = ntv1.ReasonWaitingForNodes
-			msg = progress + "; waiting for nodes that are not Ready or are under pressure: " + nameList(f.NotReady)
+			msg = progress + "; waiting for nodes that are not Ready or are under pressure: " + NameList(f.NotReady)
 		case len(f.Backoff) > 0 && int32(len(f.Backoff)) == c.Pending:
 			reason = ntv1.ReasonRetryBackoff
-			msg = progress + "; waiting to retry: " + nameList(f.Backoff)
+			msg = progress + "; waiting to retry: " + NameList(f.Backoff)
 		}
 		set(ntv1.ConditionReconciling, metav1.ConditionTrue, reason, msg)
 		set(ntv1.ConditionReady, metav1.ConditionFalse, reason, msg)
 	}
 }
 
-// nodeCount is "1 node" or "N nodes".
-func nodeCount(n int) string { return countOf(n, "node") }
+// NodeCount is "1 node" or "N nodes".
+func NodeCount(n int) string { return CountOf(n, "node") }
 
-// countOf is "1 <noun>" or "N <noun>s".
-func countOf(n int, noun string) string {
+// CountOf is "1 <noun>" or "N <noun>s".
+func CountOf(n int, noun string) string {
 	if n == 1 {
 		return "1 " + noun
 	}
 	return fmt.Sprintf("%d %ss", n, noun)
 }
 
-// nameList names at most maxNamesInMessage items, then "(N more)".
-func nameList(names []string) string {
+// NameList names at most maxNamesInMessage items, then "(N more)".
+func NameList(names []string) string {
 	if len(names) <= maxNamesInMessage {
 		return strings.Join(names, ", ")
 	}
@@ -342,7 +342,7 @@ func fitOutputs(task *ntv1.NodeTask, st *ntv1.NodeTaskStatus) int {
 	for i := range st.Nodes {
 		outputs[i], st.Nodes[i].Output = st.Nodes[i].Output, ""
 	}
-	size := objectSize(task, st)
+	size := ObjectSize(task, st)
 	available := maxObjectBytes - reservedBytes - size
 	for _, group := range [][]int{first, second} {
 		limit, used := largestLimit(outputs, group, max(available, 0))
@@ -354,11 +354,11 @@ func fitOutputs(task *ntv1.NodeTask, st *ntv1.NodeTaskStatus) int {
 	return size
 }
 
-// objectSize is the size of the task as stored with the given status: metadata with its
+// ObjectSize is the size of the task as stored with the given status: metadata with its
 // annotations and managedFields, spec, and status. The entries are counted field by field
 // rather than encoded: at 5000 nodes that is the difference between microseconds and
 // milliseconds on every reconcile.
-func objectSize(task *ntv1.NodeTask, st *ntv1.NodeTaskStatus) int {
+func ObjectSize(task *ntv1.NodeTask, st *ntv1.NodeTaskStatus) int {
 	probe := ntv1.NodeTask{ObjectMeta: task.ObjectMeta, Spec: task.Spec, Status: *st}
 	probe.Status.Nodes = nil
 	b, err := json.Marshal(&probe)
@@ -420,7 +420,7 @@ func entryJSONLen(e *ntv1.NodeStatus, output bool) int {
 // kubectl apply also copies into an annotation).
 func statusTooLarge(task *ntv1.NodeTask, entries []ntv1.NodeStatus, starting int) *Problem {
 	budget := maxObjectBytes - reservedBytes
-	meta := objectSize(task, &ntv1.NodeTaskStatus{Conditions: task.Status.Conditions})
+	meta := ObjectSize(task, &ntv1.NodeTaskStatus{Conditions: task.Status.Conditions})
 	// Each pod about to start adds a start time to its entry.
 	size := meta + nodesJSONLen(entries, false) + starting*len(`,"startTime":"2006-01-02T15:04:05Z"`)
 	if size <= budget {
@@ -501,11 +501,11 @@ func jsonStringLen(s string) int {
 	return n
 }
 
-// statusChanged reports whether writing st would change the stored status, that is whether
+// StatusChanged reports whether writing st would change the stored status, that is whether
 // their JSON differs. It compares without encoding (at 5000 nodes, encoding both took an
 // eighth of the manager's CPU): the entries field by field, the rest with storedEquality.
 // Times count to the second, as the API stores them; empty lists equal absent ones.
-func statusChanged(old, st *ntv1.NodeTaskStatus) bool {
+func StatusChanged(old, st *ntv1.NodeTaskStatus) bool {
 	if len(old.Nodes) != len(st.Nodes) {
 		return true
 	}
@@ -541,3 +541,33 @@ func sameTime(a, b *metav1.Time) bool {
 var storedEquality = conversion.EqualitiesOrDie(
 	func(a, b metav1.Time) bool { return a.Unix() == b.Unix() },
 )
+
+// NewResults returns the final results of the current run that st holds and old did not.
+func NewResults(old, st *ntv1.NodeTaskStatus) []ntv1.NodeStatus {
+	var out []ntv1.NodeStatus
+	for i := range st.Nodes {
+		e := st.Nodes[i]
+		e.Run = st.RunOf(&e)
+		if e.Run != st.Run || (e.Phase != ntv1.NodeSucceeded && e.Phase != ntv1.NodeFailed) {
+			continue
+		}
+		if o := old.Node(e.Name); o != nil {
+			if old.RunOf(o) == e.Run && o.Phase == e.Phase && o.Attempts == e.Attempts {
+				continue
+			}
+		}
+		out = append(out, e)
+	}
+	return out
+}
+
+// FailedNames names the failed nodes among results.
+func FailedNames(results []ntv1.NodeStatus) []string {
+	var names []string
+	for _, e := range results {
+		if e.Phase == ntv1.NodeFailed {
+			names = append(names, e.Name)
+		}
+	}
+	return names
+}

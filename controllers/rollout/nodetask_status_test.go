@@ -1,4 +1,4 @@
-package controllers
+package rollout
 
 import (
 	"encoding/json"
@@ -105,9 +105,9 @@ func TestSetConditions(t *testing.T) {
 
 func TestNameList(t *testing.T) {
 	g := NewWithT(t)
-	g.Expect(nameList([]string{"a"})).To(Equal("a"))
-	g.Expect(nameList([]string{"a", "b", "c"})).To(Equal("a, b, c"))
-	g.Expect(nameList([]string{"a", "b", "c", "d"})).To(Equal("a, b, c (1 more)"))
+	g.Expect(NameList([]string{"a"})).To(Equal("a"))
+	g.Expect(NameList([]string{"a", "b", "c"})).To(Equal("a, b, c"))
+	g.Expect(NameList([]string{"a", "b", "c", "d"})).To(Equal("a, b, c (1 more)"))
 }
 
 // failureMessage is a 4 KiB termination message, the most the kubelet keeps.
@@ -309,5 +309,5 @@ func TestEntryJSONLen(t *testing.T) {
 		g.Expect(entryJSONLen(&e, false)).To(Equal(len(b)), string(b))
 	}
 	task, st := bigStatus(50, func(i int) string { return fmt.Sprintf("akswin%06d", i) })
-	g.Expect(objectSize(task, &st)).To(Equal(storedSize(g, task, st)))
+	g.Expect(ObjectSize(task, &st)).To(Equal(storedSize(g, task, st)))
 }

@@ -1,4 +1,4 @@
-package controllers
+package rollout
 
 import (
 	"testing"
@@ -158,7 +158,7 @@ func TestPlanFailureBudget(t *testing.T) {
 	p = settle(obs)
 	g.Expect(p.BudgetExceeded).To(BeTrue())
 	g.Expect(p.Create).To(BeEmpty(), "no node starts once failures exceed maxFailures")
-	g.Expect(failedNames(newResults(&before, &obs.Task.Status))).To(Equal([]string{names[2]}))
+	g.Expect(FailedNames(NewResults(&before, &obs.Task.Status))).To(Equal([]string{names[2]}))
 	st := &obs.Task.Status
 	g.Expect(findCondition(st, ntv1.ConditionStalled).Status).To(Equal(metav1.ConditionTrue))
 	g.Expect(findCondition(st, ntv1.ConditionStalled).Reason).To(Equal(ntv1.ReasonFailureBudgetExceeded))
@@ -401,6 +401,6 @@ func TestPlanIsStable(t *testing.T) {
 		obs.Now = t0.Add(time.Duration(i) * time.Second)
 		p := ComputePlan(obs)
 		st := ComputeStatus(obs, p, Outcome{})
-		g.Expect(statusChanged(first, &st)).To(BeFalse(), "reconcile %d changed the status", i)
+		g.Expect(StatusChanged(first, &st)).To(BeFalse(), "reconcile %d changed the status", i)
 	}
 }

@@ -1,4 +1,4 @@
-package controllers
+package rollout
 
 import (
 	"fmt"
@@ -43,7 +43,7 @@ func BenchmarkReconcileDecision(b *testing.B) {
 			for b.Loop() {
 				p := ComputePlan(obs)
 				st := ComputeStatus(obs, p, Outcome{})
-				if statusChanged(&obs.Task.Status, &st) {
+				if StatusChanged(&obs.Task.Status, &st) {
 					b.Fatal("a settled status changed")
 				}
 			}

@@ -1,4 +1,4 @@
-package controllers
+package rollout
 
 import (
 	"path/filepath"
@@ -16,7 +16,7 @@ import (
 	"github.com/nodetask/nodetask-operator/internal/testutil"
 )
 
-// golden compares got with testdata/name (go test ./controllers -run Golden -update rewrites it).
+// golden compares got with testdata/name (go test ./controllers/rollout -run Golden -update rewrites it).
 func golden(t *testing.T, name string, got []byte) {
 	t.Helper()
 	testutil.Golden(t, filepath.Join("testdata", name), got)
@@ -103,7 +103,7 @@ func TestScriptEncodingAndInterpreters(t *testing.T) {
 // the termination message only where the kubelet reads it.
 func TestWrapperReportsCompletion(t *testing.T) {
 	g := NewWithT(t)
-	g.Expect(wrapperScript).To(ContainSubstring("`n"+completionMarker+"$code\""), "the marker the operator parses")
+	g.Expect(wrapperScript).To(ContainSubstring("`n"+CompletionMarker+"$code\""), "the marker the operator parses")
 	g.Expect(wrapperScript).To(ContainSubstring("[Console]::OutputEncoding = New-Object System.Text.UTF8Encoding($false)"))
 	g.Expect(wrapperScript).To(ContainSubstring(`$paths = @(Join-Path $env:CONTAINER_SANDBOX_MOUNT_POINT 'dev\termination-log')`))
 	g.Expect(wrapperScript).To(ContainSubstring(`if ($env:CONTAINER_SANDBOX_MOUNT_POINT.TrimEnd('\') -eq 'C:\hpc') { $paths += 'C:\dev\termination-log' }`),
@@ -138,8 +138,8 @@ func TestNames(t *testing.T) {
 	req := PodRequest{Node: "node", NodeUID: "machine-1", Attempt: 1}
 	g.Expect(validation.IsDNS1123Subdomain(PodName(long, 1, "rev", req))).To(BeEmpty())
 	g.Expect(validation.IsDNS1123Subdomain(ScriptConfigMapName(long, 1, "0123456789"))).To(BeEmpty())
-	g.Expect(validation.IsValidLabelValue(taskLabelValue(long.Name))).To(BeEmpty())
-	g.Expect(taskLabelValue(long.Name)).NotTo(Equal(taskLabelValue(long.Name[:249] + "b")))
+	g.Expect(validation.IsValidLabelValue(TaskLabelValue(long.Name))).To(BeEmpty())
+	g.Expect(TaskLabelValue(long.Name)).NotTo(Equal(TaskLabelValue(long.Name[:249] + "b")))
 	task := newTask()
 	name := PodName(task, 1, "r", req)
 	g.Expect(PodName(task, 1, "r", req)).To(Equal(name), "names are deterministic")

@@ -1,4 +1,4 @@
-package controllers
+package rollout
 
 import (
 	"encoding/json"
@@ -39,7 +39,7 @@ const (
 	// AnnotationCordonedBy holds the UID of the task that cordoned the node, for people
 	// reading the node (a failed node stays cordoned). The operator never obeys it: what
 	// decides an uncordon is the claim's own record and the operator's ownership of
-	// spec.unschedulable (operatorCordoned). A mark that no longer matches is dropped.
+	// spec.unschedulable (OperatorCordoned). A mark that no longer matches is dropped.
 	AnnotationCordonedBy = "nodetask.io/cordoned-by"
 )
 
@@ -71,9 +71,9 @@ type NodeClaim struct {
 	Cordoned bool `json:"cordoned,omitempty"`
 }
 
-// readClaim returns the node's claim, or nil when it has none. A value that does not parse
+// ReadClaim returns the node's claim, or nil when it has none. A value that does not parse
 // is someone's claim all the same: it comes back with an empty UID, which no task has.
-func readClaim(node *corev1.Node) *NodeClaim {
+func ReadClaim(node *corev1.Node) *NodeClaim {
 	if node == nil {
 		return nil
 	}
@@ -88,8 +88,8 @@ func readClaim(node *corev1.Node) *NodeClaim {
 	return &c
 }
 
-// claimValue is the AnnotationClaim value of the task's claim taken at the given time.
-func claimValue(task *ntv1.NodeTask, at time.Time, cordoned bool) string {
+// ClaimValue is the AnnotationClaim value of the task's claim taken at the given time.
+func ClaimValue(task *ntv1.NodeTask, at time.Time, cordoned bool) string {
 	b, err := json.Marshal(NodeClaim{Task: task.Namespace + "/" + task.Name, UID: task.UID, Since: metav1.NewTime(at), Cordoned: cordoned})
 	if err != nil {
 		panic(err) // plain strings and a time
@@ -103,9 +103,9 @@ func claimValue(task *ntv1.NodeTask, at time.Time, cordoned bool) string {
 // person made after it (kubectl uncordon, then cordon) without trusting any annotation.
 const FieldManager = "nodetask-operator"
 
-// operatorCordoned reports whether the node is unschedulable by the operator's own write:
+// OperatorCordoned reports whether the node is unschedulable by the operator's own write:
 // no one changed spec.unschedulable since the operator set it.
-func operatorCordoned(node *corev1.Node) bool {
+func OperatorCordoned(node *corev1.Node) bool {
 	if !node.Spec.Unschedulable {
 		return false
 	}
@@ -142,7 +142,7 @@ type NodeOp struct {
 	// Cordon (with OpClaim) cordons the node, unless it is cordoned already.
 	Cordon bool
 	// Uncordon (with OpRelease) uncordons the node, if this claim cordoned it and no one
-	// changed its schedulability since: nodePatch checks that against the claim and the
+	// changed its schedulability since: NodePatch checks that against the claim and the
 	// node's managedFields, so callers say only whether they want it.
 	Uncordon bool
 	// TakeOverCordon (with OpClaim) makes this task's claim the owner of a cordon that the
@@ -184,6 +184,13 @@ type maintenance struct {
 	rebootTimeout     time.Duration
 }
 
+// ClaimsNodes reports whether the task claims the nodes it works on: it cordons, drains or
+// restarts them.
+func ClaimsNodes(task *ntv1.NodeTask) bool { return newMaintenance(task).claims }
+
+// RestartsNodes reports whether the task may restart its nodes (reboot IfRequired or Always).
+func RestartsNodes(task *ntv1.NodeTask) bool { return newMaintenance(task).reboot != ntv1.RebootNever }
+
 func newMaintenance(task *ntv1.NodeTask) maintenance {
 	spec := &task.Spec
 	m := maintenance{
@@ -220,7 +227,7 @@ const (
 )
 
 func (m *maintenance) claimOf(node *corev1.Node, stale bool) (claimState, *NodeClaim) {
-	c := readClaim(node)
+	c := ReadClaim(node)
 	switch {
 	case c == nil || stale:
 		return claimFree, c
@@ -312,7 +319,7 @@ func (m *maintenance) maintain(lc *lifecycle, in maintainInput, d *nodeDecision)
 	default:
 		// The claim comes first; the next pass, which sees it, cordons, drains and starts.
 		d.ops = append(d.ops, NodeOp{Node: in.name, Kind: OpClaim, Cordon: m.cordon,
-			TakeOverCordon: in.staleClaim && claim != nil && claim.Cordoned && operatorCordoned(in.node),
+			TakeOverCordon: in.staleClaim && claim != nil && claim.Cordoned && OperatorCordoned(in.node),
 			Why:            "the task cordons, drains or restarts its nodes"})
 		d.claim = true
 	}
@@ -356,7 +363,7 @@ func drainSummary(o *DrainObservation) string {
 	for _, p := range o.Pods {
 		names = append(names, p.Namespace+"/"+p.Name)
 	}
-	s := fmt.Sprintf("%d pods left to evict: %s", len(o.Pods), nameList(names))
+	s := fmt.Sprintf("%d pods left to evict: %s", len(o.Pods), NameList(names))
 	if o.Blocked != "" {
 		s += "; " + o.Blocked
 	}
@@ -380,7 +387,7 @@ func (m *maintenance) rebootStep(lc *lifecycle, in maintainInput, d *nodeDecisio
 	restarted := requested && hostRestarted(node, before, in.reboot)
 	failed := in.reboot != nil && in.reboot.Status.Phase == corev1.PodFailed && !restarted
 	switch {
-	case restarted && nodeReady(node):
+	case restarted && NodeReady(node):
 		// The exit code (3010) and the run's output stay: they say why it restarted.
 		e.Phase, e.Reason, e.BootIDAfter = ntv1.NodeSucceeded, ntv1.NodeReasonRebooted, node.Status.NodeInfo.BootID
 		e.FinishTime = &metav1.Time{Time: lc.now}

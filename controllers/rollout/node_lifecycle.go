@@ -1,4 +1,4 @@
-package controllers
+package rollout
 
 import (
 	"fmt"
@@ -128,14 +128,14 @@ func (d *nodeDecision) neverStarted(run int64) bool {
 }
 
 func (d *nodeDecision) after(wait time.Duration) {
-	d.requeue = soonest(d.requeue, max(wait, time.Millisecond))
+	d.requeue = Soonest(d.requeue, max(wait, time.Millisecond))
 }
 
 // decide runs one node's lifecycle one step.
 func (lc *lifecycle) decide(in nodeInput) nodeDecision {
 	var d nodeDecision
 	gone := in.node == nil
-	ready := !gone && nodeReady(in.node)
+	ready := !gone && NodeReady(in.node)
 
 	// Pods made for another machine under this name are the old machine's: they never count.
 	var mine []*corev1.Pod
@@ -154,12 +154,12 @@ func (lc *lifecycle) decide(in nodeInput) nodeDecision {
 	busy := false          // a pod of the node has not finished: the node starts nothing else
 	attempts := mine[:0:0] // the run pods, without the restart pods
 	for _, pod := range mine {
-		if ntv1.IsRebootPod(pod) && !podFinished(pod) && lc.recorded(in.stored, pod) {
+		if ntv1.IsRebootPod(pod) && !PodFinished(pod) && lc.recorded(in.stored, pod) {
 			// The node came back and its result is stored: a restart pod the kubelet never
 			// reported finished no longer holds the node (its deadline deletes it).
 			continue
 		}
-		if !podFinished(pod) {
+		if !PodFinished(pod) {
 			busy = true
 			if lc.holdsSlot(pod, gone, ready) {
 				d.inFlight = true
@@ -330,7 +330,7 @@ func (lc *lifecycle) timedOut(e ntv1.NodeStatus, at time.Time, ready bool) ntv1.
 // deletions queues the node's pods that may go.
 func (lc *lifecycle) deletions(in nodeInput, mine []*corev1.Pod, ready bool, d *nodeDecision) {
 	for _, pod := range mine {
-		finished := podFinished(pod)
+		finished := PodFinished(pod)
 		if pod.DeletionTimestamp != nil {
 			// A graceful deletion that no kubelet confirms (an unreachable node) is finished at once.
 			if !finished && !ready && lc.now.After(pod.DeletionTimestamp.Add(deletionGrace)) {
@@ -419,7 +419,7 @@ func findPod(pods []*corev1.Pod, run int64, attempt int32) *corev1.Pod {
 	return nil
 }
 
-func podFinished(pod *corev1.Pod) bool {
+func PodFinished(pod *corev1.Pod) bool {
 	return pod.Status.Phase == corev1.PodSucceeded || pod.Status.Phase == corev1.PodFailed
 }
 
