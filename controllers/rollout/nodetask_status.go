@@ -141,18 +141,21 @@ func ComputeStatus(obs *Observed, p *Plan, out Outcome) ntv1.NodeTaskStatus {
 	f := conditionFacts{
 		Generation:     task.Generation,
 		Counts:         c,
-		Suspended:      task.Spec.Suspend,
-		BudgetExceeded: p.BudgetExceeded,
+		Gate:           p.Gate,
 		MaxConcurrent:  p.MaxConcurrent,
 		MaxFailures:    p.MaxFailures,
 		Problem:        p.Problem,
 		Namespace:      task.Namespace,
-		WindowClosed:   p.WindowClosed,
 		NextWindow:     p.NextWindow,
 		Releasing:      p.Releasing,
 	}
-	if f.Problem == nil {
+	if f.Problem == nil && out.Problem != nil {
+		// Found by apply (a pod refused after the dry run, a missing script ConfigMap): it
+		// stalls the task unless a spent failure budget already does.
 		f.Problem = out.Problem
+		if f.Gate != GateBudgetExceeded {
+			f.Gate = GateProblem
+		}
 	}
 	f.Waiting = out.Waiting
 	for i := range entries {
@@ -194,17 +197,16 @@ func ComputeStatus(obs *Observed, p *Plan, out Outcome) ntv1.NodeTaskStatus {
 type conditionFacts struct {
 	Generation     int64
 	Counts         counts
-	Suspended      bool
-	BudgetExceeded bool
+	// Gate is the plan's gate, or GateProblem for a problem apply found.
+	Gate Gate
 	MaxConcurrent  int
 	MaxFailures    int
 	Problem        *Problem
 	// Waiting is why some pods wait, while the task goes on.
 	Waiting   *Problem
 	Namespace string
-	// WindowClosed says spec.window is closed; NextWindow is its next opening.
-	WindowClosed bool
-	NextWindow   time.Time
+	// NextWindow is the next opening of a closed spec.window.
+	NextWindow time.Time
 	// RebootRequired names the targets that succeeded with a reboot exit code.
 	RebootRequired []string
 	// Releasing names the nodes still claimed (and maybe cordoned) after their work.
@@ -233,8 +235,8 @@ func setConditions(st *ntv1.NodeTaskStatus, f conditionFacts) {
 		c.Succeeded, c.Targets, c.Failed, c.Running, c.Pending)
 
 	var stalledReason, stalledMsg string
-	switch {
-	case f.BudgetExceeded:
+	switch f.Gate {
+	case GateBudgetExceeded:
 		stalledReason = ntv1.ReasonFailureBudgetExceeded
 		stalledMsg = fmt.Sprintf("%s failed (%s), more than rollout.maxFailures allows (%d); no further node starts",
 			NodeCount(int(c.Failed)), NameList(f.Failed), f.MaxFailures)
@@ -242,7 +244,7 @@ func setConditions(st *ntv1.NodeTaskStatus, f conditionFacts) {
 			stalledMsg += fmt.Sprintf(" and the %d running will finish", c.Running)
 		}
 		stalledMsg += ". Read status.nodes[].output, fix the cause, then change spec.rerunToken to run again, or raise spec.rollout.maxFailures to go on"
-	case f.Problem != nil:
+	case GateProblem:
 		stalledReason, stalledMsg = f.Problem.Reason, f.Problem.Message
 	}
 	if stalledReason != "" {
@@ -273,21 +275,21 @@ func setConditions(st *ntv1.NodeTaskStatus, f conditionFacts) {
 		msg := "no Windows node matches spec.nodeSelector, spec.nodeNames and spec.tolerations"
 		set(ntv1.ConditionReconciling, metav1.ConditionFalse, ntv1.ReasonNoTargets, "")
 		set(ntv1.ConditionReady, metav1.ConditionFalse, ntv1.ReasonNoTargets, msg)
-	case f.Suspended && c.Running == 0:
+	case f.Gate == GateSuspended && c.Running == 0:
 		msg := "suspended: " + progress + "; set spec.suspend to false to go on"
 		set(ntv1.ConditionReconciling, metav1.ConditionFalse, ntv1.ReasonSuspended, "")
 		set(ntv1.ConditionReady, metav1.ConditionFalse, ntv1.ReasonSuspended, msg)
 	default:
 		reason, msg := ntv1.ReasonProgressing, progress+fmt.Sprintf(" (rollout.maxConcurrent %d)", f.MaxConcurrent)
 		switch {
-		case f.Suspended:
+		case f.Gate == GateSuspended:
 			reason, msg = ntv1.ReasonSuspended, "suspended: "+progress+"; the running pods will finish"
 		case f.Waiting != nil:
 			reason, msg = f.Waiting.Reason, progress+"; "+f.Waiting.Message
 		case c.Running > 0:
 		case len(f.Releasing) > 0 && c.Pending == 0:
 			msg = progress + "; releasing (uncordoning) " + NameList(f.Releasing)
-		case f.WindowClosed:
+		case f.Gate == GateWindowClosed:
 			reason = ntv1.ReasonOutsideMaintenanceWindow
 			msg = progress + "; outside spec.window, which opens next at " + f.NextWindow.Format(time.RFC3339)
 		case len(f.NotReady) > 0 && int32(len(f.NotReady)) == c.Pending:

@@ -49,12 +49,12 @@ func TestSetConditions(t *testing.T) {
 		},
 		{
 			name:  "failure budget exceeded names a few nodes then counts",
-			facts: conditionFacts{Counts: counts{Targets: 9, Failed: 5, Running: 1, Pending: 3}, BudgetExceeded: true, Failed: []string{"a", "b", "c", "d", "e"}},
+			facts: conditionFacts{Counts: counts{Targets: 9, Failed: 5, Running: 1, Pending: 3}, Gate: GateBudgetExceeded, Failed: []string{"a", "b", "c", "d", "e"}},
 			want:  want{metav1.ConditionFalse, metav1.ConditionFalse, metav1.ConditionTrue, ntv1.ReasonFailureBudgetExceeded, "5 nodes failed (a, b, c (2 more)), more than rollout.maxFailures allows (0); no further node starts and the 1 running will finish"},
 		},
 		{
 			name:  "a problem stalls",
-			facts: conditionFacts{Counts: counts{Targets: 2, Pending: 2}, Problem: &Problem{Reason: ntv1.ReasonPodSecurityRejected, Message: "label the namespace"}},
+			facts: conditionFacts{Counts: counts{Targets: 2, Pending: 2}, Gate: GateProblem, Problem: &Problem{Reason: ntv1.ReasonPodSecurityRejected, Message: "label the namespace"}},
 			want:  want{metav1.ConditionFalse, metav1.ConditionFalse, metav1.ConditionTrue, ntv1.ReasonPodSecurityRejected, "label the namespace"},
 		},
 		{
@@ -64,12 +64,12 @@ func TestSetConditions(t *testing.T) {
 		},
 		{
 			name:  "suspended and idle",
-			facts: conditionFacts{Counts: counts{Targets: 2, Pending: 1, Succeeded: 1}, Suspended: true},
+			facts: conditionFacts{Counts: counts{Targets: 2, Pending: 1, Succeeded: 1}, Gate: GateSuspended},
 			want:  want{metav1.ConditionFalse, metav1.ConditionFalse, metav1.ConditionFalse, ntv1.ReasonSuspended, "set spec.suspend to false"},
 		},
 		{
 			name:  "suspended with pods still running",
-			facts: conditionFacts{Counts: counts{Targets: 2, Pending: 1, Running: 1}, Suspended: true},
+			facts: conditionFacts{Counts: counts{Targets: 2, Pending: 1, Running: 1}, Gate: GateSuspended},
 			want:  want{metav1.ConditionFalse, metav1.ConditionTrue, metav1.ConditionFalse, ntv1.ReasonSuspended, "the running pods will finish"},
 		},
 		{

@@ -106,6 +106,9 @@ type Plan struct {
 	// WindowClosed is true when spec.window is closed; NextWindow is when it opens next.
 	WindowClosed bool
 	NextWindow   time.Time
+	// Gate is what holds back the rollout's new starts and claims, computed once here; the
+	// conditions report it (setConditions).
+	Gate Gate
 	// Problem is set when the task cannot go on until a person acts. No pod is created then.
 	Problem *Problem
 	// AdmissionProbe is set when the plan would create a pod or act on a node but the API
@@ -247,8 +250,9 @@ func ComputePlan(obs *Observed) *Plan {
 			}
 		}
 	}
-	stopped := task.Spec.Suspend || p.BudgetExceeded || p.Problem != nil
-	if !stopped && !p.WindowClosed {
+	p.Gate = gateOf(task.Spec.Suspend, p.BudgetExceeded, p.Problem != nil, p.WindowClosed)
+	stopped := p.Gate.stops()
+	if p.Gate == GateOpen {
 		slots := max(0, p.MaxConcurrent-p.InFlight)
 		p.Create = candidates[:min(slots, len(candidates))]
 		p.NodeOps = append(p.NodeOps, claims[:min(slots, len(claims))]...)
@@ -274,6 +278,42 @@ func ComputePlan(obs *Observed) *Plan {
 	}
 	return p
 }
+
+// Gate is what holds back a rollout's new starts and claims. The values are in the order of
+// precedence: when several hold, the task reports the first.
+type Gate int
+
+const (
+	// GateOpen lets nodes start within the free rollout slots.
+	GateOpen Gate = iota
+	// GateBudgetExceeded: more targets failed than rollout.maxFailures allows (Stalled).
+	GateBudgetExceeded
+	// GateProblem: something a person must fix (Stalled with the problem's reason).
+	GateProblem
+	// GateSuspended: spec.suspend.
+	GateSuspended
+	// GateWindowClosed: outside spec.window; nodes already claimed go on.
+	GateWindowClosed
+)
+
+// gateOf returns the gate of the first condition that holds, in precedence order.
+func gateOf(suspended, budgetExceeded, problem, windowClosed bool) Gate {
+	switch {
+	case budgetExceeded:
+		return GateBudgetExceeded
+	case problem:
+		return GateProblem
+	case suspended:
+		return GateSuspended
+	case windowClosed:
+		return GateWindowClosed
+	}
+	return GateOpen
+}
+
+// stops reports whether the gate stops the rollout: claimed nodes that have not started
+// their run are let go. A closed window only holds new starts back.
+func (g Gate) stops() bool { return g == GateBudgetExceeded || g == GateProblem || g == GateSuspended }
 
 // gate holds back every pod and every node action (claim, cordon, eviction, restart) until
 // the API server has confirmed it admits the run's pods; releases go ahead, since they undo.

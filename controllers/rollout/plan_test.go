@@ -404,3 +404,24 @@ func TestPlanIsStable(t *testing.T) {
 		g.Expect(StatusChanged(first, &st)).To(BeFalse(), "reconcile %d changed the status", i)
 	}
 }
+
+// TestGateOf: the gate's precedence, computed once in the plan and reported by the
+// conditions: a spent budget, then a problem, then suspend, then a closed window.
+func TestGateOf(t *testing.T) {
+	g := NewWithT(t)
+	for _, tc := range []struct {
+		suspended, budget, problem, window bool
+		want                               Gate
+		stops                              bool
+	}{
+		{want: GateOpen},
+		{window: true, want: GateWindowClosed},
+		{suspended: true, window: true, want: GateSuspended, stops: true},
+		{problem: true, suspended: true, window: true, want: GateProblem, stops: true},
+		{budget: true, problem: true, suspended: true, window: true, want: GateBudgetExceeded, stops: true},
+	} {
+		got := gateOf(tc.suspended, tc.budget, tc.problem, tc.window)
+		g.Expect(got).To(Equal(tc.want), "%+v", tc)
+		g.Expect(got.stops()).To(Equal(tc.stops), "%+v", tc)
+	}
+}
