@@ -263,8 +263,9 @@ type maintainInput struct {
 // maintain runs the maintenance step of one node, after the lifecycle worked out its entry:
 // it turns a success into a restart where one is wanted, holds back the start until the node
 // is claimed, cordoned and drained, and releases the node once its result is stored. It
-// changes the decision in place: d.start stays true only where the attempt may start now,
-// d.claimed says its slot is the claim's, d.claim asks for a claim (which needs a free slot).
+// changes the decision's ask in place: askStart stays only where the attempt may start now
+// without a claim (never, for such a task), askStartClaimed starts within the claim's slot,
+// askClaim asks for the claim (which needs a free slot), askNothing holds the node back.
 func (m *maintenance) maintain(lc *lifecycle, in maintainInput, d *nodeDecision) {
 	e := &d.entry
 	state, claim := m.claimOf(in.node, in.staleClaim)
@@ -294,23 +295,23 @@ func (m *maintenance) maintain(lc *lifecycle, in maintainInput, d *nodeDecision)
 				Uncordon: e.Phase == ntv1.NodeSucceeded || m.uncordonOnFailure})
 		case !in.target && !in.busy && e.Phase != ntv1.NodeRunning:
 			d.ops = append(d.ops, NodeOp{Node: in.name, Kind: OpRelease, Uncordon: true, Why: "it is no longer a target"})
-		case d.start && m.cordon && !in.node.Spec.Unschedulable:
-			d.start = false
+		case d.ask.starting() && m.cordon && !in.node.Spec.Unschedulable:
+			d.ask = askNothing
 			d.ops = append(d.ops, NodeOp{Node: in.name, Kind: OpCordon, Why: "the task cordons its nodes"})
-		case d.start && m.drain && d.request.Attempt == 1:
+		case d.ask.starting() && m.drain && d.request.Attempt == 1:
 			// Before the first attempt of every run (a retry finds the node drained).
 			m.drainStep(lc, in, claim, d)
 		}
-		if d.start {
-			d.claimed = true
+		if d.ask.starting() {
+			d.ask = askStartClaimed
 		}
 		return
 	}
 
-	if !d.start {
+	if !d.ask.starting() {
 		return
 	}
-	d.start = false
+	d.ask = askNothing
 	switch {
 	case state == claimForeign:
 		if current && e.Phase == ntv1.NodePending {
@@ -321,7 +322,7 @@ func (m *maintenance) maintain(lc *lifecycle, in maintainInput, d *nodeDecision)
 		d.ops = append(d.ops, NodeOp{Node: in.name, Kind: OpClaim, Cordon: m.cordon,
 			TakeOverCordon: in.staleClaim && claim != nil && claim.Cordoned && OperatorCordoned(in.node),
 			Why:            "the task cordons, drains or restarts its nodes"})
-		d.claim = true
+		d.ask = askClaim
 	}
 }
 
@@ -332,7 +333,7 @@ func (m *maintenance) drainStep(lc *lifecycle, in maintainInput, claim *NodeClai
 	if in.drain != nil && len(in.drain.Pods) == 0 {
 		return // drained: the attempt starts
 	}
-	d.start = false
+	d.ask = askNothing
 	if e.Run != lc.run {
 		// The node showed its previous run's result until now: the drain is this run's.
 		*e = ntv1.NodeStatus{Name: in.name, Phase: ntv1.NodePending, Run: lc.run}

@@ -89,8 +89,9 @@ type nodeDecision struct {
 	keep bool
 	// inFlight: a pod of the node holds a rollout slot.
 	inFlight bool
-	// start: the node may start request now, if a rollout slot is free.
-	start   bool
+	// ask is what the node asks of the rollout in this pass; request is the attempt it
+	// would start.
+	ask     slotAsk
 	request PodRequest
 	deletes []PodDeletion
 	// unstarted counts the node's pods of the current run that have not started.
@@ -101,10 +102,6 @@ type nodeDecision struct {
 	requeue time.Duration
 
 	// For a task that claims its nodes (maintenance.go):
-	// claim: the node asks for its claim, which takes a rollout slot if one is free.
-	claim bool
-	// claimed: the start goes ahead within the slot the node's claim holds.
-	claimed bool
 	// ops change the node's claim or schedulability.
 	ops []NodeOp
 	// evict are the node's pods its drain evicts.
@@ -115,10 +112,28 @@ type nodeDecision struct {
 	releasing bool
 }
 
+// slotAsk is what one node asks of the rollout's slots in one pass.
+type slotAsk int
+
+const (
+	// askNothing: the node starts nothing now (running, done, waiting, or held back).
+	askNothing slotAsk = iota
+	// askStart: the node may start its attempt now, if a rollout slot is free.
+	askStart
+	// askClaim: the node asks for its claim (a task that cordons, drains or restarts),
+	// which takes a rollout slot if one is free; it starts in a later pass.
+	askClaim
+	// askStartClaimed: the node starts its attempt now, within the slot its claim holds.
+	askStartClaimed
+)
+
+// starting reports whether the node starts an attempt in this pass.
+func (a slotAsk) starting() bool { return a == askStart || a == askStartClaimed }
+
 // holding reports whether the node holds its claim while waiting to start an attempt
 // (cordoned, draining, or about to start): such a node is let go when the rollout stops.
 func (d *nodeDecision) holding() bool {
-	return d.claimed || len(d.evict) > 0 || slices.ContainsFunc(d.ops, func(op NodeOp) bool { return op.Kind == OpCordon })
+	return d.ask == askStartClaimed || len(d.evict) > 0 || slices.ContainsFunc(d.ops, func(op NodeOp) bool { return op.Kind == OpCordon })
 }
 
 // neverStarted reports whether the node has not started the given run and holds nothing:
@@ -216,7 +231,7 @@ func (lc *lifecycle) startable(in nodeInput, busy, gone bool, blocked string, d 
 	e := &d.entry
 	req := PodRequest{Node: in.name, NodeUID: in.node.UID, Attempt: 1}
 	if e.Run != lc.run {
-		d.start, d.request = true, req
+		d.ask, d.request = askStart, req
 		return
 	}
 	if e.Phase != ntv1.NodePending {
@@ -229,7 +244,7 @@ func (lc *lifecycle) startable(in nodeInput, busy, gone bool, blocked string, d 
 		}
 	}
 	req.Attempt = e.Attempts + 1
-	d.start, d.request = true, req
+	d.ask, d.request = askStart, req
 }
 
 // entry works out the node's entry from its stored entry and the current run's latest pod.

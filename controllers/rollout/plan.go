@@ -199,7 +199,7 @@ func ComputePlan(obs *Observed) *Plan {
 			p.InFlight++
 		}
 		switch {
-		case d.claim:
+		case d.ask == askClaim:
 			claims = append(claims, d.ops...)
 		case d.holding():
 			holding = append(holding, d)
@@ -209,10 +209,10 @@ func ComputePlan(obs *Observed) *Plan {
 		if d.releasing {
 			p.Releasing = append(p.Releasing, name)
 		}
-		switch {
-		case d.start && d.claimed:
+		switch d.ask {
+		case askStartClaimed:
 			claimed = append(claimed, d.request)
-		case d.start:
+		case askStart:
 			candidates = append(candidates, d.request)
 		}
 		if d.reboot != nil {
