@@ -298,6 +298,20 @@ func (lc *lifecycle) result(pod *corev1.Pod, gone bool) ntv1.NodeStatus {
 	return e
 }
 
+// started is the entry of an attempt whose pod apply created (or found to exist).
+func (lc *lifecycle) started(a StartedAttempt) ntv1.NodeStatus {
+	return ntv1.NodeStatus{Name: a.Node, Phase: ntv1.NodeRunning, Run: lc.run, Attempts: a.Attempt, StartTime: &metav1.Time{Time: a.At}}
+}
+
+// rejected is the entry of an attempt whose pod the API server refused: a failed attempt,
+// retried like any other.
+func (lc *lifecycle) rejected(a RejectedAttempt) ntv1.NodeStatus {
+	return lc.retryState(ntv1.NodeStatus{
+		Name: a.Node, Phase: ntv1.NodeFailed, Reason: ntv1.NodeReasonPodRejected, Run: lc.run,
+		Attempts: a.Attempt, Output: tailOutput(a.Message, maxOutputBytes), FinishTime: &metav1.Time{Time: lc.now},
+	})
+}
+
 // retryState turns a failure with retries left into a wait for the retry, and a wait for a
 // retry that is no longer allowed (retries was lowered) back into the failure.
 func (lc *lifecycle) retryState(e ntv1.NodeStatus) ntv1.NodeStatus {

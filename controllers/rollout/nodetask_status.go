@@ -111,20 +111,16 @@ func ComputeStatus(obs *Observed, p *Plan, out Outcome) ntv1.NodeTaskStatus {
 		for i := range entries {
 			at[entries[i].Name] = i
 		}
+		// What apply did is the lifecycle's to record, like every other change of an entry.
+		lc := newLifecycle(task, p.Run, p.Revision, obs.Now)
 		for _, a := range out.Started {
 			if i, ok := at[a.Node]; ok {
-				entries[i] = ntv1.NodeStatus{
-					Name: a.Node, Phase: ntv1.NodeRunning, Run: p.Run, Attempts: a.Attempt, StartTime: &metav1.Time{Time: a.At},
-				}
+				entries[i] = lc.started(a)
 			}
 		}
-		lc := newLifecycle(task, p.Run, p.Revision, obs.Now)
 		for _, a := range out.Rejected {
 			if i, ok := at[a.Node]; ok {
-				entries[i] = lc.retryState(ntv1.NodeStatus{
-					Name: a.Node, Phase: ntv1.NodeFailed, Reason: ntv1.NodeReasonPodRejected, Run: p.Run,
-					Attempts: a.Attempt, Output: tailOutput(a.Message, maxOutputBytes), FinishTime: &now,
-				})
+				entries[i] = lc.rejected(a)
 			}
 		}
 	}
