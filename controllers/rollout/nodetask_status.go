@@ -135,15 +135,15 @@ func ComputeStatus(obs *Observed, p *Plan, out Outcome) ntv1.NodeTaskStatus {
 	}
 
 	f := conditionFacts{
-		Generation:     task.Generation,
-		Counts:         c,
-		Gate:           p.Gate,
-		MaxConcurrent:  p.MaxConcurrent,
-		MaxFailures:    p.MaxFailures,
-		Problem:        p.Problem,
-		Namespace:      task.Namespace,
-		NextWindow:     p.NextWindow,
-		Releasing:      p.Releasing,
+		Generation:    task.Generation,
+		Counts:        c,
+		Gate:          p.Gate,
+		MaxConcurrent: p.MaxConcurrent,
+		MaxFailures:   p.MaxFailures,
+		Problem:       p.Problem,
+		Namespace:     task.Namespace,
+		NextWindow:    p.NextWindow,
+		Releasing:     p.Releasing,
 	}
 	if f.Problem == nil && out.Problem != nil {
 		// Found by apply (a pod refused after the dry run, a missing script ConfigMap): it
@@ -191,13 +191,13 @@ func ComputeStatus(obs *Observed, p *Plan, out Outcome) ntv1.NodeTaskStatus {
 
 // conditionFacts is what the conditions are computed from.
 type conditionFacts struct {
-	Generation     int64
-	Counts         counts
+	Generation int64
+	Counts     counts
 	// Gate is the plan's gate, or GateProblem for a problem apply found.
-	Gate Gate
-	MaxConcurrent  int
-	MaxFailures    int
-	Problem        *Problem
+	Gate          Gate
+	MaxConcurrent int
+	MaxFailures   int
+	Problem       *Problem
 	// Waiting is why some pods wait, while the task goes on.
 	Waiting   *Problem
 	Namespace string

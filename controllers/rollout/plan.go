@@ -103,9 +103,9 @@ type Plan struct {
 	OtherRunsInFlight bool
 	// BudgetExceeded is true when more targets failed than MaxFailures allows.
 	BudgetExceeded bool
-	// WindowClosed is true when spec.window is closed; NextWindow is when it opens next.
-	WindowClosed bool
-	NextWindow   time.Time
+	// NextWindow is when a closed spec.window opens next (Gate is GateWindowClosed, or a
+	// gate that takes precedence).
+	NextWindow time.Time
 	// Gate is what holds back the rollout's new starts and claims, computed once here; the
 	// conditions report it (setConditions).
 	Gate Gate
@@ -237,20 +237,21 @@ func ComputePlan(obs *Observed) *Plan {
 		// record, so none is deleted, and no node starts.
 		p.Delete = nil
 	}
+	windowClosed := false
 	if w := task.Spec.Window; w != nil && p.Problem == nil {
 		open, next, err := windowState(w, obs.Now)
 		switch {
 		case err != nil:
 			p.Problem = &Problem{Reason: ntv1.ReasonInvalidSpec, Message: err.Error()}
 		case !open:
-			p.WindowClosed, p.NextWindow = true, next
+			windowClosed, p.NextWindow = true, next
 			if len(candidates) > 0 {
 				// Woken by the clock at the opening, not by polling.
 				p.RequeueAfter = Soonest(p.RequeueAfter, next.Sub(obs.Now))
 			}
 		}
 	}
-	p.Gate = gateOf(task.Spec.Suspend, p.BudgetExceeded, p.Problem != nil, p.WindowClosed)
+	p.Gate = gateOf(task.Spec.Suspend, p.BudgetExceeded, p.Problem != nil, windowClosed)
 	stopped := p.Gate.stops()
 	if p.Gate == GateOpen {
 		slots := max(0, p.MaxConcurrent-p.InFlight)
