@@ -123,54 +123,6 @@ func OperatorCordoned(node *corev1.Node) bool {
 	return false
 }
 
-// NodeOpKind says what a NodeOp does.
-type NodeOpKind string
-
-const (
-	// OpClaim takes the node's claim for the task, and cordons it if Cordon says so.
-	OpClaim NodeOpKind = "Claim"
-	// OpCordon cordons a node the task has claimed already.
-	OpCordon NodeOpKind = "Cordon"
-	// OpRelease removes the task's claim, and uncordons the node if Uncordon says so.
-	OpRelease NodeOpKind = "Release"
-)
-
-// NodeOp is a change of one node's claim or schedulability.
-type NodeOp struct {
-	Node string
-	Kind NodeOpKind
-	// Cordon (with OpClaim) cordons the node, unless it is cordoned already.
-	Cordon bool
-	// Uncordon (with OpRelease) uncordons the node, if this claim cordoned it and no one
-	// changed its schedulability since: NodePatch checks that against the claim and the
-	// node's managedFields, so callers say only whether they want it.
-	Uncordon bool
-	// TakeOverCordon (with OpClaim) makes this task's claim the owner of a cordon that the
-	// claim of a task that no longer exists made and left behind.
-	TakeOverCordon bool
-	// Why says why, for the log.
-	Why string
-}
-
-// RebootRequest asks for the pod that restarts one node after its run succeeded.
-type RebootRequest struct {
-	PodRequest
-	// BootID is the node's boot ID now; the node is back once it reports another.
-	BootID string
-}
-
-// DrainObservation is what a drain of one node sees: the pods it must still evict.
-type DrainObservation struct {
-	// Pods are the node's pods the drain waits for: those to evict, those terminating, and
-	// those it may not evict (emptyDir data without drain.deleteEmptyDirData).
-	Pods []*corev1.Pod
-	// Evictable are the pods of Pods to evict now.
-	Evictable []*corev1.Pod
-	// Blocked says why the last eviction was refused (a PodDisruptionBudget, a pod with
-	// emptyDir data), or "".
-	Blocked string
-}
-
 // maintenance is what a task asks around each node's run.
 type maintenance struct {
 	uid types.UID
@@ -256,106 +208,94 @@ type maintainInput struct {
 	storedFinal bool
 	// busy: a pod of the task on the node has not finished.
 	busy bool
-	// reboot is the current run's restart pod, or nil.
-	reboot *corev1.Pod
+	// restartPod is the current run's restart pod, or nil.
+	restartPod *corev1.Pod
+	// claim is how the node's claim stands for the task; held is the claim itself.
+	claim claimState
+	held  *NodeClaim
+	// verdict is shouldStart's answer for the node.
+	verdict startVerdict
 }
 
-// maintain runs the maintenance step of one node, after the lifecycle worked out its entry:
-// it turns a success into a restart where one is wanted, holds back the start until the node
-// is claimed, cordoned and drained, and releases the node once its result is stored. It
-// changes the decision's ask in place: askStart stays only where the attempt may start now
-// without a claim (never, for such a task), askStartClaimed starts within the claim's slot,
-// askClaim asks for the claim (which needs a free slot), askNothing holds the node back.
-func (m *maintenance) maintain(lc *lifecycle, in maintainInput, d *nodeDecision) {
-	e := &d.entry
-	state, claim := m.claimOf(in.node, in.staleClaim)
-	ours := state == claimOurs
-	if ours {
-		// From claim to release the node holds a rollout slot, whatever it is doing.
-		d.inFlight = true
-		defer func() {
-			d.releasing = e.Phase == ntv1.NodeSucceeded || e.Phase == ntv1.NodeFailed
-		}()
-	}
+// next is the maintenance part of one node's step, after the lifecycle worked out the
+// node's entry e from its pods: it turns a success into a restart where one is wanted,
+// takes the node's claim, cordons and drains it before its run (as shouldStart found
+// wanting), starts the run within the claim's slot, and releases the node once its result
+// is stored. It returns the node's entry, its action and when to look again.
+func (m *maintenance) next(lc *lifecycle, in maintainInput, e ntv1.NodeStatus) (ntv1.NodeStatus, nodeAction, time.Duration) {
 	current := e.Run == lc.run
+	done := e.Phase == ntv1.NodeSucceeded || e.Phase == ntv1.NodeFailed
 
 	// The restart after a successful run.
 	if current && !in.storedFinal && in.node != nil &&
-		(e.Phase == ntv1.NodeRebooting || (e.Phase == ntv1.NodeSucceeded && m.rebootWanted(e))) {
-		m.rebootStep(lc, in, d)
-		return
+		(e.Phase == ntv1.NodeRebooting || (e.Phase == ntv1.NodeSucceeded && m.rebootWanted(&e))) {
+		return m.rebootStep(lc, in, e)
 	}
 
-	if ours {
+	if in.claim == claimOurs {
 		switch {
-		case current && in.storedFinal && (e.Phase == ntv1.NodeSucceeded || e.Phase == ntv1.NodeFailed) && !in.busy:
+		case current && in.storedFinal && done && !in.busy:
 			// Released only once the result is stored: a restarted manager then never finds
 			// a released node whose result it must work out again.
-			d.ops = append(d.ops, NodeOp{Node: in.name, Kind: OpRelease, Why: "its work is done",
-				Uncordon: e.Phase == ntv1.NodeSucceeded || m.uncordonOnFailure})
+			return e, release(in.name, e.Phase == ntv1.NodeSucceeded || m.uncordonOnFailure, "its work is done"), 0
 		case !in.target && !in.busy && e.Phase != ntv1.NodeRunning:
-			d.ops = append(d.ops, NodeOp{Node: in.name, Kind: OpRelease, Uncordon: true, Why: "it is no longer a target"})
-		case d.ask.starting() && m.cordon && !in.node.Spec.Unschedulable:
-			d.ask = askNothing
-			d.ops = append(d.ops, NodeOp{Node: in.name, Kind: OpCordon, Why: "the task cordons its nodes"})
-		case d.ask.starting() && m.drain && d.request.Attempt == 1:
-			// Before the first attempt of every run (a retry finds the node drained).
-			m.drainStep(lc, in, claim, d)
+			return e, release(in.name, true, "it is no longer a target"), 0
 		}
-		if d.ask.starting() {
-			d.ask = askStartClaimed
-		}
-		return
 	}
 
-	if !d.ask.starting() {
-		return
-	}
-	d.ask = askNothing
-	switch {
-	case state == claimForeign:
+	switch v := in.verdict; v.hold {
+	case mayStart: // within this task's claim: shouldStart holds back a node without one
+		return e, nodeAction{kind: actStartClaimed, start: v.request}, 0
+	case holdUnclaimed:
+		// The claim comes first; the next pass, which sees it, cordons, drains and starts.
+		return e, nodeAction{kind: actClaim, op: NodeOp{Node: in.name, Kind: OpClaim, Cordon: m.cordon,
+			TakeOverCordon: in.staleClaim && in.held != nil && in.held.Cordoned && OperatorCordoned(in.node),
+			Why:            "the task cordons, drains or restarts its nodes"}}, 0
+	case holdClaimedElsewhere:
 		if current && e.Phase == ntv1.NodePending {
 			e.Reason = ntv1.NodeReasonNodeBusy
 		}
-	default:
-		// The claim comes first; the next pass, which sees it, cordons, drains and starts.
-		d.ops = append(d.ops, NodeOp{Node: in.name, Kind: OpClaim, Cordon: m.cordon,
-			TakeOverCordon: in.staleClaim && claim != nil && claim.Cordoned && OperatorCordoned(in.node),
-			Why:            "the task cordons, drains or restarts its nodes"})
-		d.ask = askClaim
+	case holdUncordoned:
+		return e, nodeAction{kind: actCordon, op: NodeOp{Node: in.name, Kind: OpCordon, Why: "the task cordons its nodes"}}, 0
+	case holdUndrained:
+		return m.drainStep(lc, in, e)
 	}
+	return e, nodeAction{}, 0
 }
 
-// drainStep evicts the node's pods before its first attempt, and starts the attempt once
-// none is left. A drain that outlasts drain.timeoutSeconds fails the node.
-func (m *maintenance) drainStep(lc *lifecycle, in maintainInput, claim *NodeClaim, d *nodeDecision) {
-	e := &d.entry
-	if in.drain != nil && len(in.drain.Pods) == 0 {
-		return // drained: the attempt starts
-	}
-	d.ask = askNothing
+func release(node string, uncordon bool, why string) nodeAction {
+	return nodeAction{kind: actRelease, op: NodeOp{Node: node, Kind: OpRelease, Uncordon: uncordon, Why: why}}
+}
+
+// drainStep evicts the node's pods before its run's first attempt; shouldStart lets the
+// attempt start once none is left. A drain that outlasts drain.timeoutSeconds fails the node.
+func (m *maintenance) drainStep(lc *lifecycle, in maintainInput, e ntv1.NodeStatus) (ntv1.NodeStatus, nodeAction, time.Duration) {
 	if e.Run != lc.run {
 		// The node showed its previous run's result until now: the drain is this run's.
-		*e = ntv1.NodeStatus{Name: in.name, Phase: ntv1.NodePending, Run: lc.run}
+		e = ntv1.NodeStatus{Name: in.name, Phase: ntv1.NodePending, Run: lc.run}
 	}
 	if in.drain == nil {
-		d.after(drainPoll) // not looked at in this pass
-		return
+		return e, nodeAction{}, drainPoll // not looked at in this pass
 	}
-	deadline := claim.Since.Add(m.drainTimeout)
+	deadline := in.held.Since.Add(m.drainTimeout)
 	if !lc.now.Before(deadline) {
 		e.Phase, e.Reason, e.ExitCode = ntv1.NodeFailed, ntv1.NodeReasonDrainTimeout, nil
 		e.FinishTime = &metav1.Time{Time: deadline}
 		e.Output = fmt.Sprintf("the drain did not finish within drain.timeoutSeconds (%ds): %s", int(m.drainTimeout/time.Second),
 			drainSummary(in.drain))
-		return
+		return e, nodeAction{}, 0
 	}
 	e.Reason, e.Output = ntv1.NodeReasonDraining, drainSummary(in.drain)
 	if in.drain.Blocked != "" {
 		e.Reason = ntv1.NodeReasonDrainBlocked
 	}
-	d.evict = in.drain.Evictable
-	d.after(min(drainPoll, deadline.Sub(lc.now)))
+	var act nodeAction
+	if len(in.drain.Evictable) > 0 {
+		// Pods that are only terminating, or that may not be evicted, are waited for: the
+		// node then asks for nothing in this pass.
+		act = nodeAction{kind: actDrain, evict: in.drain.Evictable}
+	}
+	return e, act, min(drainPoll, deadline.Sub(lc.now))
 }
 
 // drainSummary says what a drain still waits for.
@@ -372,60 +312,61 @@ func drainSummary(o *DrainObservation) string {
 }
 
 // rebootStep restarts a node whose run succeeded, and follows it until the node is back.
-func (m *maintenance) rebootStep(lc *lifecycle, in maintainInput, d *nodeDecision) {
-	e := &d.entry
-	node := in.node
+func (m *maintenance) rebootStep(lc *lifecycle, in maintainInput, e ntv1.NodeStatus) (ntv1.NodeStatus, nodeAction, time.Duration) {
+	node, pod := in.node, in.restartPod
 	bootNow := node.Status.NodeInfo.BootID
 	before := e.BootIDBefore
-	if in.reboot != nil {
-		before = in.reboot.Annotations[ntv1.AnnotationBootID]
+	if pod != nil {
+		before = pod.Annotations[ntv1.AnnotationBootID]
 	}
-	requested := in.reboot != nil || e.BootIDBefore != ""
+	requested := pod != nil || e.BootIDBefore != ""
 	e.Phase, e.Reason, e.BootIDBefore = ntv1.NodeRebooting, ntv1.NodeReasonRebootRequested, before
-	claim, _ := m.claimOf(node, in.staleClaim)
 	// The host decides: once it restarted, whatever the kubelet reports of the restart pod
 	// (Succeeded before the shutdown, Failed after the boot, nothing) does not matter.
-	restarted := requested && hostRestarted(node, before, in.reboot)
-	failed := in.reboot != nil && in.reboot.Status.Phase == corev1.PodFailed && !restarted
+	restarted := requested && hostRestarted(node, before, pod)
+	failed := pod != nil && pod.Status.Phase == corev1.PodFailed && !restarted
 	switch {
 	case restarted && NodeReady(node):
 		// The exit code (3010) and the run's output stay: they say why it restarted.
 		e.Phase, e.Reason, e.BootIDAfter = ntv1.NodeSucceeded, ntv1.NodeReasonRebooted, node.Status.NodeInfo.BootID
 		e.FinishTime = &metav1.Time{Time: lc.now}
-	case failed && !lc.now.Before(failureReported(in.reboot).Add(rebootFailureGrace)):
-		r := podResult(in.reboot, false, lc.now)
+	case failed && !lc.now.Before(failureReported(pod).Add(rebootFailureGrace)):
+		r := podResult(pod, false, lc.now)
 		e.Phase, e.Reason, e.ExitCode, e.FinishTime = ntv1.NodeFailed, ntv1.NodeReasonRebootFailed, r.ExitCode, r.FinishTime
 		e.Output = "the restart command failed and the node kept its boot ID: " + r.Output
-	case in.reboot != nil:
+	case pod != nil:
 		// Waiting: for the host to go down and come back, for the node to be Ready again,
 		// or, for a failed restart pod, for a new boot ID the kubelet may report late.
-		deadline := in.reboot.CreationTimestamp.Add(m.rebootTimeout)
+		deadline := pod.CreationTimestamp.Add(m.rebootTimeout)
 		if !lc.now.Before(deadline) {
 			e.Phase, e.Reason = ntv1.NodeFailed, ntv1.NodeReasonRebootTimeout
 			e.FinishTime = &metav1.Time{Time: deadline}
 			e.Output = fmt.Sprintf("the node did not come back Ready with a new boot ID within rebootTimeoutSeconds (%ds)",
 				int(m.rebootTimeout/time.Second))
-			return
+			return e, nodeAction{}, 0
 		}
 		wait := deadline.Sub(lc.now)
 		if failed {
-			wait = min(wait, failureReported(in.reboot).Add(rebootFailureGrace).Sub(lc.now))
+			wait = min(wait, failureReported(pod).Add(rebootFailureGrace).Sub(lc.now))
 		}
-		d.after(wait)
+		return e, nodeAction{}, max(wait, time.Millisecond)
 	case restarted:
 		// Restarted, its restart pod gone (deleted after the boot), not Ready yet: the
 		// node's Ready change wakes the task. Never a second restart.
-	case claim == claimForeign:
+	case in.claim == claimForeign:
 		// Someone removed this task's claim and another task took the node: wait for it.
 		e.Reason = ntv1.NodeReasonNodeBusy
-	case claim == claimFree:
-		d.ops = append(d.ops, NodeOp{Node: in.name, Kind: OpClaim, Why: "it must restart and its claim was removed"})
+	case in.claim == claimFree:
+		return e, nodeAction{kind: actReclaim, op: NodeOp{Node: in.name, Kind: OpClaim,
+			Why: "it must restart and its claim was removed"}}, 0
 	default:
 		// No restart pod: never made, or deleted before the node restarted (the boot ID
 		// is still the one recorded). Its name is fixed per run: at most one exists.
 		e.BootIDBefore = bootNow
-		d.reboot = &RebootRequest{PodRequest: PodRequest{Node: in.name, NodeUID: node.UID, Attempt: e.Attempts}, BootID: bootNow}
+		return e, nodeAction{kind: actRestart, restart: RebootRequest{
+			PodRequest: PodRequest{Node: in.name, NodeUID: node.UID, Attempt: e.Attempts}, BootID: bootNow}}, 0
 	}
+	return e, nodeAction{}, 0
 }
 
 // hostRestarted reports whether the node's host restarted since its boot ID was before: it

@@ -26,6 +26,12 @@ import (
 //     started (it has no result) and the pods of a machine that is gone.
 //   - A node runs at most one pod at a time.
 
+// Retry backoff: 10s after the first failure, doubling, at most 5 minutes.
+const (
+	retryBaseDelay = 10 * time.Second
+	retryMaxDelay  = 5 * time.Minute
+)
+
 const (
 	// deadlineGrace is how long past timeoutSeconds the operator waits for the kubelet to
 	// stop a pod before it records a Timeout itself and deletes the pod: a kubelet that
@@ -47,12 +53,11 @@ type lifecycle struct {
 	ttl         *time.Duration
 	tolerations []corev1.Toleration
 	now         time.Time
-	maint       maintenance
 }
 
 func newLifecycle(task *ntv1.NodeTask, run int64, revision string, now time.Time) *lifecycle {
 	lc := &lifecycle{run: run, revision: revision, timeout: ntv1.DefaultTimeoutSeconds * time.Second, tolerations: task.Spec.Tolerations, now: now,
-		rebootCodes: task.Spec.RebootExitCodes, maint: newMaintenance(task)}
+		rebootCodes: task.Spec.RebootExitCodes}
 	if task.Spec.Retries != nil {
 		lc.retries = *task.Spec.Retries
 	}
@@ -66,215 +71,35 @@ func newLifecycle(task *ntv1.NodeTask, run int64, revision string, now time.Time
 	return lc
 }
 
-// nodeInput is everything one node's decision looks at.
-type nodeInput struct {
-	name string
-	// node is nil when the Node object is gone.
-	node   *corev1.Node
-	target bool
-	// stored is the node's entry in the stored status (with its run filled in), or nil.
-	stored *ntv1.NodeStatus
-	// pods are the task's pods bound to this node name.
-	pods []*corev1.Pod
-	// drain is what the node's drain sees, when the task drains and the node is draining.
-	drain *DrainObservation
-	// staleClaim: the node's claim names a task that no longer exists.
-	staleClaim bool
-}
-
-// nodeDecision is what the lifecycle decided for one node.
-type nodeDecision struct {
-	entry ntv1.NodeStatus
-	// keep says whether the entry belongs in status.nodes.
-	keep bool
-	// inFlight: a pod of the node holds a rollout slot.
-	inFlight bool
-	// ask is what the node asks of the rollout in this pass; request is the attempt it
-	// would start.
-	ask     slotAsk
-	request PodRequest
-	deletes []PodDeletion
-	// unstarted counts the node's pods of the current run that have not started.
-	unstarted int
-	// otherRunInFlight: a pod of another run has not finished.
-	otherRunInFlight bool
-	// requeue is when this node's decision changes by itself; 0 for never.
-	requeue time.Duration
-
-	// For a task that claims its nodes (maintenance.go):
-	// ops change the node's claim or schedulability.
-	ops []NodeOp
-	// evict are the node's pods its drain evicts.
-	evict []*corev1.Pod
-	// reboot asks for the pod that restarts the node.
-	reboot *RebootRequest
-	// releasing: the node's work is done, and this task still holds its claim.
-	releasing bool
-}
-
-// slotAsk is what one node asks of the rollout's slots in one pass.
-type slotAsk int
-
-const (
-	// askNothing: the node starts nothing now (running, done, waiting, or held back).
-	askNothing slotAsk = iota
-	// askStart: the node may start its attempt now, if a rollout slot is free.
-	askStart
-	// askClaim: the node asks for its claim (a task that cordons, drains or restarts),
-	// which takes a rollout slot if one is free; it starts in a later pass.
-	askClaim
-	// askStartClaimed: the node starts its attempt now, within the slot its claim holds.
-	askStartClaimed
-)
-
-// starting reports whether the node starts an attempt in this pass.
-func (a slotAsk) starting() bool { return a == askStart || a == askStartClaimed }
-
-// holding reports whether the node holds its claim while waiting to start an attempt
-// (cordoned, draining, or about to start): such a node is let go when the rollout stops.
-func (d *nodeDecision) holding() bool {
-	return d.ask == askStartClaimed || len(d.evict) > 0 || slices.ContainsFunc(d.ops, func(op NodeOp) bool { return op.Kind == OpCordon })
-}
-
-// neverStarted reports whether the node has not started the given run and holds nothing:
-// its entry would only say "Pending".
-func (d *nodeDecision) neverStarted(run int64) bool {
-	return d.entry.Run == run && d.entry.Phase == ntv1.NodePending && d.entry.Attempts == 0 && !d.inFlight
-}
-
-func (d *nodeDecision) after(wait time.Duration) {
-	d.requeue = Soonest(d.requeue, max(wait, time.Millisecond))
-}
-
-// decide runs one node's lifecycle one step.
-func (lc *lifecycle) decide(in nodeInput) nodeDecision {
-	var d nodeDecision
-	gone := in.node == nil
-	ready := !gone && NodeReady(in.node)
-
-	// Pods made for another machine under this name are the old machine's: they never count.
-	var mine []*corev1.Pod
-	for _, pod := range in.pods {
-		if !gone && in.node.UID != "" && ntv1.PodNodeUID(pod) != "" && ntv1.PodNodeUID(pod) != string(in.node.UID) {
-			if pod.DeletionTimestamp == nil {
-				d.deletes = append(d.deletes, PodDeletion{Pod: pod, Force: true, Why: "its machine was replaced"})
-			}
-			continue
-		}
-		mine = append(mine, pod)
-	}
-
-	var cur *corev1.Pod    // the latest attempt of the current run
-	var reboot *corev1.Pod // the current run's restart pod
-	busy := false          // a pod of the node has not finished: the node starts nothing else
-	attempts := mine[:0:0] // the run pods, without the restart pods
-	for _, pod := range mine {
-		if ntv1.IsRebootPod(pod) && !PodFinished(pod) && lc.recorded(in.stored, pod) {
-			// The node came back and its result is stored: a restart pod the kubelet never
-			// reported finished no longer holds the node (its deadline deletes it).
-			continue
-		}
-		if !PodFinished(pod) {
-			busy = true
-			if lc.holdsSlot(pod, gone, ready) {
-				d.inFlight = true
-			}
-			if !lc.isCurrent(pod) {
-				d.otherRunInFlight = true
-			} else if podUnstarted(pod) && !ntv1.IsRebootPod(pod) {
-				d.unstarted++
-			}
-		}
-		if ntv1.IsRebootPod(pod) {
-			if lc.isCurrent(pod) {
-				reboot = pod
-			}
-			continue
-		}
-		attempts = append(attempts, pod)
-		if lc.isCurrent(pod) && (cur == nil || ntv1.PodAttempt(pod) > ntv1.PodAttempt(cur)) {
-			cur = pod
-		}
-	}
-
-	blocked := "" // why the node cannot start an attempt now
-	if !gone {
-		blocked = nodeBlocked(in.node, lc.tolerations)
-	}
-	in.pods = attempts
-	e := lc.entry(in, cur, gone, ready, &d)
-	current := e.Run == lc.run
-	if current && !gone {
-		e = lc.retryState(e)
-	}
-	if current && e.Phase == ntv1.NodePending && e.Reason != ntv1.NodeReasonRetryBackoff {
-		e.Reason = blocked
-	}
-	d.entry = e
-	d.keep = in.target || d.inFlight || (current && e.Attempts > 0 && (!gone || len(in.pods) > 0))
-
-	lc.deletions(in, mine, ready, &d)
-	lc.startable(in, busy, gone, blocked, &d)
-	if lc.maint.claims {
-		lc.maint.maintain(lc, maintainInput{nodeInput: in, busy: busy, reboot: reboot,
-			storedFinal: in.stored != nil && in.stored.Run == lc.run && isFinal(in.stored)}, &d)
-		d.keep = d.keep || d.inFlight
-	}
-	return d
-}
-
-// startable decides whether the node may start its next attempt now, if a slot is free.
-func (lc *lifecycle) startable(in nodeInput, busy, gone bool, blocked string, d *nodeDecision) {
-	if !in.target || busy || gone || blocked != "" {
-		return
-	}
-	e := &d.entry
-	req := PodRequest{Node: in.name, NodeUID: in.node.UID, Attempt: 1}
-	if e.Run != lc.run {
-		d.ask, d.request = askStart, req
-		return
-	}
-	if e.Phase != ntv1.NodePending {
-		return
-	}
-	if e.Reason == ntv1.NodeReasonRetryBackoff && e.FinishTime != nil {
-		if wait := e.FinishTime.Add(retryDelay(e.Attempts)).Sub(lc.now); wait > 0 {
-			d.after(wait)
-			return
-		}
-	}
-	req.Attempt = e.Attempts + 1
-	d.ask, d.request = askStart, req
-}
-
-// entry works out the node's entry from its stored entry and the current run's latest pod.
-func (lc *lifecycle) entry(in nodeInput, cur *corev1.Pod, gone, ready bool, d *nodeDecision) ntv1.NodeStatus {
+// runEntry works out the node's entry from its stored entry and the current run's latest pod.
+// The duration returned is when the entry changes by itself (a running attempt's deadline); 0 for never.
+func (lc *lifecycle) runEntry(in nodeInput, cur *corev1.Pod, attempts []*corev1.Pod, gone, ready bool) (ntv1.NodeStatus, time.Duration) {
 	prev := in.stored
 	prevCurrent := prev != nil && prev.Run == lc.run
 	switch {
 	case prevCurrent && isFinal(prev) && (cur == nil || ntv1.PodAttempt(cur) <= prev.Attempts):
 		// A stored final result is never rewritten, and an older pod never replaces it.
-		return *prev
+		return *prev, 0
 	case cur != nil && (!prevCurrent || ntv1.PodAttempt(cur) >= prev.Attempts):
 		e := lc.result(cur, gone)
 		e.Run = lc.run
 		if e.Phase == ntv1.NodeRunning && cur.DeletionTimestamp == nil {
 			deadline := lc.deadline(cur)
 			if !lc.now.Before(deadline) {
-				return lc.timedOut(e, deadline, ready)
+				return lc.timedOut(e, deadline, ready), 0
 			}
-			d.after(deadline.Sub(lc.now))
+			return e, deadline.Sub(lc.now)
 		}
-		return e
+		return e, 0
 	case prevCurrent && prev.Phase == ntv1.NodeRunning:
 		// The pod of a running attempt is gone, and no one recorded how it ended.
-		return lostAttempt(*prev, gone, lc.now)
+		return lostAttempt(*prev, gone, lc.now), 0
 	case prev != nil:
 		// This run's pending entry, or an earlier run's result shown until the node starts
 		// this run; that run's pod may still be running.
 		e := *prev
 		if !isFinal(prev) {
-			switch pod := findPod(in.pods, prev.Run, prev.Attempts); {
+			switch pod := findPod(attempts, prev.Run, prev.Attempts); {
 			case pod != nil:
 				e = lc.result(pod, gone)
 				e.Run = prev.Run
@@ -282,9 +107,9 @@ func (lc *lifecycle) entry(in nodeInput, cur *corev1.Pod, gone, ready bool, d *n
 				e = lostAttempt(e, gone, lc.now)
 			}
 		}
-		return e
+		return e, 0
 	default:
-		return ntv1.NodeStatus{Name: in.name, Phase: ntv1.NodePending, Run: lc.run}
+		return ntv1.NodeStatus{Name: in.name, Phase: ntv1.NodePending, Run: lc.run}, 0
 	}
 }
 
@@ -356,21 +181,22 @@ func (lc *lifecycle) timedOut(e ntv1.NodeStatus, at time.Time, ready bool) ntv1.
 	return e
 }
 
-// deletions queues the node's pods that may go.
-func (lc *lifecycle) deletions(in nodeInput, mine []*corev1.Pod, ready bool, d *nodeDecision) {
+// deletions returns the node's pods that may go, and when the next one may (a TTL runs
+// out); 0 for never.
+func (lc *lifecycle) deletions(in nodeInput, mine []*corev1.Pod, ready bool) (dels []PodDeletion, next time.Duration) {
 	for _, pod := range mine {
 		finished := PodFinished(pod)
 		if pod.DeletionTimestamp != nil {
 			// A graceful deletion that no kubelet confirms (an unreachable node) is finished at once.
 			if !finished && !ready && lc.now.After(pod.DeletionTimestamp.Add(deletionGrace)) {
-				d.deletes = append(d.deletes, PodDeletion{Pod: pod, Force: true, Why: "its node did not confirm the deletion"})
+				dels = append(dels, PodDeletion{Pod: pod, Force: true, Why: "its node did not confirm the deletion"})
 			}
 			continue
 		}
 		if !finished && !lc.isCurrent(pod) && podUnstarted(pod) {
 			// Superseded before it started: it has no result to keep, and it would hold a
 			// rollout slot until its timeout (an image that never pulls).
-			d.deletes = append(d.deletes, PodDeletion{Pod: pod, Force: !ready, Why: "superseded by a new run before it started"})
+			dels = append(dels, PodDeletion{Pod: pod, Force: !ready, Why: "superseded by a new run before it started"})
 			continue
 		}
 		if !lc.recorded(in.stored, pod) {
@@ -378,17 +204,18 @@ func (lc *lifecycle) deletions(in nodeInput, mine []*corev1.Pod, ready bool, d *
 		}
 		switch {
 		case in.node == nil:
-			d.deletes = append(d.deletes, PodDeletion{Pod: pod, Force: true, Why: "its node was deleted"})
+			dels = append(dels, PodDeletion{Pod: pod, Force: true, Why: "its node was deleted"})
 		case !finished && !lc.now.Before(lc.deadline(pod)):
-			d.deletes = append(d.deletes, PodDeletion{Pod: pod, Force: !ready, Why: "it ran past its deadline"})
+			dels = append(dels, PodDeletion{Pod: pod, Force: !ready, Why: "it ran past its deadline"})
 		case finished && lc.ttl != nil:
 			if wait := podFinishTime(pod).Add(*lc.ttl).Sub(lc.now); wait > 0 {
-				d.after(wait)
+				next = Soonest(next, wait)
 			} else {
-				d.deletes = append(d.deletes, PodDeletion{Pod: pod, Why: "podTTLSecondsAfterFinished ran out"})
+				dels = append(dels, PodDeletion{Pod: pod, Why: "podTTLSecondsAfterFinished ran out"})
 			}
 		}
 	}
+	return dels, next
 }
 
 // recorded reports whether the stored entry already accounts for the pod: it holds that
@@ -429,16 +256,6 @@ func isFinal(e *ntv1.NodeStatus) bool {
 		(e.Phase == ntv1.NodePending && e.Reason == ntv1.NodeReasonRetryBackoff)
 }
 
-// lostAttempt records an attempt whose pod disappeared before it finished.
-func lostAttempt(e ntv1.NodeStatus, nodeGone bool, at time.Time) ntv1.NodeStatus {
-	e.Phase, e.Reason, e.ExitCode = ntv1.NodeFailed, ntv1.NodeReasonPodDeleted, nil
-	if nodeGone {
-		e.Reason = ntv1.NodeReasonNodeLost
-	}
-	e.FinishTime = &metav1.Time{Time: at}
-	return e
-}
-
 func findPod(pods []*corev1.Pod, run int64, attempt int32) *corev1.Pod {
 	for _, pod := range pods {
 		if ntv1.PodRun(pod) == run && ntv1.PodAttempt(pod) == attempt {
@@ -448,12 +265,11 @@ func findPod(pods []*corev1.Pod, run int64, attempt int32) *corev1.Pod {
 	return nil
 }
 
-func PodFinished(pod *corev1.Pod) bool {
-	return pod.Status.Phase == corev1.PodSucceeded || pod.Status.Phase == corev1.PodFailed
-}
-
-// podUnstarted reports whether the pod's process has not started: it is still pending
-// (waiting for the kubelet, an image or a volume).
-func podUnstarted(pod *corev1.Pod) bool {
-	return pod.Status.Phase == corev1.PodPending || pod.Status.Phase == ""
+// retryDelay is the backoff before the attempt after the given one.
+func retryDelay(attempts int32) time.Duration {
+	d := retryBaseDelay
+	for i := int32(1); i < attempts && d < retryMaxDelay; i++ {
+		d *= 2
+	}
+	return min(d, retryMaxDelay)
 }

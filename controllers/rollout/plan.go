@@ -6,16 +6,9 @@ import (
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
-	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/apimachinery/pkg/util/intstr"
 
 	ntv1 "github.com/nodetask/nodetask-operator/api/v1alpha1"
-)
-
-// Retry backoff: 10s after the first failure, doubling, at most 5 minutes.
-const (
-	retryBaseDelay = 10 * time.Second
-	retryMaxDelay  = 5 * time.Minute
 )
 
 // Observed is the state one reconcile of a task looks at. The planner reads nothing else,
@@ -42,25 +35,6 @@ type Observed struct {
 	// it confirmed them, the plan creates no pod and claims, cordons, drains and restarts
 	// no node.
 	Admission Admission
-}
-
-// PodRequest asks for the pod of one attempt on one node.
-type PodRequest struct {
-	Node string
-	// NodeUID is the UID of the Node object the attempt is for: a node deleted and created
-	// again under its name is another machine, and gets other pods.
-	NodeUID types.UID
-	Attempt int32
-}
-
-// PodDeletion is a pod the plan lets go.
-type PodDeletion struct {
-	Pod *corev1.Pod
-	// Force deletes the pod at once (grace period 0): no kubelet will confirm a graceful
-	// deletion on a node that is gone or not Ready.
-	Force bool
-	// Why says why, for the log.
-	Why string
 }
 
 // Plan is what one reconcile decided: the pods to create and delete, and the per-node
@@ -119,117 +93,24 @@ type Plan struct {
 	RequeueAfter time.Duration
 }
 
-// Problem is a condition that keeps the task from going on until a person acts, or, for
-// Outcome.Waiting, a reason the rollout is slower than asked.
-type Problem struct {
-	// Reason is a CamelCase condition reason from the API package.
-	Reason string
-	// Message tells the user what happened and what to do.
-	Message string
-}
-
 // ComputePlan decides, from the observed state alone, which pods to create and delete and
 // what each node's entry is. It has no side effects.
 func ComputePlan(obs *Observed) *Plan {
 	task := obs.Task
-	p := &Plan{Revision: obs.Revision, Targets: map[string]bool{}}
+	p := &Plan{Revision: obs.Revision}
 	p.Run, p.NewRun = CurrentRun(&task.Status, obs.Revision)
 	stored := storedEntries(&task.Status, obs.Nodes)
-	lc := newLifecycle(task, p.Run, p.Revision, obs.Now)
+	p.Targets, p.Problem = selectTargets(obs, p.NewRun, stored)
+	p.MaxConcurrent, p.MaxFailures = rolloutLimits(task, len(p.Targets))
 
-	sel, err := newNodeSelection(&task.Spec)
-	if err != nil {
-		p.Problem = &Problem{Reason: ntv1.ReasonInvalidSpec, Message: "spec.nodeSelector is invalid: " + err.Error()}
-	} else {
-		for name, node := range obs.Nodes {
-			if targetExclusion(sel, task, p.NewRun, stored, node) == "" {
-				p.Targets[name] = true
-			}
-		}
-	}
-
-	podsByNode := map[string][]*corev1.Pod{}
-	for _, pod := range obs.Pods {
-		podsByNode[pod.Spec.NodeName] = append(podsByNode[pod.Spec.NodeName], pod)
-	}
-	names := make([]string, 0, len(p.Targets)+len(stored))
-	seen := make(map[string]bool, cap(names))
-	add := func(n string) {
-		if !seen[n] {
-			seen[n] = true
-			names = append(names, n)
-		}
-	}
-	for n := range p.Targets {
-		add(n)
-	}
-	for n := range stored {
-		add(n)
-	}
-	for n := range podsByNode {
-		add(n)
-	}
-	sort.Strings(names)
-
-	p.MaxConcurrent, _ = intstr.GetScaledValueFromIntOrPercent(
-		intstr.ValueOrDefault(task.Spec.Rollout.MaxConcurrent, intstr.FromString("25%")), len(p.Targets), true)
-	p.MaxConcurrent = max(p.MaxConcurrent, 1)
-	p.MaxFailures, _ = intstr.GetScaledValueFromIntOrPercent(
-		intstr.ValueOrDefault(task.Spec.Rollout.MaxFailures, intstr.FromInt32(0)), len(p.Targets), false)
-
-	var (
-		candidates []PodRequest   // starts that need a free slot
-		claims     []NodeOp       // claims, which need a free slot
-		claimed    []PodRequest   // starts within the slot of the node's claim
-		holding    []nodeDecision // claimed nodes that wait to start
-	)
-	for _, name := range names {
-		var prev *ntv1.NodeStatus
-		if e, ok := stored[name]; ok {
-			prev = &e
-		}
-		d := lc.decide(nodeInput{name: name, node: obs.Nodes[name], target: p.Targets[name], stored: prev,
-			pods: podsByNode[name], drain: obs.Drains[name], staleClaim: obs.StaleClaims[name]})
-		if d.keep && (obs.Admission.Refused == nil || !d.neverStarted(p.Run)) {
-			// A task whose pods are refused lists no entry for a node it never started:
-			// thousands of "Pending" entries would say nothing and cost a large status.
-			p.Nodes = append(p.Nodes, d.entry)
-		}
-		if d.inFlight {
-			p.InFlight++
-		}
-		switch {
-		case d.ask == askClaim:
-			claims = append(claims, d.ops...)
-		case d.holding():
-			holding = append(holding, d)
-		default:
-			p.NodeOps = append(p.NodeOps, d.ops...)
-		}
-		if d.releasing {
-			p.Releasing = append(p.Releasing, name)
-		}
-		switch d.ask {
-		case askStartClaimed:
-			claimed = append(claimed, d.request)
-		case askStart:
-			candidates = append(candidates, d.request)
-		}
-		if d.reboot != nil {
-			p.Reboots = append(p.Reboots, *d.reboot)
-		}
-		p.Delete = append(p.Delete, d.deletes...)
-		p.Unstarted += d.unstarted
-		p.OtherRunsInFlight = p.OtherRunsInFlight || d.otherRunInFlight
-		p.RequeueAfter = Soonest(p.RequeueAfter, d.requeue)
-	}
+	asks := p.stepNodes(obs, stored)
 
 	p.BudgetExceeded = countTargets(p.Nodes, p.Targets, p.Run).Failed > int32(p.MaxFailures)
 	if p.Problem == nil {
 		p.Problem = obs.Admission.Refused
 	}
 	if p.Problem == nil {
-		starting := min(len(candidates), max(0, p.MaxConcurrent-p.InFlight))
+		starting := min(len(asks.starts), max(0, p.MaxConcurrent-p.InFlight))
 		p.Problem = statusTooLarge(task, p.Nodes, starting)
 	}
 	if p.Problem != nil && p.Problem.Reason == ntv1.ReasonStatusTooLarge {
@@ -245,39 +126,154 @@ func ComputePlan(obs *Observed) *Plan {
 			p.Problem = &Problem{Reason: ntv1.ReasonInvalidSpec, Message: err.Error()}
 		case !open:
 			windowClosed, p.NextWindow = true, next
-			if len(candidates) > 0 {
+			if len(asks.starts) > 0 {
 				// Woken by the clock at the opening, not by polling.
 				p.RequeueAfter = Soonest(p.RequeueAfter, next.Sub(obs.Now))
 			}
 		}
 	}
 	p.Gate = gateOf(task.Spec.Suspend, p.BudgetExceeded, p.Problem != nil, windowClosed)
-	stopped := p.Gate.stops()
-	if p.Gate == GateOpen {
-		slots := max(0, p.MaxConcurrent-p.InFlight)
-		p.Create = candidates[:min(slots, len(candidates))]
-		p.NodeOps = append(p.NodeOps, claims[:min(slots, len(claims))]...)
-	}
-	// A claimed node has started its maintenance: it goes on in a closed window, but lets
-	// go of its claim (and the cordon it made) when the rollout stops before its run.
-	for _, d := range holding {
-		if !stopped {
-			p.NodeOps = append(p.NodeOps, d.ops...)
-			p.Evict = append(p.Evict, d.evict...)
-			continue
-		}
-		p.NodeOps = append(p.NodeOps, NodeOp{Node: d.entry.Name, Kind: OpRelease, Uncordon: true,
-			Why: "the rollout stopped before its run"})
-		claimed = slices.DeleteFunc(claimed, func(r PodRequest) bool { return r.Node == d.entry.Name })
-	}
-	if !stopped {
-		p.Create = append(p.Create, claimed...)
-	}
+	p.allot(asks)
 	p.gate(obs)
 	if len(p.Create) == 0 {
 		p.Create = nil
 	}
 	return p
+}
+
+// selectTargets returns the nodes the current run runs on, or the problem with the selector.
+func selectTargets(obs *Observed, newRun bool, stored map[string]ntv1.NodeStatus) (map[string]bool, *Problem) {
+	targets := map[string]bool{}
+	sel, err := newNodeSelection(&obs.Task.Spec)
+	if err != nil {
+		return targets, &Problem{Reason: ntv1.ReasonInvalidSpec, Message: "spec.nodeSelector is invalid: " + err.Error()}
+	}
+	for name, node := range obs.Nodes {
+		if targetExclusion(sel, obs.Task, newRun, stored, node) == "" {
+			targets[name] = true
+		}
+	}
+	return targets, nil
+}
+
+// rolloutLimits scales rollout.maxConcurrent (at least 1) and rollout.maxFailures to the
+// target count.
+func rolloutLimits(task *ntv1.NodeTask, targets int) (maxConcurrent, maxFailures int) {
+	maxConcurrent, _ = intstr.GetScaledValueFromIntOrPercent(
+		intstr.ValueOrDefault(task.Spec.Rollout.MaxConcurrent, intstr.FromString("25%")), targets, true)
+	maxFailures, _ = intstr.GetScaledValueFromIntOrPercent(
+		intstr.ValueOrDefault(task.Spec.Rollout.MaxFailures, intstr.FromInt32(0)), targets, false)
+	return max(maxConcurrent, 1), maxFailures
+}
+
+// slotAsks are the nodes' actions that wait for the rollout's slots and gate.
+type slotAsks struct {
+	// starts need a free slot.
+	starts []PodRequest
+	// claims need a free slot.
+	claims []NodeOp
+	// claimed are the steps of claimed nodes on their way to their run (cordon, drain,
+	// start within the claim's slot): they go on unless the rollout stops.
+	claimed []nodeStep
+}
+
+// stepNodes runs every node's step, in name order: the targets, the nodes with a stored
+// entry and those with pods. It fills in the plan's entries, counts and the actions that
+// need neither a slot nor an open gate, and returns the others.
+func (p *Plan) stepNodes(obs *Observed, stored map[string]ntv1.NodeStatus) slotAsks {
+	steps := newStepper(obs.Task, p.Run, p.Revision, obs.Now)
+	podsByNode := map[string][]*corev1.Pod{}
+	for _, pod := range obs.Pods {
+		podsByNode[pod.Spec.NodeName] = append(podsByNode[pod.Spec.NodeName], pod)
+	}
+	var asks slotAsks
+	for _, name := range passNodes(p.Targets, stored, podsByNode) {
+		var prev *ntv1.NodeStatus
+		if e, ok := stored[name]; ok {
+			prev = &e
+		}
+		s := steps.step(nodeInput{name: name, node: obs.Nodes[name], target: p.Targets[name], stored: prev,
+			pods: podsByNode[name], drain: obs.Drains[name], staleClaim: obs.StaleClaims[name]})
+		if s.listed && (obs.Admission.Refused == nil || !s.neverStarted(p.Run)) {
+			// A task whose pods are refused lists no entry for a node it never started:
+			// thousands of "Pending" entries would say nothing and cost a large status.
+			p.Nodes = append(p.Nodes, s.entry)
+		}
+		if s.slot != slotNone {
+			p.InFlight++
+		}
+		if s.slot == slotReleasing {
+			p.Releasing = append(p.Releasing, name)
+		}
+		switch a := s.action; {
+		case a.kind == actStart:
+			asks.starts = append(asks.starts, a.start)
+		case a.kind == actClaim:
+			asks.claims = append(asks.claims, a.op)
+		case a.holdsClaimed():
+			asks.claimed = append(asks.claimed, s)
+		case a.kind == actRestart:
+			p.Reboots = append(p.Reboots, a.restart)
+		case a.kind == actReclaim || a.kind == actRelease:
+			p.NodeOps = append(p.NodeOps, a.op)
+		}
+		p.Delete = append(p.Delete, s.deletes...)
+		p.Unstarted += s.pods.unstarted
+		p.OtherRunsInFlight = p.OtherRunsInFlight || s.pods.otherRun
+		p.RequeueAfter = Soonest(p.RequeueAfter, s.requeue)
+	}
+	return asks
+}
+
+// passNodes are the nodes a pass looks at, sorted: the targets, the nodes with a stored
+// entry and those with pods.
+func passNodes(targets map[string]bool, stored map[string]ntv1.NodeStatus, podsByNode map[string][]*corev1.Pod) []string {
+	names := make([]string, 0, len(targets)+len(stored))
+	seen := make(map[string]bool, cap(names))
+	add := func(n string) {
+		if !seen[n] {
+			seen[n] = true
+			names = append(names, n)
+		}
+	}
+	for n := range targets {
+		add(n)
+	}
+	for n := range stored {
+		add(n)
+	}
+	for n := range podsByNode {
+		add(n)
+	}
+	sort.Strings(names)
+	return names
+}
+
+// allot lets the nodes' asks through the gate: starts and claims within the free slots
+// while the gate is open; a claimed node goes on with its maintenance and its run in a
+// closed window, but lets go of its claim (and the cordon it made) when the rollout stops.
+func (p *Plan) allot(asks slotAsks) {
+	if p.Gate == GateOpen {
+		slots := max(0, p.MaxConcurrent-p.InFlight)
+		p.Create = asks.starts[:min(slots, len(asks.starts))]
+		p.NodeOps = append(p.NodeOps, asks.claims[:min(slots, len(asks.claims))]...)
+	}
+	stopped := p.Gate.stops()
+	var claimed []PodRequest
+	for _, s := range asks.claimed {
+		switch a := s.action; {
+		case stopped:
+			p.NodeOps = append(p.NodeOps, NodeOp{Node: s.entry.Name, Kind: OpRelease, Uncordon: true,
+				Why: "the rollout stopped before its run"})
+		case a.kind == actCordon:
+			p.NodeOps = append(p.NodeOps, a.op)
+		case a.kind == actDrain:
+			p.Evict = append(p.Evict, a.evict...)
+		case a.kind == actStartClaimed:
+			claimed = append(claimed, a.start)
+		}
+	}
+	p.Create = append(p.Create, claimed...)
 }
 
 // Gate is what holds back a rollout's new starts and claims. The values are in the order of
@@ -359,48 +355,4 @@ func (p *Plan) firstAction(obs *Observed) *PodRequest {
 		}
 	}
 	return nil
-}
-
-// CurrentRun returns the run a reconcile works on, and whether it starts now. A run is a
-// run, not only a content hash: going back to content that ran before (a GitOps revert, an
-// old rerunToken) starts a new run as any other change does.
-func CurrentRun(st *ntv1.NodeTaskStatus, revision string) (run int64, isNew bool) {
-	if st.Revision != revision || st.Run == 0 {
-		return st.Run + 1, true
-	}
-	return st.Run, false
-}
-
-// Soonest returns the earlier of two requeue delays, where 0 means never.
-func Soonest(a, b time.Duration) time.Duration {
-	if a == 0 || (b != 0 && b < a) {
-		return b
-	}
-	return a
-}
-
-// retryDelay is the backoff before the attempt after the given one.
-func retryDelay(attempts int32) time.Duration {
-	d := retryBaseDelay
-	for i := int32(1); i < attempts && d < retryMaxDelay; i++ {
-		d *= 2
-	}
-	return min(d, retryMaxDelay)
-}
-
-// storedEntries reads status.nodes into a map, filling in the runs that the stored form
-// leaves out because they equal status.run. The entry of a node whose Node object was
-// created after the entry's attempt started belongs to a machine that is gone (deleted and
-// registered again under the same name: a reimage, a reused name) and is left out: the new
-// machine starts afresh.
-func storedEntries(st *ntv1.NodeTaskStatus, nodes map[string]*corev1.Node) map[string]ntv1.NodeStatus {
-	m := make(map[string]ntv1.NodeStatus, len(st.Nodes))
-	for _, e := range st.Nodes {
-		e.Run = st.RunOf(&e)
-		if n := nodes[e.Name]; n != nil && e.StartTime != nil && n.CreationTimestamp.After(e.StartTime.Time) {
-			continue
-		}
-		m[e.Name] = e
-	}
-	return m
 }

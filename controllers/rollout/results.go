@@ -4,6 +4,7 @@ import (
 	"strconv"
 	"strings"
 	"time"
+	"unicode/utf8"
 
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -162,3 +163,35 @@ func tailOutput(s string, n int) string {
 }
 
 func ptrInt32(v int32) *int32 { return &v }
+
+func PodFinished(pod *corev1.Pod) bool {
+	return pod.Status.Phase == corev1.PodSucceeded || pod.Status.Phase == corev1.PodFailed
+}
+
+// podUnstarted reports whether the pod's process has not started: it is still pending
+// (waiting for the kubelet, an image or a volume).
+func podUnstarted(pod *corev1.Pod) bool {
+	return pod.Status.Phase == corev1.PodPending || pod.Status.Phase == ""
+}
+
+// tailBytes returns the last n bytes of a valid UTF-8 string, cut at a rune boundary.
+func tailBytes(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	s = s[len(s)-n:]
+	for len(s) > 0 && !utf8.RuneStart(s[0]) {
+		s = s[1:]
+	}
+	return s
+}
+
+// lostAttempt records an attempt whose pod disappeared before it finished.
+func lostAttempt(e ntv1.NodeStatus, nodeGone bool, at time.Time) ntv1.NodeStatus {
+	e.Phase, e.Reason, e.ExitCode = ntv1.NodeFailed, ntv1.NodeReasonPodDeleted, nil
+	if nodeGone {
+		e.Reason = ntv1.NodeReasonNodeLost
+	}
+	e.FinishTime = &metav1.Time{Time: at}
+	return e
+}

@@ -204,3 +204,30 @@ func targetExclusion(sel *nodeSelection, task *ntv1.NodeTask, newRun bool, store
 	}
 	return ""
 }
+
+// counts are the per-phase totals over the targets of the current run.
+type counts struct {
+	Targets, Pending, Running, Succeeded, Failed int32
+}
+
+// countTargets counts the target entries by phase; a target whose entry belongs to an older
+// run, or that has no entry, has not started the current one and counts as pending.
+func countTargets(entries []ntv1.NodeStatus, targets map[string]bool, run int64) counts {
+	c := counts{Targets: int32(len(targets))}
+	for i := range entries {
+		e := &entries[i]
+		if !targets[e.Name] || e.Run != run {
+			continue
+		}
+		switch {
+		case e.Phase == ntv1.NodeRunning || e.Phase == ntv1.NodeRebooting:
+			c.Running++
+		case e.Phase == ntv1.NodeSucceeded:
+			c.Succeeded++
+		case e.Phase == ntv1.NodeFailed:
+			c.Failed++
+		}
+	}
+	c.Pending = c.Targets - c.Running - c.Succeeded - c.Failed
+	return c
+}

@@ -5,8 +5,13 @@ import (
 	"encoding/hex"
 	"encoding/json"
 
+	corev1 "k8s.io/api/core/v1"
+
 	ntv1 "github.com/nodetask/nodetask-operator/api/v1alpha1"
 )
+
+// What a run is: the hash of the spec that defines what runs (the revision), the run a
+// reconcile works on, and the stored entries read back with their runs.
 
 // revisionLength is how many hex digits of the hash a revision keeps: short enough for
 // labels and names, long enough that two revisions of one task never collide in practice.
@@ -33,4 +38,31 @@ func Revision(spec *ntv1.NodeTaskSpec) string {
 	}
 	sum := sha256.Sum256(b)
 	return hex.EncodeToString(sum[:])[:revisionLength]
+}
+
+// CurrentRun returns the run a reconcile works on, and whether it starts now. A run is a
+// run, not only a content hash: going back to content that ran before (a GitOps revert, an
+// old rerunToken) starts a new run as any other change does.
+func CurrentRun(st *ntv1.NodeTaskStatus, revision string) (run int64, isNew bool) {
+	if st.Revision != revision || st.Run == 0 {
+		return st.Run + 1, true
+	}
+	return st.Run, false
+}
+
+// storedEntries reads status.nodes into a map, filling in the runs that the stored form
+// leaves out because they equal status.run. The entry of a node whose Node object was
+// created after the entry's attempt started belongs to a machine that is gone (deleted and
+// registered again under the same name: a reimage, a reused name) and is left out: the new
+// machine starts afresh.
+func storedEntries(st *ntv1.NodeTaskStatus, nodes map[string]*corev1.Node) map[string]ntv1.NodeStatus {
+	m := make(map[string]ntv1.NodeStatus, len(st.Nodes))
+	for _, e := range st.Nodes {
+		e.Run = st.RunOf(&e)
+		if n := nodes[e.Name]; n != nil && e.StartTime != nil && n.CreationTimestamp.After(e.StartTime.Time) {
+			continue
+		}
+		m[e.Name] = e
+	}
+	return m
 }
