@@ -24,6 +24,7 @@ import (
 
 	ntv1 "github.com/nodetask/nodetask-operator/api/v1alpha1"
 	"github.com/nodetask/nodetask-operator/controllers/rollout"
+	"github.com/nodetask/nodetask-operator/internal/testutil"
 )
 
 var testCounter atomic.Int32
@@ -111,11 +112,7 @@ func create(obj client.Object) {
 	Expect(k8sClient.Create(suiteCtx, obj)).To(Succeed())
 }
 
-func get(task *ntv1.NodeTask) *ntv1.NodeTask {
-	out := &ntv1.NodeTask{}
-	Expect(k8sClient.Get(suiteCtx, client.ObjectKeyFromObject(task), out)).To(Succeed())
-	return out
-}
+func get(task *ntv1.NodeTask) *ntv1.NodeTask { return testutil.FetchTask(suiteCtx, k8sClient, task) }
 
 func (f *fixture) pods(task *ntv1.NodeTask) []corev1.Pod {
 	var list corev1.PodList
@@ -225,10 +222,7 @@ func revisionOf(task *ntv1.NodeTask) string {
 
 // nodeEntry returns the node's entry in the stored status; an empty one if it has none.
 func nodeEntry(task *ntv1.NodeTask, node string) ntv1.NodeStatus {
-	if e := get(task).Status.Node(node); e != nil {
-		return *e
-	}
-	return ntv1.NodeStatus{}
+	return testutil.StoredEntry(suiteCtx, k8sClient, task, node)
 }
 
 var _ = Describe("NodeTask controller", func() {

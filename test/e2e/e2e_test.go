@@ -19,6 +19,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	ntv1 "github.com/nodetask/nodetask-operator/api/v1alpha1"
+	"github.com/nodetask/nodetask-operator/internal/testutil"
 )
 
 var nsCounter atomic.Int32
@@ -83,11 +84,7 @@ func annotate(kv ...string) func(*ntv1.NodeTask) {
 	}
 }
 
-func get(t *ntv1.NodeTask) *ntv1.NodeTask {
-	out := &ntv1.NodeTask{}
-	Expect(k8s.Get(ctx, client.ObjectKeyFromObject(t), out)).To(Succeed())
-	return out
-}
+func get(t *ntv1.NodeTask) *ntv1.NodeTask { return testutil.FetchTask(ctx, k8s, t) }
 
 func conditionTrue(t *ntv1.NodeTask, typ string) func() bool {
 	return func() bool { return meta.IsStatusConditionTrue(get(t).Status.Conditions, typ) }
@@ -114,10 +111,7 @@ func eventNotes(ns, reason string) []string {
 
 // entry returns the node's entry in the stored status; an empty one if it has none.
 func entry(t *ntv1.NodeTask, node string) ntv1.NodeStatus {
-	if e := get(t).Status.Node(node); e != nil {
-		return *e
-	}
-	return ntv1.NodeStatus{}
+	return testutil.StoredEntry(ctx, k8s, t, node)
 }
 
 var _ = Describe("NodeTask on a simulated Windows cluster", func() {
