@@ -1,7 +1,15 @@
 # NodeTask operator. `make help` lists the targets.
 
-# Image of the manager, for docker-build and deploy.
+# Image of the manager, for deploy and build-installer.
 IMG ?= nodetask-operator:dev
+# The manager image `make image` builds: repository, tag, platforms, and the OCI archive.
+IMAGE_REPO ?= ghcr.io/nodetask/nodetask-operator
+VERSION ?= dev
+PLATFORMS ?= linux/amd64,linux/arm64
+IMAGE_ARCHIVE ?= dist/nodetask-operator_$(VERSION).oci.tar
+# podman or docker loads the built image into its store; empty: the archive only, no
+# container engine needed.
+CONTAINER_TOOL ?=
 # Kubernetes version of the control-plane binaries used by envtest, e2e and the demo.
 K8S_VERSION ?= 1.37.2
 
@@ -72,7 +80,7 @@ test: verify-generated vet setup-envtest ## Run the unit and envtest integration
 
 .PHONY: test-e2e
 test-e2e: setup-envtest kwok kustomize build plugin ## Run the end-to-end suite: the manager as its own process against a simulated cluster (KWOK), and the kubectl plugin.
-	K8S_ASSETS="$(K8S_ASSETS)" KWOK="$(KWOK)" KUSTOMIZE="$(KUSTOMIZE)" MANAGER="$(LOCALBIN)/manager" PLUGIN="$(LOCALBIN)/kubectl-nodetask" go test $(GO_TEST_FLAGS) -timeout 30m -v ./test/e2e/ -ginkgo.v
+	K8S_ASSETS="$(K8S_ASSETS)" KWOK="$(KWOK)" KUSTOMIZE="$(KUSTOMIZE)" MANAGER="$(LOCALBIN)/manager" PLUGIN="$(LOCALBIN)/kubectl-nodetask" go test $(GO_TEST_FLAGS) -timeout 40m -v ./test/e2e/ -ginkgo.v
 
 .PHONY: bench-fanout
 bench-fanout: kwok build ## Fan-out benchmark on N (default 1000) simulated Windows nodes: bare client, DaemonSet, NodeTask; a table of ratios and CPU use. BENCH_ARGS="--rounds 5 --profile-dir bin/profiles" repeats and profiles. Not part of CI.
@@ -115,9 +123,15 @@ plugin-dist: ## Build the plugin's krew archives for VERSION (a semver tag) and 
 run: manifests generate ## Run the manager from your host against the cluster in your kubeconfig.
 	go run ./cmd
 
+.PHONY: image
+image: ## Build the manager image for PLATFORMS without a container engine: an OCI archive (IMAGE_ARCHIVE) and its digest in IMAGE_ARCHIVE.digest; CONTAINER_TOOL=podman also loads it.
+	go run ./hack/image --repo $(IMAGE_REPO) --version $(VERSION) --platforms $(PLATFORMS) --out $(IMAGE_ARCHIVE) > $(IMAGE_ARCHIVE).digest
+	@echo "$(IMAGE_ARCHIVE) $(IMAGE_REPO):$(VERSION)@$$(cat $(IMAGE_ARCHIVE).digest)"
+	$(if $(CONTAINER_TOOL),$(CONTAINER_TOOL) load --input $(IMAGE_ARCHIVE))
+
 .PHONY: docker-build
-docker-build: ## Build the manager image (needs a Docker engine).
-	docker build -t $(IMG) .
+docker-build: ## kubebuilder's name for `make image` loaded into CONTAINER_TOOL (default docker; podman works too).
+	$(MAKE) image CONTAINER_TOOL=$(or $(CONTAINER_TOOL),docker)
 
 ##@ Deployment
 

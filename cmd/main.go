@@ -38,6 +38,10 @@ func metricsFilter(secure bool) func(*rest.Config, *http.Client) (metricsserver.
 // +kubebuilder:rbac:groups=authentication.k8s.io,resources=tokenreviews,verbs=create
 // +kubebuilder:rbac:groups=authorization.k8s.io,resources=subjectaccessreviews,verbs=create
 
+// version is the release the manager was built as (-ldflags "-X main.version=v0.1.0", as
+// hack/image and make release do); "dev" for a local build.
+var version = "dev"
+
 func main() {
 	var (
 		metricsAddr, probeAddr, pprofAddr, defaultImage, leaseNamespace string
@@ -126,7 +130,7 @@ func main() {
 		return nil
 	}))
 
-	setupLog.Info("starting manager", "qps", qps, "burst", burst, "maxConcurrentReconciles", reconciles)
+	setupLog.Info("starting manager", "version", version, "qps", qps, "burst", burst, "maxConcurrentReconciles", reconciles)
 	if err := mgr.Start(ctrl.SetupSignalHandler()); err != nil {
 		setupLog.Error(err, "manager stopped with an error")
 		os.Exit(1)

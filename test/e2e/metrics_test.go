@@ -35,12 +35,15 @@ func tokenOf(name, clusterRole string) string {
 }
 
 // scrape GETs the manager's /metrics over HTTPS with the token ("" for none).
-func scrape(token string) (int, string) {
+func scrape(token string) (int, string) { return scrapeAt(metricsAddr, token) }
+
+// scrapeAt GETs /metrics over HTTPS from the manager serving at addr.
+func scrapeAt(addr, token string) (int, string) {
 	// The manager serves a self-signed certificate when it is given none, as in this suite.
 	cl := &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{
 		TLSClientConfig: &tls.Config{InsecureSkipVerify: true}, //nolint:gosec // a self-signed test endpoint
 	}}
-	req, err := http.NewRequest(http.MethodGet, "https://"+metricsAddr+"/metrics", nil)
+	req, err := http.NewRequest(http.MethodGet, "https://"+addr+"/metrics", nil)
 	Expect(err).NotTo(HaveOccurred())
 	if token != "" {
 		req.Header.Set("Authorization", "Bearer "+token)
