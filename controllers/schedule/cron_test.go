@@ -33,7 +33,7 @@ func utc(s string) time.Time {
 func TestNextAcrossDaylightSaving(t *testing.T) {
 	for _, tc := range []struct {
 		name, sched, tz, from string
-		want               []string // UTC
+		want                  []string // UTC
 	}{
 		{"02:30 daily on the spring-forward night runs at the jump (03:00 CEST)", "30 2 * * *", "Europe/Berlin", "2026-03-27T12:00:00Z",
 			[]string{"2026-03-28T01:30:00Z", "2026-03-29T01:00:00Z", "2026-03-30T00:30:00Z"}},
