@@ -81,9 +81,10 @@ type NodeTaskScheduleSpec struct {
 	// +kubebuilder:validation:Minimum=1
 	StartingDeadlineSeconds *int64 `json:"startingDeadlineSeconds,omitempty"`
 
-	// suspend stops new runs from starting; an active run goes on. Times that pass while
-	// suspended are not caught up on afterwards, unless the most recent one is still within
-	// startingDeadlineSeconds when suspend is set back to false.
+	// suspend stops new runs from starting; an active run goes on. When it is set back to
+	// false, the times missed while suspended count as missed after downtime: the most
+	// recent one starts if it is within startingDeadlineSeconds (or however late, when that
+	// is unset), the others are skipped.
 	// +optional
 	Suspend bool `json:"suspend,omitempty"`
 
