@@ -50,6 +50,7 @@ type NodeTaskScheduleSpec struct {
 	// +kubebuilder:validation:MinLength=1
 	// +kubebuilder:validation:MaxLength=256
 	// +kubebuilder:validation:XValidation:rule="!self.contains('TZ=')",message="schedule must not set CRON_TZ or TZ: use spec.timeZone"
+	// +kubebuilder:validation:XValidation:rule="!self.trim().startsWith('@every')",message="schedule must not use @every (its times depend on when the controller asks): use cron fields such as */30 * * * *"
 	Schedule string `json:"schedule"`
 
 	// timeZone is the IANA time zone name the schedule is read in, such as Europe/Berlin or
