@@ -21,9 +21,6 @@ import (
 	"github.com/nodetask/nodetask-operator/controllers/schedule"
 )
 
-// scheduleOwnerIndex indexes NodeTasks by the name of the NodeTaskSchedule that controls them.
-const scheduleOwnerIndex = ".metadata.scheduleController"
-
 // scheduleRetry is how often a schedule whose run the API server refused tries again.
 const scheduleRetry = time.Minute
 
@@ -92,7 +89,9 @@ func (r *NodeTaskScheduleReconciler) Reconcile(ctx context.Context, req ctrl.Req
 // not make it look deleted.
 func (r *NodeTaskScheduleReconciler) observeRuns(ctx context.Context, s *ntv1.NodeTaskSchedule) ([]ntv1.NodeTask, error) {
 	var list ntv1.NodeTaskList
-	if err := r.Client.List(ctx, &list, client.InNamespace(s.Namespace), client.MatchingFields{scheduleOwnerIndex: s.Name}); err != nil {
+	// The label finds them (in the cache or not); the owner reference says they are this
+	// schedule's: a label is anyone's to set.
+	if err := r.Client.List(ctx, &list, client.InNamespace(s.Namespace), client.MatchingLabels{ntv1.LabelSchedule: s.Name}); err != nil {
 		return nil, err
 	}
 	var runs []ntv1.NodeTask
@@ -189,7 +188,7 @@ func (r *NodeTaskScheduleReconciler) emitEvents(s *ntv1.NodeTaskSchedule, plan *
 		default:
 			note = fmt.Sprintf("%s scheduled times from %s on passed without a run; only the most recent, %s, starts", countText(m.Count), at(m.First), at(m.Latest))
 		}
-		r.Recorder.Eventf(s, nil, corev1.EventTypeWarning, ntv1.EventMissedSchedule, "Schedule", note)
+		r.Recorder.Eventf(s, nil, corev1.EventTypeWarning, ntv1.EventMissedSchedule, "Schedule", "%s", note)
 	}
 	for _, name := range plan.Replace {
 		r.Recorder.Eventf(s, nil, corev1.EventTypeNormal, ntv1.EventRunReplaced, "Delete",
@@ -225,14 +224,6 @@ func (r *NodeTaskScheduleReconciler) now() time.Time {
 // own status writes do not wake it) and the NodeTasks they control, which are already in
 // the cache the NodeTask controller reads.
 func (r *NodeTaskScheduleReconciler) SetupWithManager(mgr ctrl.Manager) error {
-	if err := mgr.GetFieldIndexer().IndexField(context.Background(), &ntv1.NodeTask{}, scheduleOwnerIndex, func(o client.Object) []string {
-		if ref := metav1.GetControllerOf(o); ref != nil && ref.Kind == "NodeTaskSchedule" && strings.HasPrefix(ref.APIVersion, ntv1.GroupVersion.Group+"/") {
-			return []string{ref.Name}
-		}
-		return nil
-	}); err != nil {
-		return err
-	}
 	return ctrl.NewControllerManagedBy(mgr).
 		For(&ntv1.NodeTaskSchedule{}, builder.WithPredicates(predicate.GenerationChangedPredicate{})).
 		Owns(&ntv1.NodeTask{}).
