@@ -2,6 +2,7 @@ package v1alpha1_test
 
 import (
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -131,6 +132,24 @@ var _ = Describe("NodeTaskSchedule validation", func() {
 		DeferCleanup(k8sClient.Delete, ctx, s)
 	})
 
+	It("shows its columns and explains its fields", func() {
+		kubectl, err := exec.LookPath("kubectl")
+		if err != nil {
+			Skip("kubectl is not installed")
+		}
+		kubeconfig := writeKubeconfig()
+		out, err := exec.Command(kubectl, "--kubeconfig", kubeconfig, "explain", "nodetaskschedule.spec.concurrencyPolicy").CombinedOutput()
+		Expect(err).NotTo(HaveOccurred(), string(out))
+		Expect(string(out)).To(ContainSubstring("Forbid (the default)"))
+		s := validSchedule("columns")
+		Expect(k8sClient.Create(ctx, s)).To(Succeed())
+		DeferCleanup(k8sClient.Delete, ctx, s)
+		out, err = exec.Command(kubectl, "--kubeconfig", kubeconfig, "get", "nts", "-n", "default", "columns").CombinedOutput()
+		Expect(err).NotTo(HaveOccurred(), string(out))
+		Expect(string(out)).To(MatchRegexp(`NAME\s+SCHEDULE\s+TIMEZONE\s+SUSPEND\s+ACTIVE\s+LAST SCHEDULE\s+LAST RESULT\s+NEXT\s+AGE`))
+		Expect(string(out)).To(ContainSubstring("Europe/Berlin"))
+	})
+
 	DescribeTable("refuses a template a NodeTask would refuse, with the NodeTask's message",
 		func(mutate func(*ntv1.NodeTask), message string) {
 			task := validTask("template")
@@ -162,6 +181,37 @@ var _ = Describe("NodeTaskSchedule validation", func() {
 		scheduleEntries(),
 	)
 })
+
+// TestEveryScheduleFieldIsDocumented: kubectl explain shows a description for each of the
+// schedule's own fields (the template's NodeTask fields are checked for NodeTask).
+func TestEveryScheduleFieldIsDocumented(t *testing.T) {
+	data, err := os.ReadFile(filepath.Join("..", "..", "config", "crd", "bases", "nodetask.io_nodetaskschedules.yaml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var crd map[string]any
+	if err := yaml.Unmarshal(data, &crd); err != nil {
+		t.Fatal(err)
+	}
+	schema := crd["spec"].(map[string]any)["versions"].([]any)[0].(map[string]any)["schema"].(map[string]any)["openAPIV3Schema"].(map[string]any)
+	var walk func(path string, node map[string]any)
+	walk = func(path string, node map[string]any) {
+		if path == ".spec.template.spec" || path == ".status.conditions" || path == ".metadata" {
+			return
+		}
+		if path != "" && node["description"] == nil {
+			t.Errorf("%s has no description", path)
+		}
+		props, _ := node["properties"].(map[string]any)
+		if items, ok := node["items"].(map[string]any); ok {
+			props, _ = items["properties"].(map[string]any)
+		}
+		for name, child := range props {
+			walk(path+"."+name, child.(map[string]any))
+		}
+	}
+	walk("", schema)
+}
 
 func scheduleEntries() []TableEntry {
 	entries := make([]TableEntry, len(invalidScheduleCases))
