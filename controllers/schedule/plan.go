@@ -337,7 +337,7 @@ func ComputeStatus(obs Observed, p *Plan, a Applied) ntv1.NodeTaskScheduleStatus
 	if !p.Next.IsZero() {
 		st.NextScheduleTime = &metav1.Time{Time: p.Next}
 	}
-	setConditions(&st, s, p, a, lastFinished)
+	setConditions(&st, s, p, a, lastFinished, obs.Now)
 	return st
 }
 
@@ -356,10 +356,12 @@ func inHistory(h []ntv1.ScheduleRun, name string) bool {
 //   - Ready=False, Reconciling=True: a run is active.
 //   - Ready=False, Reconciling=False: suspended, or the newest run found no target.
 //   - Ready=True: the newest finished run succeeded, or none has run yet, and the next is planned.
-func setConditions(st *ntv1.NodeTaskScheduleStatus, s *ntv1.NodeTaskSchedule, p *Plan, a Applied, last *ntv1.ScheduleRun) {
+func setConditions(st *ntv1.NodeTaskScheduleStatus, s *ntv1.NodeTaskSchedule, p *Plan, a Applied, last *ntv1.ScheduleRun, now time.Time) {
 	set := func(typ string, status metav1.ConditionStatus, reason, msg string) {
+		// The transition time is the clock's, and kept while the status stays the same.
 		meta.SetStatusCondition(&st.Conditions, metav1.Condition{
 			Type: typ, Status: status, Reason: reason, Message: msg, ObservedGeneration: s.Generation,
+			LastTransitionTime: metav1.Time{Time: now.Truncate(time.Second)},
 		})
 	}
 	next := "no next run within five years"
