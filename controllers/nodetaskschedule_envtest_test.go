@@ -326,3 +326,96 @@ var _ = Describe("The NodeTaskSchedule controller", Ordered, func() {
 		Expect(strings.HasPrefix(run.Name, "managed-")).To(BeTrue())
 	})
 })
+
+// With the real NodeTask controller (the suite's manager) running the runs on the fixture's
+// simulated Windows nodes; the schedule's reconciles are still called directly, with a fake
+// clock.
+var _ = Describe("A NodeTaskSchedule's runs", func() {
+	var (
+		f     *fixture
+		clock *fakeClock
+		r     *NodeTaskScheduleReconciler
+	)
+	BeforeEach(func() {
+		f = newFixture()
+		clock = &fakeClock{}
+		r = &NodeTaskScheduleReconciler{Client: k8sClient, APIReader: k8sClient, Recorder: events.NewFakeRecorder(100), Now: clock.Now}
+	})
+
+	newSchedule := func(name string, mutate ...func(*ntv1.NodeTask)) (*ntv1.NodeTaskSchedule, time.Time) {
+		s := &ntv1.NodeTaskSchedule{
+			ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: f.ns},
+			Spec: ntv1.NodeTaskScheduleSpec{
+				Schedule: "*/10 * * * *",
+				Template: ntv1.NodeTaskTemplate{Spec: f.task("template", mutate...).Spec},
+			},
+		}
+		Expect(k8sClient.Create(suiteCtx, s)).To(Succeed())
+		c, err := schedule.Parse(s.Spec.Schedule, "")
+		Expect(err).NotTo(HaveOccurred())
+		return s, c.Next(s.CreationTimestamp.Time)
+	}
+	reconcileAt := func(s *ntv1.NodeTaskSchedule, at time.Time) *ntv1.NodeTaskSchedule {
+		clock.Set(at)
+		_, err := r.Reconcile(suiteCtx, ctrl.Request{NamespacedName: client.ObjectKeyFromObject(s)})
+		Expect(err).NotTo(HaveOccurred())
+		out := &ntv1.NodeTaskSchedule{}
+		Expect(k8sClient.Get(suiteCtx, client.ObjectKeyFromObject(s), out)).To(Succeed())
+		return out
+	}
+	run := func(name string) *ntv1.NodeTask {
+		return &ntv1.NodeTask{ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: f.ns}}
+	}
+
+	It("run on every node once per run, and their results reach the schedule's history", func() {
+		f.addWindowsNodes(3)
+		s, fire := newSchedule("fleet")
+		reconcileAt(s, fire.Add(time.Second))
+		first := run(schedule.RunName("fleet", fire))
+		f.finishUntil(first, 3, nil)
+		Eventually(func() bool { return meta.IsStatusConditionTrue(get(first).Status.Conditions, ntv1.ConditionReady) }).Should(BeTrue())
+
+		next := fire.Add(10 * time.Minute)
+		st := reconcileAt(s, next.Add(time.Second)).Status
+		Expect(st.History).To(HaveLen(2))
+		Expect(st.History[1]).To(succeededRun(first.Name, 3))
+		second := run(schedule.RunName("fleet", next))
+		f.finishUntil(second, 3, nil)
+		Expect(f.pods(first)).To(HaveLen(3), "one pod per node in the first run")
+		Expect(f.pods(second)).To(HaveLen(3), "and one per node in the second")
+		Eventually(func() ntv1.RunOutcome {
+			return reconcileAt(s, next.Add(time.Minute)).Status.LastRunOutcome
+		}).Should(Equal(ntv1.RunSucceeded))
+	})
+
+	It("a run created outside its template's window waits for it, and Forbid makes the next time wait too", func() {
+		f.addWindowsNodes(2)
+		// A window on a day that is neither today nor tomorrow (UTC), wherever the test runs.
+		closed := []ntv1.Weekday{"Sun", "Mon", "Tue", "Wed", "Thu", "Fri", "Sat"}[(int(time.Now().UTC().Weekday())+3)%7]
+		s, fire := newSchedule("windowed", func(t *ntv1.NodeTask) {
+			t.Spec.Window = &ntv1.MaintenanceWindow{Days: []ntv1.Weekday{closed}, Start: "01:00", End: "02:00"}
+		})
+		reconcileAt(s, fire.Add(time.Second))
+		first := run(schedule.RunName("windowed", fire))
+		Eventually(func() string {
+			c := meta.FindStatusCondition(get(first).Status.Conditions, ntv1.ConditionReconciling)
+			if c == nil {
+				return ""
+			}
+			return c.Reason
+		}).Should(Equal(ntv1.ReasonOutsideMaintenanceWindow))
+		Consistently(func() []corev1.Pod { return f.pods(first) }, "1s").Should(BeEmpty(), "no node starts outside the window")
+
+		st := reconcileAt(s, fire.Add(10*time.Minute+time.Second)).Status
+		Expect(st.Active).To(ConsistOf(HaveField("Name", first.Name)), "the waiting run is active")
+		Expect(meta.FindStatusCondition(st.Conditions, ntv1.ConditionReady).Message).To(ContainSubstring("waits for it (concurrencyPolicy Forbid)"))
+		var list ntv1.NodeTaskList
+		Expect(k8sClient.List(suiteCtx, &list, client.InNamespace(f.ns))).To(Succeed())
+		Expect(list.Items).To(HaveLen(1))
+	})
+})
+
+// succeededRun matches a history entry's name, and that all its targets succeeded.
+func succeededRun(name string, targets int32) OmegaMatcher {
+	return And(HaveField("Name", name), HaveField("Outcome", ntv1.RunSucceeded), HaveField("Targets", targets), HaveField("Succeeded", targets))
+}
