@@ -49,7 +49,11 @@ var _ = Describe("The NodeTaskSchedule controller", Ordered, func() {
 
 	BeforeAll(func() {
 		stopManager()
-		DeferCleanup(func() { stopManager = startManager() })
+		DeferCleanup(func() {
+			// The runs left here must not reach the NodeTask controller of the other specs.
+			Expect(k8sClient.DeleteAllOf(suiteCtx, &ntv1.NodeTask{}, client.InNamespace(scheduleNS))).To(Succeed())
+			stopManager = startManager()
+		})
 		Expect(k8sClient.Create(suiteCtx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: scheduleNS}})).To(Succeed())
 	})
 
@@ -67,7 +71,11 @@ var _ = Describe("The NodeTaskSchedule controller", Ordered, func() {
 				Schedule: "*/10 * * * *",
 				Template: ntv1.NodeTaskTemplate{
 					Metadata: ntv1.NodeTaskTemplateMetadata{Labels: map[string]string{"team": "ops"}},
-					Spec:     ntv1.NodeTaskSpec{Script: &ntv1.ScriptSpec{Inline: ptr.To("Write-Output patch")}},
+					Spec: ntv1.NodeTaskSpec{
+						Script: &ntv1.ScriptSpec{Inline: ptr.To("Write-Output patch")},
+						// No node of the other specs: these runs are never run, only looked at.
+						NodeSelector: &metav1.LabelSelector{MatchLabels: map[string]string{"test-group": "none"}},
+					},
 				},
 			},
 		}
