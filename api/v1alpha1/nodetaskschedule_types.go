@@ -232,8 +232,10 @@ type NodeTaskScheduleStatus struct {
 	// +optional
 	LastRunOutcome RunOutcome `json:"lastRunOutcome,omitempty"`
 
-	// nextScheduleTime is the next time a run is due. Unset while suspended or when the
-	// schedule or time zone is invalid.
+	// nextScheduleTime is the next time a run is due; while a due run waits for an active
+	// one (Forbid) or could not be created, that run's time. Unset while suspended or when
+	// the schedule or time zone is invalid. The controller considers no scheduled time
+	// before it: a changed spec does not start runs for times in the past.
 	// +optional
 	NextScheduleTime *metav1.Time `json:"nextScheduleTime,omitempty"`
 

@@ -96,6 +96,15 @@ func ComputePlan(obs Observed) *Plan {
 				earliest = t
 			}
 		}
+		// Times before the next time the status last announced were never due under the
+		// spec the controller last saw: a changed schedule, time zone or template does not
+		// start a run for a time the new schedule has in the past. (While a due run waits,
+		// the status announces that run's time, so it is not dropped.)
+		if n := s.Status.NextScheduleTime; n != nil {
+			if h := n.Add(-time.Second); h.After(earliest) {
+				earliest = h
+			}
+		}
 		if due := c.MostRecent(earliest, obs.Now); !due.IsZero() {
 			if n := c.CountBetween(earliest, due, missedCountLimit); n > 0 {
 				p.Missed = &Missed{Count: n, First: c.Next(earliest), Latest: due}
@@ -334,7 +343,11 @@ func ComputeStatus(obs Observed, p *Plan, a Applied) ntv1.NodeTaskScheduleStatus
 	if lastFinished != nil {
 		st.LastRunOutcome = lastFinished.Outcome
 	}
-	if !p.Next.IsZero() {
+	switch {
+	case !p.Due.IsZero() && !a.Started:
+		// The due run waits (Forbid) or could not be created: it is still the next one.
+		st.NextScheduleTime = &metav1.Time{Time: p.Due}
+	case !p.Next.IsZero():
 		st.NextScheduleTime = &metav1.Time{Time: p.Next}
 	}
 	setConditions(&st, s, p, a, lastFinished, obs.Now)

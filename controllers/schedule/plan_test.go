@@ -162,6 +162,48 @@ func TestComputePlan(t *testing.T) {
 	}
 }
 
+// TestSpecChangeDoesNotCatchUp: the controller considers no time before the next time it
+// last announced, so that editing a schedule never starts a run for a time the new schedule
+// has in the past; a waiting run keeps its time, and a missed time is reported once.
+func TestSpecChangeDoesNotCatchUp(t *testing.T) {
+	g := NewWithT(t)
+	// Tuesday 10:00 UTC, the Saturday run done; the status announced next Saturday.
+	tuesday := sat1.Add(3*24*time.Hour + 8*time.Hour)
+	s := newSchedule(func(s *ntv1.NodeTaskSchedule) {
+		s.Status.LastScheduleTime = &metav1.Time{Time: sat1}
+		s.Status.NextScheduleTime = &metav1.Time{Time: sat2}
+		s.Spec.Schedule = "0 3 * * *" // now daily at 03:00: Tuesday 03:00 has passed
+	})
+	p := ComputePlan(Observed{Schedule: s, Runs: []ntv1.NodeTask{run(sat1, ntv1.RunSucceeded)}, Now: tuesday})
+	g.Expect(p.Create).To(BeEmpty(), "no run for Tuesday 03:00, a time only the new schedule has")
+	g.Expect(p.Missed).To(BeNil())
+	g.Expect(p.Next).To(Equal(utc("2026-12-02T02:00:00Z")))
+
+	// Without an announced time (never reconciled, or suspended until now) it catches up, as CronJob.
+	s.Status.NextScheduleTime = nil
+	p = ComputePlan(Observed{Schedule: s, Runs: []ntv1.NodeTask{run(sat1, ntv1.RunSucceeded)}, Now: tuesday})
+	g.Expect(p.Create).To(Equal(RunName("weekly", utc("2026-12-01T02:00:00Z"))))
+
+	// A run waiting for an active one (Forbid) keeps its time as the next.
+	s = newSchedule()
+	obs := Observed{Schedule: s, Runs: []ntv1.NodeTask{run(sat1, "")}, Now: sat2.Add(time.Minute)}
+	p = ComputePlan(obs)
+	st := ComputeStatus(obs, p, Applied{})
+	g.Expect(st.NextScheduleTime.Time).To(Equal(sat2))
+	s.Status = st
+	obs = Observed{Schedule: s, Runs: []ntv1.NodeTask{run(sat1, ntv1.RunSucceeded)}, Now: sat2.Add(time.Hour)}
+	g.Expect(ComputePlan(obs).Create).To(Equal(RunName("weekly", sat2)), "it starts once the active run ended")
+
+	// A time past its deadline is reported once: the next look starts after it.
+	s = newSchedule(func(s *ntv1.NodeTaskSchedule) { s.Spec.StartingDeadlineSeconds = ptr.To[int64](60) })
+	obs = Observed{Schedule: s, Now: sat1.Add(time.Hour)}
+	p = ComputePlan(obs)
+	g.Expect(p.Missed.TooLate).To(BeTrue())
+	s.Status = ComputeStatus(obs, p, Applied{})
+	g.Expect(s.Status.NextScheduleTime.Time).To(Equal(sat2))
+	g.Expect(ComputePlan(Observed{Schedule: s, Now: sat1.Add(2 * time.Hour)}).Missed).To(BeNil())
+}
+
 func TestHistoryLimits(t *testing.T) {
 	g := NewWithT(t)
 	var runs []ntv1.NodeTask
