@@ -51,6 +51,7 @@ type NodeTaskScheduleSpec struct {
 	// +kubebuilder:validation:MaxLength=256
 	// +kubebuilder:validation:XValidation:rule="!self.contains('TZ=')",message="schedule must not set CRON_TZ or TZ: use spec.timeZone"
 	// +kubebuilder:validation:XValidation:rule="!self.trim().startsWith('@every')",message="schedule must not use @every (its times depend on when the controller asks): use cron fields such as */30 * * * *"
+	// +kubebuilder:validation:XValidation:rule="self.contains('TZ=') || self.trim().startsWith('@every') || self.trim().matches('^(@(yearly|annually|monthly|weekly|daily|midnight|hourly)|[^ ]+( +[^ ]+){4})$')",message="schedule must be five cron fields separated by spaces (minute hour day-of-month month day-of-week, such as 30 3 * * 6) or one of @yearly, @annually, @monthly, @weekly, @daily, @midnight, @hourly"
 	Schedule string `json:"schedule"`
 
 	// timeZone is the IANA time zone name the schedule is read in, such as Europe/Berlin or

@@ -44,6 +44,15 @@ var invalidScheduleCases = []struct {
 	{"@every", func(s *ntv1.NodeTaskSchedule) {
 		s.Spec.Schedule = "@every 1h"
 	}, "schedule must not use @every"},
+	{"four cron fields", func(s *ntv1.NodeTaskSchedule) {
+		s.Spec.Schedule = "30 3 * *"
+	}, "schedule must be five cron fields separated by spaces"},
+	{"six cron fields (seconds)", func(s *ntv1.NodeTaskSchedule) {
+		s.Spec.Schedule = "0 30 3 * * 6"
+	}, "schedule must be five cron fields separated by spaces"},
+	{"an unknown @-name", func(s *ntv1.NodeTaskSchedule) {
+		s.Spec.Schedule = "@fortnightly"
+	}, "schedule must be five cron fields separated by spaces"},
 	{"a reserved template label", func(s *ntv1.NodeTaskSchedule) {
 		s.Spec.Template.Metadata.Labels = map[string]string{"nodetask.io/schedule": "other"}
 	}, "template.metadata.labels must not use the nodetask.io/ prefix"},
