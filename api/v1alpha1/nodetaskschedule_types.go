@@ -113,6 +113,8 @@ type NodeTaskScheduleSpec struct {
 }
 
 // NodeTaskTemplate is the NodeTask a schedule creates for each run.
+//
+// +kubebuilder:validation:XValidation:rule="!has(self.spec.suspend) || !self.spec.suspend",message="template.spec.suspend would create runs that never start (and, with concurrencyPolicy Forbid, block every later run): set spec.suspend of the schedule instead"
 type NodeTaskTemplate struct {
 	// metadata holds labels and annotations copied to each run. The run's name, namespace
 	// and owner are the schedule's to set.

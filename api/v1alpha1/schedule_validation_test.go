@@ -53,6 +53,9 @@ var invalidScheduleCases = []struct {
 	{"an unknown @-name", func(s *ntv1.NodeTaskSchedule) {
 		s.Spec.Schedule = "@fortnightly"
 	}, "schedule must be five cron fields separated by spaces"},
+	{"a suspended template", func(s *ntv1.NodeTaskSchedule) {
+		s.Spec.Template.Spec.Suspend = true
+	}, "template.spec.suspend would create runs that never start"},
 	{"a reserved template label", func(s *ntv1.NodeTaskSchedule) {
 		s.Spec.Template.Metadata.Labels = map[string]string{"nodetask.io/schedule": "other"}
 	}, "template.metadata.labels must not use the nodetask.io/ prefix"},
