@@ -198,6 +198,8 @@ func (r *NodeTaskScheduleReconciler) emitEvents(s *ntv1.NodeTaskSchedule, plan *
 		r.Recorder.Eventf(s, nil, corev1.EventTypeNormal, ntv1.EventRunSkipped, "Schedule",
 			"the run due at %s waits: %s is still active (concurrencyPolicy Forbid)", at(plan.Due), strings.Join(plan.BlockedBy, ", "))
 	}
+	// Only for a run this pass created: a run found made (after a restart, or by a pass whose
+	// status write failed) gets no second event, so such a pass's event can be missing.
 	if a.Created {
 		r.Recorder.Eventf(s, nil, corev1.EventTypeNormal, ntv1.EventRunStarted, "Create", "created NodeTask %s for %s", plan.Create, at(plan.Due))
 	}
