@@ -118,6 +118,15 @@ func main() {
 		setupLog.Error(err, "unable to set up the NodeTask controller")
 		os.Exit(1)
 	}
+	sr := &controllers.NodeTaskScheduleReconciler{
+		Client:    mgr.GetClient(),
+		APIReader: mgr.GetAPIReader(),
+		Recorder:  mgr.GetEventRecorder("nodetaskschedule-controller"),
+	}
+	if err := sr.SetupWithManager(mgr); err != nil {
+		setupLog.Error(err, "unable to set up the NodeTaskSchedule controller")
+		os.Exit(1)
+	}
 	utilruntime.Must(mgr.AddHealthzCheck("healthz", healthz.Ping))
 	// Ready once the caches have synced: before that the manager has not seen the pods it
 	// made, and a rolling update would hand over to a replica that cannot act yet.

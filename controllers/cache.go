@@ -35,6 +35,8 @@ func CacheOptions() cache.Options {
 			},
 			// Namespaces are watched only for their labels (Pod Security levels).
 			&corev1.Namespace{}: {Transform: keepLabelsOnly},
+			// Schedules: nothing reads their managedFields either.
+			&ntv1.NodeTaskSchedule{}: {Transform: dropManagedFields},
 		},
 	}
 }
@@ -113,4 +115,12 @@ func keepLabelsOnly(obj any) (any, error) {
 	trimmed := &corev1.Namespace{}
 	trimmed.Name, trimmed.UID, trimmed.ResourceVersion, trimmed.Labels = ns.Name, ns.UID, ns.ResourceVersion, ns.Labels
 	return trimmed, nil
+}
+
+// dropManagedFields is a cache transform that drops an object's managedFields.
+func dropManagedFields(obj any) (any, error) {
+	if o, ok := obj.(metav1.Object); ok {
+		o.SetManagedFields(nil)
+	}
+	return obj, nil
 }

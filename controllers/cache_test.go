@@ -69,3 +69,30 @@ func TestCachedForeignPodsKeepOnlyTheirIdentity(t *testing.T) {
 		t.Errorf("a foreign pod is cached as %+v, want only its identity", got)
 	}
 }
+
+// TestCachedSchedulesKeepNoManagedFields: the schedule cache drops managedFields and keeps
+// the spec and status the schedule controller reads.
+func TestCachedSchedulesKeepNoManagedFields(t *testing.T) {
+	var transform func(any) (any, error)
+	for obj, by := range CacheOptions().ByObject {
+		if _, ok := obj.(*ntv1.NodeTaskSchedule); ok {
+			transform = by.Transform
+		}
+	}
+	if transform == nil {
+		t.Fatal("the schedule cache has no transform")
+	}
+	s := &ntv1.NodeTaskSchedule{
+		ObjectMeta: metav1.ObjectMeta{Name: "s", ManagedFields: []metav1.ManagedFieldsEntry{{Manager: "kubectl"}}},
+		Spec:       ntv1.NodeTaskScheduleSpec{Schedule: "@daily"},
+		Status:     ntv1.NodeTaskScheduleStatus{LastRunOutcome: ntv1.RunSucceeded},
+	}
+	out, err := transform(s.DeepCopy())
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := out.(*ntv1.NodeTaskSchedule)
+	if got.ManagedFields != nil || got.Spec.Schedule != "@daily" || got.Status.LastRunOutcome != ntv1.RunSucceeded {
+		t.Errorf("got %+v", got)
+	}
+}

@@ -36,6 +36,9 @@ func TestManagerRoleIsLeastPrivilege(t *testing.T) {
 	g.Expect(granted["nodes"]).To(ConsistOf("get", "list", "watch", "patch"))
 	g.Expect(granted["pods/eviction"]).To(ConsistOf("create"))
 	g.Expect(granted["pods"]).To(ConsistOf("get", "list", "watch", "create", "delete"))
-	g.Expect(granted["nodetasks"]).To(ConsistOf("get", "list", "watch"))
+	// NodeTasks are created and deleted only by the schedule controller, for schedules' runs.
+	g.Expect(granted["nodetasks"]).To(ConsistOf("get", "list", "watch", "create", "delete"))
+	g.Expect(granted["nodetaskschedules"]).To(ConsistOf("get", "list", "watch"))
+	g.Expect(granted["nodetaskschedules/status"]).To(ConsistOf("get", "update", "patch"))
 	g.Expect(granted["nodetasks/status"]).To(ConsistOf("get", "update", "patch"))
 }

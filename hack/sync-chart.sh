@@ -7,7 +7,8 @@ ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 files="$ROOT/charts/nodetask-operator/files"
 mkdir -p "$files"
 cp "$ROOT/config/crd/bases/nodetask.io_nodetasks.yaml" "$files/crd.yaml"
-for role in role leader_election_role nodetask_editor_role nodetask_viewer_role metrics_reader_role; do
+cp "$ROOT/config/crd/bases/nodetask.io_nodetaskschedules.yaml" "$files/crd_nodetaskschedules.yaml"
+for role in role leader_election_role nodetask_editor_role nodetask_viewer_role nodetaskschedule_editor_role nodetaskschedule_viewer_role metrics_reader_role; do
   cp "$ROOT/config/rbac/$role.yaml" "$files/$role.yaml"
 done
 cp "$ROOT/config/admission/disruption_rights_policy.yaml" "$files/disruption_rights_policy.yaml"

@@ -94,13 +94,18 @@ var _ = Describe("The disruption-rights admission policy", Ordered, func() {
 
 		bindInTenant("editor-edit", "edit", user("editor"))
 		bindInTenant("editor-nodetasks", "nodetask-editor-role", user("editor"))
+		schedRole := readObjects(filepath.Join("..", "..", "config", "rbac", "nodetaskschedule_editor_role.yaml"))[0]
+		schedRole.SetNamespace("")
+		schedRole.SetName("nodetask-schedule-editor-role")
+		Expect(k8sClient.Create(ctx, schedRole)).To(Succeed())
+		bindInTenant("editor-schedules", "nodetask-schedule-editor-role", user("editor"))
 		bindInTenant("bot-nodetasks", "nodetask-editor-role", serviceAccount(tenantNS, "bot"))
 		bindCluster("admin", "cluster-admin", user("admin"))
 		// A GitOps controller's ServiceAccount with the rights it applies disruptive tasks with.
 		Expect(k8sClient.Create(ctx, &rbacv1.ClusterRole{
 			ObjectMeta: metav1.ObjectMeta{Name: "gitops-applier"},
 			Rules: []rbacv1.PolicyRule{
-				{APIGroups: []string{"nodetask.io"}, Resources: []string{"nodetasks"}, Verbs: []string{"*"}},
+				{APIGroups: []string{"nodetask.io"}, Resources: []string{"nodetasks", "nodetaskschedules"}, Verbs: []string{"*"}},
 				{APIGroups: []string{""}, Resources: []string{"nodes"}, Verbs: []string{"patch"}},
 				{APIGroups: []string{""}, Resources: []string{"pods/eviction"}, Verbs: []string{"create"}},
 			},
@@ -193,7 +198,64 @@ var _ = Describe("The disruption-rights admission policy", Ordered, func() {
 		Expect(tenantBot.Status().Update(ctx, t)).To(HaveOccurred(), "the bot may not write status at all (RBAC)")
 		Expect(k8sClient.Status().Update(ctx, t)).To(Succeed(), "status writes are not the policy's")
 	})
+
+	// A schedule's runs are created by the operator's ServiceAccount, which passes the
+	// policy: the policy checks the schedule's author instead.
+	It("refuses a namespace editor's schedule whose template disrupts nodes, naming the permission and the fields", func() {
+		for what, mutate := range disruptive {
+			err := editor.Create(ctx, tenantSchedule("editor-schedule", mutate))
+			Expect(apierrors.IsForbidden(err)).To(BeTrue(), "%s: %v", what, err)
+			Expect(err.Error()).To(ContainSubstring("ValidatingAdmissionPolicy 'disruption-rights'"), what)
+			Expect(err.Error()).To(ContainSubstring(
+				"NodeTaskSchedule tenant/editor-schedule has a template that sets cordon, drain or reboot, so the operator would cordon, drain and restart nodes for it, but user editor may not patch nodes"), what)
+			Expect(err.Error()).To(ContainSubstring("remove spec.template.spec.cordon, spec.template.spec.drain and spec.template.spec.reboot"), what)
+		}
+	})
+
+	It("lets the editor schedule tasks that disrupt no node, but not turn them disruptive", func() {
+		s := tenantSchedule("editor-inventory-schedule", nil)
+		Expect(editor.Create(ctx, s)).To(Succeed())
+		s.Spec.Schedule = "@daily"
+		Expect(editor.Update(ctx, s)).To(Succeed())
+		Expect(editor.Get(ctx, client.ObjectKeyFromObject(s), s)).To(Succeed())
+		s.Spec.Template.Spec.Drain = &ntv1.DrainSpec{}
+		err := editor.Update(ctx, s)
+		Expect(apierrors.IsForbidden(err)).To(BeTrue(), "turning a schedule disruptive is refused: %v", err)
+	})
+
+	It("accepts an administrator's and a GitOps ServiceAccount's disruptive schedules; refuses the editor's change to their spec, not to labels", func() {
+		for what, mutate := range disruptive {
+			s := tenantSchedule("admin-schedule", mutate)
+			Expect(admin.Create(ctx, s)).To(Succeed(), what)
+			Expect(k8sClient.Delete(ctx, s)).To(Succeed())
+		}
+		Expect(gitops.Create(ctx, tenantSchedule("gitops-schedule", disruptive["drain"]))).To(Succeed())
+
+		s := tenantSchedule("admin-weekly", disruptive["reboot: IfRequired"])
+		Expect(admin.Create(ctx, s)).To(Succeed())
+		Expect(editor.Get(ctx, client.ObjectKeyFromObject(s), s)).To(Succeed())
+		s.Spec.Template.Spec.Script.Inline = ptr.To("Write-Output mine")
+		err := editor.Update(ctx, s)
+		Expect(apierrors.IsForbidden(err)).To(BeTrue(), "an editor would run their script with the admin's restart: %v", err)
+
+		Expect(editor.Get(ctx, client.ObjectKeyFromObject(s), s)).To(Succeed())
+		s.Spec.Schedule = "* * * * *"
+		err = editor.Update(ctx, s)
+		Expect(apierrors.IsForbidden(err)).To(BeTrue(), "nor make the admin's restarts run every minute: %v", err)
+
+		Expect(editor.Get(ctx, client.ObjectKeyFromObject(s), s)).To(Succeed())
+		s.Labels = map[string]string{"team": "ops"}
+		Expect(editor.Update(ctx, s)).To(Succeed(), "a metadata-only change is not a disruption")
+	})
 })
+
+func tenantSchedule(name string, mutate func(*ntv1.NodeTask)) *ntv1.NodeTaskSchedule {
+	t := tenantTask(name, mutate)
+	return &ntv1.NodeTaskSchedule{
+		ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: tenantNS},
+		Spec:       ntv1.NodeTaskScheduleSpec{Schedule: "0 3 * * 6", Template: ntv1.NodeTaskTemplate{Spec: t.Spec}},
+	}
+}
 
 func withSpec(t *ntv1.NodeTask, mutate func(*ntv1.NodeTask)) *ntv1.NodeTask {
 	out := &ntv1.NodeTask{}

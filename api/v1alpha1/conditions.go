@@ -98,3 +98,39 @@ const (
 	// NodeReasonRebootFailed: the restart command failed (its output says why).
 	NodeReasonRebootFailed = "RebootFailed"
 )
+
+// Condition reasons of a NodeTaskSchedule.
+const (
+	// ReasonScheduled: the last run succeeded (or none has run yet) and the next is planned.
+	ReasonScheduled = "Scheduled"
+	// ReasonRunActive: a run of the schedule is going on.
+	ReasonRunActive = "RunActive"
+	// ReasonLastRunFailed: the newest finished run did not succeed; the next one still starts
+	// at its time.
+	ReasonLastRunFailed = "LastRunFailed"
+	// ReasonLastRunNoTargets: no Windows node matched the newest finished run.
+	ReasonLastRunNoTargets = "LastRunNoTargets"
+	// ReasonInvalidSchedule: spec.schedule cannot be parsed.
+	ReasonInvalidSchedule = "InvalidSchedule"
+	// ReasonInvalidTimeZone: spec.timeZone is not a time zone the manager knows.
+	ReasonInvalidTimeZone = "InvalidTimeZone"
+	// ReasonRunNameTaken: an object the schedule does not own holds the name of a run.
+	ReasonRunNameTaken = "RunNameTaken"
+	// ReasonRunRefused: the API server refused to create a run.
+	ReasonRunRefused = "RunRefused"
+)
+
+// Event reasons of a NodeTaskSchedule.
+const (
+	// EventRunStarted: a run's NodeTask was created.
+	EventRunStarted = "RunStarted"
+	// EventRunSkipped: a due run did not start because another one is active (Forbid).
+	EventRunSkipped = "RunSkipped"
+	// EventRunReplaced: an active run was deleted for a newer one (Replace).
+	EventRunReplaced = "RunReplaced"
+	// EventMissedSchedule: scheduled times passed without a run (downtime, suspend, a
+	// deadline passed while a Forbid run was active).
+	EventMissedSchedule = "MissedSchedule"
+	// EventRunDeleted: a finished run was deleted by the history limits.
+	EventRunDeleted = "RunDeleted"
+)

@@ -86,12 +86,16 @@ func TestChartMatchesConfig(t *testing.T) {
 	want := readFile[apiextensionsv1.CustomResourceDefinition](g, "config/crd/bases/nodetask.io_nodetasks.yaml")
 	g.Expect(crd.Spec).To(Equal(want.Spec), "the chart's CRD is config/crd's")
 	g.Expect(crd.Annotations).To(HaveKeyWithValue("helm.sh/resource-policy", "keep"))
+	schedCRD := as[apiextensionsv1.CustomResourceDefinition](g, objs["CustomResourceDefinition/nodetaskschedules.nodetask.io"])
+	wantSched := readFile[apiextensionsv1.CustomResourceDefinition](g, "config/crd/bases/nodetask.io_nodetaskschedules.yaml")
+	g.Expect(schedCRD.Spec).To(Equal(wantSched.Spec), "the chart's NodeTaskSchedule CRD is config/crd's")
+	g.Expect(schedCRD.Annotations).To(HaveKeyWithValue("helm.sh/resource-policy", "keep"))
 
 	role := as[rbacv1.ClusterRole](g, objs["ClusterRole/nodetask-manager-role"])
 	g.Expect(role.Rules).To(Equal(readFile[rbacv1.ClusterRole](g, "config/rbac/role.yaml").Rules))
 	leader := as[rbacv1.Role](g, objs["Role/nodetask-leader-election-role"])
 	g.Expect(leader.Rules).To(Equal(readFile[rbacv1.Role](g, "config/rbac/leader_election_role.yaml").Rules))
-	for _, name := range []string{"nodetask-editor-role", "nodetask-viewer-role", "metrics-reader"} {
+	for _, name := range []string{"nodetask-editor-role", "nodetask-viewer-role", "schedule-editor-role", "schedule-viewer-role", "metrics-reader"} {
 		g.Expect(objs).To(HaveKey("ClusterRole/nodetask-"+strings.TrimPrefix(name, "nodetask-")), name)
 	}
 
