@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Builds the kubectl-nodetask archives krew installs (one per platform, each with the
-# README and, once the project has one, its LICENSE) into dist/plugin/, and writes the krew
+# README and the LICENSE) into dist/plugin/, and writes the krew
 # manifest (plugins/nodetask.yaml) with VERSION and the archives' sha256 filled in.
 # Usage: hack/plugin-dist.sh v0.1.0
 set -euo pipefail
