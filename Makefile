@@ -17,11 +17,13 @@ K8S_VERSION ?= 1.37.2
 CONTROLLER_TOOLS_VERSION ?= v0.23.0
 KUSTOMIZE_VERSION ?= v5.8.1
 KWOK_VERSION ?= v0.8.0
+KREW_VERSION ?= v0.4.3
 
 LOCALBIN ?= $(shell pwd)/bin
 CONTROLLER_GEN ?= $(LOCALBIN)/controller-gen-$(CONTROLLER_TOOLS_VERSION)
 KUSTOMIZE ?= $(LOCALBIN)/kustomize-$(KUSTOMIZE_VERSION)
 KWOK ?= $(LOCALBIN)/kwok-$(KWOK_VERSION)
+KREW ?= $(LOCALBIN)/krew-$(KREW_VERSION)
 K8S_ASSETS ?= $(LOCALBIN)/k8s/$(K8S_VERSION)
 
 # Tests print Ginkgo's progress; -p=1 keeps the envtest suites off each other's cores.
@@ -129,6 +131,16 @@ image: ## Build the manager image for PLATFORMS without a container engine: an O
 	@echo "$(IMAGE_ARCHIVE) $(IMAGE_REPO):$(VERSION)@$$(cat $(IMAGE_ARCHIVE).digest)"
 	$(if $(CONTAINER_TOOL),$(CONTAINER_TOOL) load --input $(IMAGE_ARCHIVE))
 
+.PHONY: release
+release: kustomize ## Build every artifact of release VERSION (a semver tag with a CHANGELOG.md section) into dist/release/VERSION: image archive and digest, install.yaml and chart pinned to the digest, plugin archives, krew manifest, SHA256SUMS.
+	KUSTOMIZE="$(KUSTOMIZE)" IMAGE_REPO="$(IMAGE_REPO)" PLATFORMS="$(PLATFORMS)" hack/release.sh $(VERSION)
+
+.PHONY: test-release
+test-release: kustomize krew ## Build release v0.1.0 for this machine's platform only (fast) and check every artifact: checksums, image, install.yaml, chart, and krew installing the plugin (CI runs it).
+	$(MAKE) --no-print-directory release VERSION=v0.1.0 PLATFORMS=linux/$(shell go env GOARCH) PLUGIN_PLATFORMS=linux/$(shell go env GOARCH)
+	RELEASE_DIR="$(CURDIR)/dist/release/v0.1.0" IMAGE_REPO="$(IMAGE_REPO)" PLATFORMS=linux/$(shell go env GOARCH) \
+		PLUGIN_PLATFORM=linux/$(shell go env GOARCH) KREW="$(KREW)" go test $(GO_TEST_FLAGS) -v ./test/release/
+
 .PHONY: docker-build
 docker-build: ## kubebuilder's name for `make image` loaded into CONTAINER_TOOL (default docker; podman works too).
 	$(MAKE) image CONTAINER_TOOL=$(or $(CONTAINER_TOOL),docker)
@@ -177,6 +189,11 @@ $(CONTROLLER_GEN):
 kustomize: $(KUSTOMIZE) ## Install kustomize into bin/.
 $(KUSTOMIZE):
 	$(call go-install-tool,$(KUSTOMIZE),sigs.k8s.io/kustomize/kustomize/v5,$(KUSTOMIZE_VERSION))
+
+.PHONY: krew
+krew: $(KREW) ## Install krew into bin/ (test-release installs the plugin with it).
+$(KREW):
+	$(call go-install-tool,$(KREW),sigs.k8s.io/krew/cmd/krew,$(KREW_VERSION))
 
 .PHONY: kwok
 kwok: $(KWOK) ## Install kwok into bin/ (about 5 minutes the first time).

@@ -22,7 +22,7 @@ func TestKrewManifest(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	m := regexp.MustCompile(`for platform in ([^;]+);`).FindSubmatch(script)
+	m := regexp.MustCompile(`all_platforms="([^"]+)"`).FindSubmatch(script)
 	if m == nil {
 		t.Fatal("hack/plugin-dist.sh lists no platforms")
 	}

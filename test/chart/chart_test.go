@@ -145,3 +145,17 @@ func readDeployment(g *WithT) *appsv1.Deployment {
 	g.Expect("a Deployment").To(BeEmpty(), "config/manager/manager.yaml has no Deployment")
 	return nil
 }
+
+// TestChartImage: the image is the repository at the tag (appVersion by default), and at the
+// digest too once image.digest is set, as `make release` sets it.
+func TestChartImage(t *testing.T) {
+	g := NewWithT(t)
+	image := func(values map[string]any) string {
+		dep := as[appsv1.Deployment](g, render(t, values)["Deployment/nodetask-controller-manager"])
+		return dep.Spec.Template.Spec.Containers[0].Image
+	}
+	g.Expect(image(nil)).To(Equal("ghcr.io/nodetask/nodetask-operator:dev"))
+	digest := "sha256:" + strings.Repeat("ab", 32)
+	g.Expect(image(map[string]any{"image": map[string]any{"tag": "v0.1.0", "digest": digest}})).
+		To(Equal("ghcr.io/nodetask/nodetask-operator:v0.1.0@" + digest))
+}
