@@ -1,4 +1,7 @@
-# Builds the manager image (`make docker-build`). Not built in CI: no Docker engine runs there.
+# Builds the manager image from source with `docker buildx build` (it pulls golang and
+# distroless). `make image` builds the equivalent image without any container engine or
+# registry (hack/image), and is what CI, the e2e suite and `make release` use; this file is
+# not built here (no Docker engine, no registry).
 FROM golang:1.26 AS builder
 ARG TARGETOS
 ARG TARGETARCH
