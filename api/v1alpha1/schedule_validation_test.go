@@ -76,35 +76,7 @@ var invalidScheduleCases = []struct {
 // TestEveryScheduleRuleIsTested: each CEL rule of the NodeTaskSchedule CRD has a case,
 // here or (for the template's NodeTask rules) in invalidCases.
 func TestEveryScheduleRuleIsTested(t *testing.T) {
-	data, err := os.ReadFile(filepath.Join("..", "..", "config", "crd", "bases", "nodetask.io_nodetaskschedules.yaml"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	var crd map[string]any
-	if err := yaml.Unmarshal(data, &crd); err != nil {
-		t.Fatal(err)
-	}
-	var messages []string
-	var walk func(any)
-	walk = func(v any) {
-		switch v := v.(type) {
-		case map[string]any:
-			for k, child := range v {
-				if k == "x-kubernetes-validations" {
-					for _, rule := range child.([]any) {
-						messages = append(messages, rule.(map[string]any)["message"].(string))
-					}
-					continue
-				}
-				walk(child)
-			}
-		case []any:
-			for _, child := range v {
-				walk(child)
-			}
-		}
-	}
-	walk(crd)
+	messages := celMessages(t, "nodetask.io_nodetaskschedules.yaml")
 	if len(messages) < 14 {
 		t.Fatalf("found only %d CEL rules in the schedule CRD; the template lost the NodeTask rules?", len(messages))
 	}
