@@ -76,7 +76,10 @@ func TestManualRuns(t *testing.T) {
 				g.Expect(p.Replace).To(Equal([]string{ManualRunName("weekly", sat1.Add(-time.Minute))}))
 			}},
 		{"manual runs count against the history limits like scheduled ones",
-			newSchedule(func(s *ntv1.NodeTaskSchedule) { s.Spec.SuccessfulRunsHistoryLimit = new(int32); *s.Spec.SuccessfulRunsHistoryLimit = 1 }),
+			newSchedule(func(s *ntv1.NodeTaskSchedule) {
+				s.Spec.SuccessfulRunsHistoryLimit = new(int32)
+				*s.Spec.SuccessfulRunsHistoryLimit = 1
+			}),
 			[]ntv1.NodeTask{run(sat1, ntv1.RunSucceeded), manualRun(sat1.Add(time.Hour*48), ntv1.RunSucceeded)}, sat1.Add(72 * time.Hour),
 			func(g *WithT, p *Plan, st ntv1.NodeTaskScheduleStatus) {
 				g.Expect(p.Prune).To(Equal([]string{RunName("weekly", sat1)}))
