@@ -107,18 +107,23 @@ func forgetMetrics(key types.NamespacedName) {
 	nodeRunDuration.DeletePartialMatch(labels)
 }
 
-// recordSchedulePass updates a schedule's metrics after a pass whose status write the API
-// server accepted (or that had nothing to write): like the events, what a pass reports is
-// then in the status, so the next pass does not report it again.
+// recordRunStarted counts a run the controller has just created. It is counted at the
+// create, not with the status write: a pass whose status write fails is repeated, and the
+// repeat finds the run there already (AlreadyExists), so it would never be counted.
+func recordRunStarted(s *ntv1.NodeTaskSchedule) {
+	scheduleRuns.WithLabelValues(s.Namespace, s.Name, scheduleRunStarted).Inc()
+}
+
+// recordSchedulePass updates a schedule's missed and skipped times and its next run after a
+// pass whose status write the API server accepted (or that had nothing to write): like the
+// events, what a pass reports is then in the status, so the next pass does not report it
+// again, while a pass whose write failed is repeated and reports it then.
 //
 // old is the schedule as the pass read it, st the status it wrote. Given-up times count as
 // skipped when a run of the schedule was active under Forbid (the due run waited for it),
 // else as missed.
-func recordSchedulePass(old *ntv1.NodeTaskSchedule, plan *schedule.Plan, applied schedule.Applied, st *ntv1.NodeTaskScheduleStatus) {
+func recordSchedulePass(old *ntv1.NodeTaskSchedule, plan *schedule.Plan, st *ntv1.NodeTaskScheduleStatus) {
 	ns, name := old.Namespace, old.Name
-	if applied.Created {
-		scheduleRuns.WithLabelValues(ns, name, scheduleRunStarted).Inc()
-	}
 	if m := plan.Missed; m != nil {
 		n := m.Count
 		if m.TooLate {

@@ -69,27 +69,30 @@ func TestScheduleMetrics(t *testing.T) {
 	}
 
 	// After downtime: two times passed, the latest starts.
-	recordSchedulePass(s, &schedule.Plan{Create: "run-a", Missed: &schedule.Missed{Count: 2}}, schedule.Applied{Started: true, Created: true}, st)
+	recordRunStarted(s)
+	recordSchedulePass(s, &schedule.Plan{Create: "run-a", Missed: &schedule.Missed{Count: 2}}, st)
 	g.Expect(runs(scheduleRunStarted)).To(Equal(1.0))
 	g.Expect(runs(scheduleRunMissed)).To(Equal(2.0))
 	g.Expect(testutil.ToFloat64(scheduleNextRun.WithLabelValues("metrics-ns", "metrics-schedule"))).To(Equal(float64(next.Unix())))
 
-	// The run was there already (a restart): not started again.
-	recordSchedulePass(s, &schedule.Plan{Create: "run-a"}, schedule.Applied{Started: true}, st)
-	g.Expect(runs(scheduleRunStarted)).To(Equal(1.0))
-
 	// A due run waited for an active run (Forbid) beyond its deadline: skipped, not missed.
 	s.Status.Active = []ntv1.ScheduleRunReference{{Name: "run-a"}}
-	recordSchedulePass(s, &schedule.Plan{Missed: &schedule.Missed{TooLate: true}}, schedule.Applied{}, st)
+	recordSchedulePass(s, &schedule.Plan{Missed: &schedule.Missed{TooLate: true}}, st)
 	g.Expect(runs(scheduleRunSkipped)).To(Equal(1.0))
 	g.Expect(runs(scheduleRunMissed)).To(Equal(2.0))
 
+	// Under Replace an active run does not hold a due run back: given-up times are missed.
+	s.Spec.ConcurrencyPolicy = ntv1.ConcurrencyReplace
+	recordSchedulePass(s, &schedule.Plan{Missed: &schedule.Missed{Count: 1, TooLate: true}}, st)
+	g.Expect(runs(scheduleRunMissed)).To(Equal(4.0))
+	g.Expect(runs(scheduleRunSkipped)).To(Equal(1.0))
+
 	// Suspended: no next run, no series for it.
-	recordSchedulePass(s, &schedule.Plan{}, schedule.Applied{}, &ntv1.NodeTaskScheduleStatus{})
+	recordSchedulePass(s, &schedule.Plan{}, &ntv1.NodeTaskScheduleStatus{})
 	ours := prometheus.Labels{"namespace": "metrics-ns", "name": "metrics-schedule"}
 	g.Expect(scheduleNextRun.DeletePartialMatch(ours)).To(BeZero())
 
-	recordSchedulePass(s, &schedule.Plan{}, schedule.Applied{}, st)
+	recordSchedulePass(s, &schedule.Plan{}, st)
 	forgetScheduleMetrics(types.NamespacedName{Namespace: "metrics-ns", Name: "metrics-schedule"})
 	g.Expect(scheduleRuns.DeletePartialMatch(ours)).To(BeZero(), "a deleted schedule's series go")
 	g.Expect(scheduleNextRun.DeletePartialMatch(ours)).To(BeZero())

@@ -80,7 +80,7 @@ func (r *NodeTaskScheduleReconciler) Reconcile(ctx context.Context, req ctrl.Req
 		}
 	}
 	r.emitEvents(s, plan, applied)
-	recordSchedulePass(s, plan, applied, &st)
+	recordSchedulePass(s, plan, &st)
 
 	result := ctrl.Result{RequeueAfter: plan.RequeueAfter}
 	if applied.Problem != nil && (result.RequeueAfter == 0 || result.RequeueAfter > scheduleRetry) {
@@ -145,6 +145,7 @@ func (r *NodeTaskScheduleReconciler) apply(ctx context.Context, s *ntv1.NodeTask
 	switch {
 	case err == nil:
 		a.Started, a.Created = true, true
+		recordRunStarted(s)
 	case apierrors.IsAlreadyExists(err):
 		// Created before: by this process before a restart, or by another replica. The name
 		// says which time it is for; the owner says whether it is this schedule's.
