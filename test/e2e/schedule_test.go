@@ -1,7 +1,13 @@
 package e2e
 
 import (
+	"fmt"
+	"net/http"
+	"regexp"
+	"slices"
 	"sort"
+	"strconv"
+	"strings"
 	"time"
 
 	. "github.com/onsi/ginkgo/v2"
@@ -40,6 +46,37 @@ func runReady(ns, name string, timeout time.Duration) *ntv1.NodeTask {
 	return task
 }
 
+// historyRows reads the table of `kubectl nodetask history`: per run, its name, trigger,
+// outcome and succeeded/targets.
+func historyRows(out string) []string {
+	var rows []string
+	lines := strings.Split(out, "\n")
+	start := slices.IndexFunc(lines, func(l string) bool { return strings.HasPrefix(l, "NAME ") })
+	if start < 0 {
+		return nil
+	}
+	for _, line := range lines[start+1:] {
+		// NAME TRIGGER SCHEDULED STARTED FINISHED TARGETS SUCCEEDED FAILED OUTCOME
+		if f := strings.Fields(line); len(f) >= 9 {
+			rows = append(rows, fmt.Sprintf("%s %s %s %s/%s", f[0], f[1], f[8], f[6], f[5]))
+		}
+	}
+	return rows
+}
+
+// metricLines returns the series of a metric whose labels contain these, each as the rest
+// of its labels and its value.
+func metricLines(body, name, labels string) []string {
+	var out []string
+	for _, line := range strings.Split(body, "\n") {
+		if strings.HasPrefix(line, name+"{") && strings.Contains(line, labels) {
+			rest := strings.TrimPrefix(strings.Replace(line[len(name)+1:], labels, "", 1), ",")
+			out = append(out, strings.Replace(rest, "} ", " ", 1))
+		}
+	}
+	return out
+}
+
 // untilWallClock sleeps until t.
 func untilWallClock(t time.Time) {
 	if d := time.Until(t); d > 0 {
@@ -48,7 +85,7 @@ func untilWallClock(t time.Time) {
 }
 
 var _ = Describe("NodeTaskSchedule", func() {
-	It("fires every minute three times, once per node each, keeps its history limit, and a kill -9 around a fire time neither doubles nor loses the run", func() {
+	It("fires every minute three times, once per node each, keeps its history limit, a kill -9 around a fire time neither doubles nor loses the run; history, run-now, status and metrics", func() {
 		const pool = "sched"
 		nodes := addPool(pool, 3)
 		ns := namespace(true)
@@ -138,7 +175,54 @@ var _ = Describe("NodeTaskSchedule", func() {
 		}
 		Expect(eventNotes(ns, ntv1.EventMissedSchedule)).To(BeEmpty(), "run 2 was late, not missed")
 
-		// Stop the schedule so that it does not fire during the specs that follow.
+		By("kubectl nodetask history: the kept runs, newest first, and the next run")
+		out := plugin("", "history", sched.Name, "-n", ns)
+		Expect(out.code).To(BeZero(), out.stderr)
+		Expect(historyRows(out.stdout)).To(Equal([]string{
+			names[2] + " schedule Succeeded 3/3", names[1] + " schedule Succeeded 3/3"}))
+		Expect(out.stdout).To(MatchRegexp(`(?m)^Next run: +%s `, fires[2].Add(time.Minute).UTC().Format(time.RFC3339)))
+
+		By("kubectl nodetask run-now: a manual run at once, once per node, listed as manual")
+		out = plugin("", "run-now", sched.Name, "-n", ns, "--yes")
+		Expect(out.code).To(BeZero(), out.stderr)
+		created := regexp.MustCompile(`NodeTask \S+/(\S+) created\.`).FindStringSubmatch(out.stdout)
+		Expect(created).To(HaveLen(2), out.stdout)
+		manual := created[1]
+		Expect(manual).To(HavePrefix(sched.Name + "-manual-"))
+		run = runReady(ns, manual, time.Minute)
+		expectOncePerNode(ns, run.UID, nodes)
+		Expect(metav1.GetControllerOf(run).UID).To(Equal(sched.UID))
+
+		By("the manual run does not take the place of the next scheduled one: run 4 starts at its time")
+		fourth := schedule.RunName(sched.Name, fires[2].Add(time.Minute))
+		Expect(time.Now()).To(BeTemporally("<", fires[2].Add(time.Minute)), "the manual run finished before run 4's time")
+		run = runReady(ns, fourth, time.Until(fires[2].Add(time.Minute))+time.Minute)
+		expectOncePerNode(ns, run.UID, nodes)
+		Eventually(func() []string {
+			out = plugin("", "history", sched.Name, "-n", ns)
+			return historyRows(out.stdout)
+		}).Should(Equal([]string{fourth + " schedule Succeeded 3/3", manual + " manual Succeeded 3/3"}),
+			"the manual run counts against successfulRunsHistoryLimit 2")
+		Expect(k8s.Get(ctx, client.ObjectKeyFromObject(sched), sched)).To(Succeed())
+		Expect(sched.Status.LastScheduleTime.Time).To(BeTemporally("==", fires[2].Add(time.Minute)), "a manual run is no scheduled time")
+
+		By("kubectl nodetask status nodetaskschedule/NAME shows the newest run")
+		out = plugin("", "status", "nodetaskschedule/"+sched.Name, "-n", ns)
+		Expect(out.code).To(BeZero(), out.stderr)
+		Expect(out.stdout).To(MatchRegexp(`(?m)^NodeTask: +%s/%s$`, ns, fourth))
+
+		By("metrics: the restarted manager started runs 2, 3 and 4; none skipped or missed; the next run's time")
+		reader := tokenOf("schedule-scraper", "nodetask-metrics-reader")
+		var body string
+		Eventually(func() int { code, b := scrape(reader); body = b; return code }).Should(Equal(http.StatusOK))
+		self := fmt.Sprintf(`name=%q,namespace=%q`, sched.Name, ns)
+		Expect(metricLines(body, "nodetask_schedule_runs_total", self)).To(Equal([]string{`result="started" 3`}))
+		next := metricLines(body, "nodetask_schedule_next_run_timestamp_seconds", self)
+		Expect(next).To(HaveLen(1))
+		Expect(strconv.ParseFloat(strings.TrimSpace(next[0]), 64)).To(BeNumerically("==", sched.Status.NextScheduleTime.Unix()))
+
+		// Stop the schedule so that it does not fire during the specs that follow; its series go.
 		Expect(k8s.Delete(ctx, sched)).To(Succeed())
+		Eventually(func() string { _, body = scrape(reader); return body }).ShouldNot(ContainSubstring(self))
 	})
 })
