@@ -2,11 +2,17 @@ package plugin
 
 import (
 	"bytes"
+	"context"
+	"strings"
 	"testing"
 	"time"
 
+	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/cli-runtime/pkg/genericclioptions"
+	"k8s.io/cli-runtime/pkg/genericiooptions"
 	"k8s.io/utils/ptr"
+	"sigs.k8s.io/controller-runtime/pkg/client/fake"
 
 	ntv1 "github.com/nodetask/nodetask-operator/api/v1alpha1"
 	"github.com/nodetask/nodetask-operator/controllers/schedule"
@@ -101,5 +107,57 @@ func TestScheduleArg(t *testing.T) {
 		if got != want || ok != (want != "") {
 			t.Errorf("%s: got %q, %v", arg, got, ok)
 		}
+	}
+}
+
+// runNow runs `run-now weekly-patch --yes` against a fake API server holding the schedule
+// and one Windows node, and returns the NodeTasks there afterwards.
+func runNow(t *testing.T, s *ntv1.NodeTaskSchedule) ([]ntv1.NodeTask, string, error) {
+	t.Helper()
+	node := &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: "win-a", Labels: map[string]string{corev1.LabelOSStable: "windows"}},
+		Status: corev1.NodeStatus{Conditions: []corev1.NodeCondition{{Type: corev1.NodeReady, Status: corev1.ConditionTrue}}}}
+	c := fake.NewClientBuilder().WithScheme(newScheme()).WithObjects(s, node).Build()
+	var out bytes.Buffer
+	o := &options{config: genericclioptions.NewConfigFlags(false), now: func() time.Time { return now }, client: c,
+		streams: genericiooptions.IOStreams{In: &bytes.Buffer{}, Out: &out, ErrOut: &out}}
+	o.config.Namespace = ptr.To(s.Namespace)
+	cmd := newRunNowCommand(o)
+	cmd.SilenceErrors, cmd.SilenceUsage = true, true
+	cmd.SetArgs([]string{"nodetaskschedule/" + s.Name, "--yes"})
+	cmd.SetOut(&out)
+	err := cmd.ExecuteContext(context.Background())
+	var list ntv1.NodeTaskList
+	if lerr := c.List(context.Background(), &list); lerr != nil {
+		t.Fatal(lerr)
+	}
+	return list.Items, out.String(), err
+}
+
+func TestRunNow(t *testing.T) {
+	s := weeklySchedule()
+	s.Status.Active = nil
+	tasks, out, err := runNow(t, s)
+	if err != nil {
+		t.Fatalf("%v\n%s", err, out)
+	}
+	if len(tasks) != 1 || tasks[0].Name != schedule.ManualRunName("weekly-patch", now) {
+		t.Fatalf("tasks %+v", tasks)
+	}
+	if ref := metav1.GetControllerOf(&tasks[0]); ref == nil || ref.UID != s.UID {
+		t.Errorf("not owned by the schedule: %+v", tasks[0].OwnerReferences)
+	}
+	if !strings.Contains(out, "run on 1 nodes") || !strings.Contains(out, "created. Follow it with: kubectl nodetask wait "+tasks[0].Name+" -n ops") {
+		t.Errorf("output:\n%s", out)
+	}
+}
+
+// TestRunNowRefusesWhileActive: two runs of one schedule at once would race for the nodes.
+func TestRunNowRefusesWhileActive(t *testing.T) {
+	tasks, out, err := runNow(t, weeklySchedule())
+	if err == nil || !strings.Contains(err.Error(), "has an active run (weekly-patch-29930520)") {
+		t.Fatalf("got %v\n%s", err, out)
+	}
+	if len(tasks) != 0 {
+		t.Errorf("created %d NodeTasks", len(tasks))
 	}
 }
