@@ -10,6 +10,7 @@ import (
 
 	ntv1 "github.com/nodetask/nodetask-operator/api/v1alpha1"
 	"github.com/nodetask/nodetask-operator/controllers/rollout"
+	"github.com/nodetask/nodetask-operator/controllers/schedule"
 )
 
 // Metrics, served with controller-runtime's on /metrics. Series are per task, never per
@@ -40,12 +41,30 @@ var (
 		Help:    "From a node's last attempt's start to its final result (a restart included), for results written to status.",
 		Buckets: []float64{1, 5, 15, 30, 60, 120, 300, 600, 1200, 1800, 3600, 7200},
 	}, []string{"namespace", "name"})
+	scheduleRuns = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "nodetask_schedule_runs_total",
+		Help: "Scheduled times of a NodeTaskSchedule by what became of them: started (this manager created the run), " +
+			"skipped (given up while a run of the schedule was active, concurrencyPolicy Forbid) or missed (given up after " +
+			"downtime or suspension, or later than startingDeadlineSeconds). Manual runs (kubectl nodetask run-now) are not counted.",
+	}, []string{"namespace", "name", "result"})
+	scheduleNextRun = prometheus.NewGaugeVec(prometheus.GaugeOpts{
+		Name: "nodetask_schedule_next_run_timestamp_seconds",
+		Help: "Unix time of a NodeTaskSchedule's next run (status.nextScheduleTime); no series while it has none (suspended, invalid).",
+	}, []string{"namespace", "name"})
 	registerOnce sync.Once
+)
+
+// Results of nodetask_schedule_runs_total.
+const (
+	scheduleRunStarted = "started"
+	scheduleRunSkipped = "skipped"
+	scheduleRunMissed  = "missed"
 )
 
 func registerMetrics() {
 	registerOnce.Do(func() {
-		metrics.Registry.MustRegister(statusWrites, statusWriteBytes, taskNodes, taskCondition, nodeRuns, nodeRunDuration)
+		metrics.Registry.MustRegister(statusWrites, statusWriteBytes, taskNodes, taskCondition, nodeRuns, nodeRunDuration,
+			scheduleRuns, scheduleNextRun)
 	})
 }
 
@@ -86,4 +105,46 @@ func forgetMetrics(key types.NamespacedName) {
 	taskCondition.DeletePartialMatch(labels)
 	nodeRuns.DeletePartialMatch(labels)
 	nodeRunDuration.DeletePartialMatch(labels)
+}
+
+// recordRunStarted counts a run the controller has just created. It is counted at the
+// create, not with the status write: a pass whose status write fails is repeated, and the
+// repeat finds the run there already (AlreadyExists), so it would never be counted.
+func recordRunStarted(s *ntv1.NodeTaskSchedule) {
+	scheduleRuns.WithLabelValues(s.Namespace, s.Name, scheduleRunStarted).Inc()
+}
+
+// recordSchedulePass updates a schedule's missed and skipped times and its next run after a
+// pass whose status write the API server accepted (or that had nothing to write): like the
+// events, what a pass reports is then in the status, so the next pass does not report it
+// again, while a pass whose write failed is repeated and reports it then.
+//
+// old is the schedule as the pass read it, st the status it wrote. Given-up times count as
+// skipped when a run of the schedule was active under Forbid (the due run waited for it),
+// else as missed.
+func recordSchedulePass(old *ntv1.NodeTaskSchedule, plan *schedule.Plan, st *ntv1.NodeTaskScheduleStatus) {
+	ns, name := old.Namespace, old.Name
+	if m := plan.Missed; m != nil {
+		n := m.Count
+		if m.TooLate {
+			n++
+		}
+		result := scheduleRunMissed
+		if len(old.Status.Active) > 0 && old.Spec.ConcurrencyPolicy != ntv1.ConcurrencyReplace {
+			result = scheduleRunSkipped
+		}
+		scheduleRuns.WithLabelValues(ns, name, result).Add(float64(n))
+	}
+	if st.NextScheduleTime != nil {
+		scheduleNextRun.WithLabelValues(ns, name).Set(float64(st.NextScheduleTime.Unix()))
+	} else {
+		scheduleNextRun.DeleteLabelValues(ns, name)
+	}
+}
+
+// forgetScheduleMetrics deletes the series of a schedule that is gone.
+func forgetScheduleMetrics(key types.NamespacedName) {
+	labels := prometheus.Labels{"namespace": key.Namespace, "name": key.Name}
+	scheduleRuns.DeletePartialMatch(labels)
+	scheduleNextRun.DeletePartialMatch(labels)
 }

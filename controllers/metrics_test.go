@@ -2,6 +2,7 @@ package controllers
 
 import (
 	"testing"
+	"time"
 
 	. "github.com/onsi/gomega"
 	"github.com/prometheus/client_golang/prometheus"
@@ -13,6 +14,7 @@ import (
 
 	ntv1 "github.com/nodetask/nodetask-operator/api/v1alpha1"
 	"github.com/nodetask/nodetask-operator/controllers/rollout"
+	"github.com/nodetask/nodetask-operator/controllers/schedule"
 )
 
 func TestTaskMetrics(t *testing.T) {
@@ -54,4 +56,44 @@ func TestTaskMetrics(t *testing.T) {
 	g.Expect(taskCondition.DeletePartialMatch(ours)).To(BeZero())
 	g.Expect(nodeRuns.DeletePartialMatch(ours)).To(BeZero())
 	g.Expect(nodeRunDuration.DeletePartialMatch(ours)).To(BeZero())
+}
+
+func TestScheduleMetrics(t *testing.T) {
+	g := NewWithT(t)
+	registerMetrics()
+	s := &ntv1.NodeTaskSchedule{ObjectMeta: metav1.ObjectMeta{Namespace: "metrics-ns", Name: "metrics-schedule"}}
+	next := metav1.NewTime(t0.Add(time.Hour))
+	st := &ntv1.NodeTaskScheduleStatus{NextScheduleTime: &next}
+	runs := func(result string) float64 {
+		return testutil.ToFloat64(scheduleRuns.WithLabelValues("metrics-ns", "metrics-schedule", result))
+	}
+
+	// After downtime: two times passed, the latest starts.
+	recordRunStarted(s)
+	recordSchedulePass(s, &schedule.Plan{Create: "run-a", Missed: &schedule.Missed{Count: 2}}, st)
+	g.Expect(runs(scheduleRunStarted)).To(Equal(1.0))
+	g.Expect(runs(scheduleRunMissed)).To(Equal(2.0))
+	g.Expect(testutil.ToFloat64(scheduleNextRun.WithLabelValues("metrics-ns", "metrics-schedule"))).To(Equal(float64(next.Unix())))
+
+	// A due run waited for an active run (Forbid) beyond its deadline: skipped, not missed.
+	s.Status.Active = []ntv1.ScheduleRunReference{{Name: "run-a"}}
+	recordSchedulePass(s, &schedule.Plan{Missed: &schedule.Missed{TooLate: true}}, st)
+	g.Expect(runs(scheduleRunSkipped)).To(Equal(1.0))
+	g.Expect(runs(scheduleRunMissed)).To(Equal(2.0))
+
+	// Under Replace an active run does not hold a due run back: given-up times are missed.
+	s.Spec.ConcurrencyPolicy = ntv1.ConcurrencyReplace
+	recordSchedulePass(s, &schedule.Plan{Missed: &schedule.Missed{Count: 1, TooLate: true}}, st)
+	g.Expect(runs(scheduleRunMissed)).To(Equal(4.0))
+	g.Expect(runs(scheduleRunSkipped)).To(Equal(1.0))
+
+	// Suspended: no next run, no series for it.
+	recordSchedulePass(s, &schedule.Plan{}, &ntv1.NodeTaskScheduleStatus{})
+	ours := prometheus.Labels{"namespace": "metrics-ns", "name": "metrics-schedule"}
+	g.Expect(scheduleNextRun.DeletePartialMatch(ours)).To(BeZero())
+
+	recordSchedulePass(s, &schedule.Plan{}, st)
+	forgetScheduleMetrics(types.NamespacedName{Namespace: "metrics-ns", Name: "metrics-schedule"})
+	g.Expect(scheduleRuns.DeletePartialMatch(ours)).To(BeZero(), "a deleted schedule's series go")
+	g.Expect(scheduleNextRun.DeletePartialMatch(ours)).To(BeZero())
 }

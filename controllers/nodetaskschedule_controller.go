@@ -49,9 +49,13 @@ type NodeTaskScheduleReconciler struct {
 func (r *NodeTaskScheduleReconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.Result, error) {
 	s := &ntv1.NodeTaskSchedule{}
 	if err := r.Client.Get(ctx, req.NamespacedName, s); err != nil {
+		if apierrors.IsNotFound(err) {
+			forgetScheduleMetrics(req.NamespacedName)
+		}
 		return ctrl.Result{}, client.IgnoreNotFound(err)
 	}
 	if !s.DeletionTimestamp.IsZero() {
+		forgetScheduleMetrics(req.NamespacedName)
 		return ctrl.Result{}, nil // the runs carry owner references: the garbage collector removes them
 	}
 	runs, err := r.observeRuns(ctx, s)
@@ -76,6 +80,7 @@ func (r *NodeTaskScheduleReconciler) Reconcile(ctx context.Context, req ctrl.Req
 		}
 	}
 	r.emitEvents(s, plan, applied)
+	recordSchedulePass(s, plan, &st)
 
 	result := ctrl.Result{RequeueAfter: plan.RequeueAfter}
 	if applied.Problem != nil && (result.RequeueAfter == 0 || result.RequeueAfter > scheduleRetry) {
@@ -140,6 +145,7 @@ func (r *NodeTaskScheduleReconciler) apply(ctx context.Context, s *ntv1.NodeTask
 	switch {
 	case err == nil:
 		a.Started, a.Created = true, true
+		recordRunStarted(s)
 	case apierrors.IsAlreadyExists(err):
 		// Created before: by this process before a restart, or by another replica. The name
 		// says which time it is for; the owner says whether it is this schedule's.
@@ -226,6 +232,7 @@ func (r *NodeTaskScheduleReconciler) now() time.Time {
 // own status writes do not wake it) and the NodeTasks they control, which are already in
 // the cache the NodeTask controller reads.
 func (r *NodeTaskScheduleReconciler) SetupWithManager(mgr ctrl.Manager) error {
+	registerMetrics()
 	return ctrl.NewControllerManagedBy(mgr).
 		For(&ntv1.NodeTaskSchedule{}, builder.WithPredicates(predicate.GenerationChangedPredicate{})).
 		Owns(&ntv1.NodeTask{}).

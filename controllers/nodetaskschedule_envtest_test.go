@@ -8,6 +8,7 @@ import (
 
 	. "github.com/onsi/ginkgo/v2"
 	. "github.com/onsi/gomega"
+	"github.com/prometheus/client_golang/prometheus/testutil"
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -183,6 +184,9 @@ var _ = Describe("The NodeTaskSchedule controller", Ordered, func() {
 		Expect(runs(s)).To(ConsistOf(name), "a restart")
 		Expect(getSchedule(s).Status.Active).To(HaveLen(1), "the status finds its run again")
 		Expect(drain()).NotTo(ContainElement(ContainSubstring("RunStarted")), "found, not started again")
+		Expect(testutil.ToFloat64(scheduleRuns.WithLabelValues(scheduleNS, "once", scheduleRunStarted))).To(Equal(1.0),
+			"nodetask_schedule_runs_total counts the run once")
+		Expect(testutil.ToFloat64(scheduleNextRun.WithLabelValues(scheduleNS, "once"))).To(BeNumerically("==", fire.Add(10*time.Minute).Unix()))
 	})
 
 	It("Forbid: the next time waits while the run is active, and starts when it ends within the deadline", func() {
@@ -220,6 +224,11 @@ var _ = Describe("The NodeTaskSchedule controller", Ordered, func() {
 		reconcile(r, s)
 		Expect(runs(s)).To(ConsistOf(schedule.RunName("late", fire)))
 		Expect(drain()).To(ContainElement(ContainSubstring("MissedSchedule the run due at")))
+		given := func(result string) float64 {
+			return testutil.ToFloat64(scheduleRuns.WithLabelValues(scheduleNS, "late", result))
+		}
+		Expect(given(scheduleRunSkipped)+given(scheduleRunMissed)).To(Equal(1.0), "the time given up is counted once")
+		Expect(given(scheduleRunStarted)).To(Equal(1.0))
 	})
 
 	It("Replace: the active run is deleted and the new one starts", func() {

@@ -223,7 +223,8 @@ type NodeTaskScheduleStatus struct {
 	// +listMapKey=type
 	Conditions []metav1.Condition `json:"conditions,omitempty"`
 
-	// lastScheduleTime is the scheduled time of the last run started.
+	// lastScheduleTime is the scheduled time of the last run started for a scheduled time;
+	// a run started by hand (kubectl nodetask run-now) does not count.
 	// +optional
 	LastScheduleTime *metav1.Time `json:"lastScheduleTime,omitempty"`
 

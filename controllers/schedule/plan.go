@@ -92,6 +92,11 @@ func ComputePlan(obs Observed) *Plan {
 			earliest = t.Time
 		}
 		for i := range history {
+			// A manual run's time is not a scheduled time: a schedule run by hand just after
+			// a fire time, before the controller got to it, still starts that time's run.
+			if !IsScheduled(s.Name, history[i]) {
+				continue
+			}
 			if t := history[i].ScheduledTime.Time; t.After(earliest) {
 				earliest = t
 			}
@@ -325,7 +330,7 @@ func ComputeStatus(obs Observed, p *Plan, a Applied) ntv1.NodeTaskScheduleStatus
 	var lastFinished *ntv1.ScheduleRun
 	for i := range history {
 		e := &history[i]
-		if t := e.ScheduledTime; st.LastScheduleTime == nil || t.After(st.LastScheduleTime.Time) {
+		if t := e.ScheduledTime; IsScheduled(s.Name, *e) && (st.LastScheduleTime == nil || t.After(st.LastScheduleTime.Time)) {
 			st.LastScheduleTime = &metav1.Time{Time: t.Time}
 		}
 		if !e.Outcome.Finished() {

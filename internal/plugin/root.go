@@ -64,9 +64,11 @@ func NewCommand(streams genericiooptions.IOStreams) *cobra.Command {
 	o := &options{config: genericclioptions.NewConfigFlags(true), streams: streams, now: time.Now}
 	cmd := &cobra.Command{
 		Use:   "kubectl-nodetask",
-		Short: "Read, check, re-run and wait for NodeTasks",
+		Short: "Read, check, re-run and wait for NodeTasks; list and start the runs of NodeTaskSchedules",
 		Long: "kubectl nodetask reads NodeTasks (nodetask.io/v1alpha1): per-node results failed first, a node's pod log " +
-			"or the output kept in status, the Windows nodes a task would run on, a re-run, and a wait with progress.",
+			"or the output kept in status, the Windows nodes a task would run on, a re-run, and a wait with progress. " +
+			"For a NodeTaskSchedule it lists the runs (history), starts one outside the schedule (run-now) and shows the " +
+			"newest run (status nodetaskschedule/NAME).",
 		SilenceUsage:  true,
 		SilenceErrors: true,
 		Annotations:   map[string]string{cobra.CommandDisplayNameAnnotation: "kubectl nodetask"},
@@ -75,7 +77,8 @@ func NewCommand(streams genericiooptions.IOStreams) *cobra.Command {
 	cmd.SetErr(streams.ErrOut)
 	cmd.SetIn(streams.In)
 	o.config.AddFlags(cmd.PersistentFlags())
-	cmd.AddCommand(newStatusCommand(o), newLogsCommand(o), newTargetsCommand(o), newRerunCommand(o), newWaitCommand(o))
+	cmd.AddCommand(newStatusCommand(o), newLogsCommand(o), newTargetsCommand(o), newRerunCommand(o), newWaitCommand(o),
+		newHistoryCommand(o), newRunNowCommand(o))
 	return cmd
 }
 

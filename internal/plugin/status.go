@@ -31,11 +31,12 @@ type statusFlags struct {
 func newStatusCommand(o *options) *cobra.Command {
 	var f statusFlags
 	cmd := &cobra.Command{
-		Use:   "status [TASK]",
-		Short: "Show a task's per-node results, failed first; without TASK (or with -A), one line per task",
+		Use:   "status [TASK | nodetaskschedule/SCHEDULE]",
+		Short: "Show a task's per-node results, failed first (a schedule's: its newest run's); without TASK (or with -A), one line per task",
 		Example: `  kubectl nodetask status install-agent
   kubectl nodetask status install-agent --failed
   kubectl nodetask status install-agent --node akswin000002
+  kubectl nodetask status nodetaskschedule/weekly-patch
   kubectl nodetask status -A`,
 		Args: cobra.MaximumNArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
@@ -47,6 +48,9 @@ func newStatusCommand(o *options) *cobra.Command {
 			}
 			if o.allNamespaces {
 				return fmt.Errorf("-A lists the tasks of every namespace; name no TASK with it")
+			}
+			if name, ok := scheduleArg(args[0]); ok {
+				return o.scheduleStatus(cmd, name, f)
 			}
 			task, err := o.getTask(cmd, args[0])
 			if err != nil {
