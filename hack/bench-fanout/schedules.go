@@ -339,7 +339,11 @@ func runSchedules(ctx context.Context, opts cluster.Options, manager string, n, 
 		if res == "" {
 			return ""
 		}
-		return res + " " + labelValue(s, "verb")
+		key := res + " " + labelValue(s, "verb")
+		if labelValue(s, "dry_run") != "" {
+			key += " (dry run)" // the manager's admission check of a run's pods
+		}
+		return key
 	})
 
 	out := os.Stdout
