@@ -83,7 +83,7 @@ func main() {
 	opts.AddFlags(flag.CommandLine, "bin/bench-fanout")
 	flag.StringVar(&manager, "manager", "bin/manager", "The manager binary.")
 	flag.IntVar(&n, "nodes", 1000, "Simulated Windows nodes.")
-	flag.StringVar(&profileDir, "profile-dir", "", "Write the manager's CPU profile (cpu.pprof) and its heap profile once Ready (heap.pprof) here, in the first round; not under --work-dir, which the next run clears.")
+	flag.StringVar(&profileDir, "profile-dir", "", "Write the manager's CPU profile (cpu.pprof) and its heap profile once Ready (heap.pprof) here, in the first round (with --schedules: from the fire minute, and once every run is Ready); not under --work-dir, which the next run clears.")
 	flag.IntVar(&profileSeconds, "profile-seconds", 15, "Length of the manager's CPU profile, from the task's creation.")
 	flag.IntVar(&roundsFlag, "rounds", 1, "Run the bare clients and the NodeTask this many times and show the medians (single runs on a small machine vary by a third).")
 	flag.BoolVar(&skipDaemonSet, "skip-daemonset", false, "Leave the DaemonSet out (it takes 50 s at 1000 nodes).")

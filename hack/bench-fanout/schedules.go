@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"path/filepath"
 	"runtime"
 	"slices"
 	"sort"
@@ -204,7 +205,8 @@ func runSchedules(ctx context.Context, opts cluster.Options, manager string, n, 
 	if err := namespace(ctx, c, scheduleNamespace); err != nil {
 		return err
 	}
-	proc, metricsAddr, _, err := startManager(ctx, c, manager, managerArgs, false)
+	profile := profileDir != ""
+	proc, metricsAddr, pprofAddr, err := startManager(ctx, c, manager, managerArgs, profile)
 	if err != nil {
 		return err
 	}
@@ -260,6 +262,14 @@ func runSchedules(ctx context.Context, opts cluster.Options, manager string, n, 
 	}
 	// t0 is the fire minute itself (within the sleep's precision); CPU counts from here.
 	pw.start()
+	cpuProfile := make(chan error, 1)
+	if profile {
+		go func() {
+			cpuProfile <- saveURL(fmt.Sprintf("http://%s/debug/pprof/profile?seconds=%d", pprofAddr, profileSeconds), filepath.Join(profileDir, "cpu.pprof"))
+		}()
+	} else {
+		cpuProfile <- nil
+	}
 	if err := pw.wait(ctx, 15*time.Minute); err != nil {
 		return err
 	}
@@ -280,6 +290,14 @@ func runSchedules(ctx context.Context, opts cluster.Options, manager string, n, 
 		return err
 	}
 	rss := peakRSS(proc.Pid())
+	if profile {
+		if err := saveURL("http://"+pprofAddr+"/debug/pprof/heap?gc=1", filepath.Join(profileDir, "heap.pprof")); err != nil {
+			return err
+		}
+	}
+	if err := <-cpuProfile; err != nil {
+		return err
+	}
 
 	// Every schedule's own status records its run's success (the schedule's Ready): polled,
 	// 20 small objects.
