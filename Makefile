@@ -89,6 +89,10 @@ bench-fanout: kwok build ## Fan-out benchmark on N (default 1000) simulated Wind
 	K8S_EXTRA=kube-scheduler K8S_VERSION=$(K8S_VERSION) K8S_ASSETS="$(K8S_ASSETS)" hack/setup-envtest.sh >/dev/null
 	go run ./hack/bench-fanout --assets "$(K8S_ASSETS)" --kwok "$(KWOK)" --nodes $(or $(N),1000) $(foreach a,$(MANAGER_ARGS),--manager-arg=$(a)) $(BENCH_ARGS)
 
+.PHONY: bench-schedules
+bench-schedules: setup-envtest kwok build ## Schedule benchmark: SCHEDULES (default 20) NodeTaskSchedules firing at the same minute over N (default 250) simulated Windows nodes; time until every run is Ready, manager memory, CPU and API requests. Not part of CI.
+	go run ./hack/bench-fanout --assets "$(K8S_ASSETS)" --kwok "$(KWOK)" --work-dir bin/bench-schedules --nodes $(or $(N),250) --schedules $(or $(SCHEDULES),20) $(foreach a,$(MANAGER_ARGS),--manager-arg=$(a)) $(BENCH_ARGS)
+
 .PHONY: argocd-testdata
 argocd-testdata: setup-envtest kwok build ## Regenerate the Argo CD health check's testdata from tasks run on the simulated cluster.
 	go run ./hack/argocd-testdata --assets "$(K8S_ASSETS)" --kwok "$(KWOK)"

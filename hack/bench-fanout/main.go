@@ -5,6 +5,11 @@
 // its defaults. Times come from watches started (and synced) before each contender's work is
 // applied. It prints one table with each contender's ratio to the bare client.
 // `make bench-fanout N=1000`; not part of CI (it takes minutes).
+//
+// With --schedules K it measures NodeTaskSchedules instead: K schedules that fire at the same
+// minute, each running on every one of the N nodes, and prints the time from the fire minute
+// until every run is Ready, the manager's peak RSS and CPU, and the API requests
+// (`make bench-schedules`; see runSchedules).
 package main
 
 import (
@@ -73,16 +78,18 @@ func main() {
 		opts    cluster.Options
 		manager string
 		n       int
+		k       int
 	)
 	opts.AddFlags(flag.CommandLine, "bin/bench-fanout")
 	flag.StringVar(&manager, "manager", "bin/manager", "The manager binary.")
 	flag.IntVar(&n, "nodes", 1000, "Simulated Windows nodes.")
-	flag.StringVar(&profileDir, "profile-dir", "", "Write the manager's CPU profile (cpu.pprof) and its heap profile once Ready (heap.pprof) here, in the first round; not under --work-dir, which the next run clears.")
+	flag.StringVar(&profileDir, "profile-dir", "", "Write the manager's CPU profile (cpu.pprof) and its heap profile once Ready (heap.pprof) here, in the first round (with --schedules: from the fire minute, and once every run is Ready); not under --work-dir, which the next run clears.")
 	flag.IntVar(&profileSeconds, "profile-seconds", 15, "Length of the manager's CPU profile, from the task's creation.")
 	flag.IntVar(&roundsFlag, "rounds", 1, "Run the bare clients and the NodeTask this many times and show the medians (single runs on a small machine vary by a third).")
 	flag.BoolVar(&skipDaemonSet, "skip-daemonset", false, "Leave the DaemonSet out (it takes 50 s at 1000 nodes).")
 	flag.Var(&managerArgs, "manager-arg", "An extra manager flag (repeatable), to compare settings with the defaults.")
 	flag.Var(&compareArgs, "compare-manager-arg", "A manager flag (repeatable) for a second NodeTask contender run in the same rounds.")
+	flag.IntVar(&k, "schedules", 0, "Instead of the fan-out contenders, this many NodeTaskSchedules firing at the same minute on every node (no kube-scheduler needed).")
 	flag.Parse()
 	// The API server's warnings to the benchmark's clients, if any, go to standard error.
 	ctrllog.SetLogger(zap.New(zap.WriteTo(os.Stderr)))
@@ -96,6 +103,15 @@ func main() {
 
 	ctx, stop := context.WithCancel(context.Background())
 	defer stop()
+	if k > 0 {
+		// NodeTask pods are bound by nodeName: no scheduler, and no DaemonSet.
+		opts.ExtraControllers, opts.Scheduler = []string{"nodelifecycle"}, ""
+		if err := runSchedules(ctx, opts, manager, n, k); err != nil {
+			fmt.Fprintln(os.Stderr, "bench-fanout:", err)
+			os.Exit(1)
+		}
+		return
+	}
 	if err := run(ctx, opts, manager, n); err != nil {
 		fmt.Fprintln(os.Stderr, "bench-fanout:", err)
 		os.Exit(1)
@@ -633,33 +649,9 @@ func benchNodeTask(ctx context.Context, c *cluster.Cluster, manager string, n, r
 	if err := namespace(ctx, c, ns); err != nil {
 		return result{}, err
 	}
-	if err := c.Client.Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "nodetask-system"}}); err != nil && !apierrors.IsAlreadyExists(err) {
-		return result{}, err
-	}
-	probe, err := cluster.FreeAddr()
-	if err != nil {
-		return result{}, err
-	}
-	metricsAddr, err := cluster.FreeAddr()
-	if err != nil {
-		return result{}, err
-	}
-	pprofAddr, err := cluster.FreeAddr()
-	if err != nil {
-		return result{}, err
-	}
-	args := append([]string{"--leader-elect", "--leader-election-namespace=nodetask-system",
-		"--metrics-bind-address=" + metricsAddr, "--metrics-secure=false", "--health-probe-bind-address=" + probe}, extra...)
 	profile := profileDir != "" && round == 1 && name == "NodeTask"
-	if profile {
-		args = append(args, "--pprof-bind-address="+pprofAddr)
-	}
-	proc, err := c.StartProcess("manager", manager, args...)
+	proc, metricsAddr, pprofAddr, err := startManager(ctx, c, manager, extra, profile)
 	if err != nil {
-		return result{}, err
-	}
-	// Caches synced before the work is applied, as for the other contenders.
-	if err := waitHTTP(ctx, "http://"+probe+"/readyz", 2*time.Minute); err != nil {
 		return result{}, err
 	}
 	cs, err := kubernetes.NewForConfig(c.Config)
@@ -729,6 +721,38 @@ func benchNodeTask(ctx context.Context, c *cluster.Cluster, manager string, n, r
 		return result{}, err
 	}
 	return r, clearPods(ctx, c, ns)
+}
+
+// startManager starts the manager as its own process with leader election (as deployed),
+// plain-HTTP metrics, and the extra flags, and waits until it is ready (its caches synced),
+// so that the work applied next meets a manager as a running cluster would have it. It
+// returns the process and the metrics address, and the pprof address when profile is set.
+func startManager(ctx context.Context, c *cluster.Cluster, manager string, extra []string, profile bool) (proc *cluster.Process, metricsAddr, pprofAddr string, err error) {
+	if err := c.Client.Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "nodetask-system"}}); err != nil && !apierrors.IsAlreadyExists(err) {
+		return nil, "", "", err
+	}
+	probe, err := cluster.FreeAddr()
+	if err != nil {
+		return nil, "", "", err
+	}
+	if metricsAddr, err = cluster.FreeAddr(); err != nil {
+		return nil, "", "", err
+	}
+	if pprofAddr, err = cluster.FreeAddr(); err != nil {
+		return nil, "", "", err
+	}
+	args := append([]string{"--leader-elect", "--leader-election-namespace=nodetask-system",
+		"--metrics-bind-address=" + metricsAddr, "--metrics-secure=false", "--health-probe-bind-address=" + probe}, extra...)
+	if profile {
+		args = append(args, "--pprof-bind-address="+pprofAddr)
+	}
+	if proc, err = c.StartProcess("manager", manager, args...); err != nil {
+		return nil, "", "", err
+	}
+	if err := waitHTTP(ctx, "http://"+probe+"/readyz", 2*time.Minute); err != nil {
+		return nil, "", "", err
+	}
+	return proc, metricsAddr, pprofAddr, nil
 }
 
 // watchReady watches the task (which need not exist yet) and sends the time its Ready
@@ -822,21 +846,38 @@ func saveURL(url, path string) error {
 	return f.Close()
 }
 
-// scrape reads the unlabelled samples of a Prometheus text endpoint.
+// scrape reads the samples of a Prometheus text endpoint, by series: the name, with its
+// labels as the endpoint writes them if it has any.
 func scrape(url string) (map[string]float64, error) {
 	resp, err := http.Get(url) //nolint:gosec // loopback
 	if err != nil {
 		return nil, err
 	}
 	defer resp.Body.Close()
+	return parseMetrics(resp.Body)
+}
+
+// parseMetrics reads Prometheus text samples by series (see scrape).
+func parseMetrics(r io.Reader) (map[string]float64, error) {
 	out := map[string]float64{}
-	sc := bufio.NewScanner(resp.Body)
+	sc := bufio.NewScanner(r)
 	sc.Buffer(make([]byte, 1<<20), 1<<20)
 	for sc.Scan() {
-		name, value, ok := strings.Cut(sc.Text(), " ")
-		if !ok || strings.HasPrefix(name, "#") || strings.Contains(name, "{") {
+		line := sc.Text()
+		if strings.HasPrefix(line, "#") {
 			continue
 		}
+		// Label values may hold spaces: the value follows the closing brace, if any.
+		cut := strings.LastIndexByte(line, '}') + 1
+		if cut == 0 {
+			cut = strings.IndexByte(line, ' ')
+		}
+		if cut <= 0 || cut >= len(line) {
+			continue
+		}
+		name, value := line[:cut], strings.TrimSpace(line[cut:])
+		// A timestamp may follow the value.
+		value, _, _ = strings.Cut(value, " ")
 		if v, err := strconv.ParseFloat(value, 64); err == nil {
 			out[name] = v
 		}

@@ -12,6 +12,7 @@ import (
 	"k8s.io/cli-runtime/pkg/genericclioptions"
 	"k8s.io/cli-runtime/pkg/genericiooptions"
 	"k8s.io/utils/ptr"
+	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/client/fake"
 
 	ntv1 "github.com/nodetask/nodetask-operator/api/v1alpha1"
@@ -159,5 +160,76 @@ func TestRunNowRefusesWhileActive(t *testing.T) {
 	}
 	if len(tasks) != 0 {
 		t.Errorf("created %d NodeTasks", len(tasks))
+	}
+}
+
+// runTargets runs `targets ARGS...` against a fake API server holding the objects and three
+// Windows nodes (win-a and win-b in pool "patch", win-c in pool "other") and a Linux node,
+// with stdin for -f -, and returns what it printed.
+func runTargets(t *testing.T, stdin string, objs []client.Object, args ...string) (string, error) {
+	t.Helper()
+	node := func(name, os, pool string) *corev1.Node {
+		return &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: name, Labels: map[string]string{corev1.LabelOSStable: os, "pool": pool}},
+			Status: corev1.NodeStatus{Conditions: []corev1.NodeCondition{{Type: corev1.NodeReady, Status: corev1.ConditionTrue}}}}
+	}
+	objs = append(objs, node("win-a", "windows", "patch"), node("win-b", "windows", "patch"), node("win-c", "windows", "other"),
+		node("linux-a", "linux", "patch"))
+	c := fake.NewClientBuilder().WithScheme(newScheme()).WithObjects(objs...).Build()
+	var out bytes.Buffer
+	o := &options{config: genericclioptions.NewConfigFlags(false), now: func() time.Time { return now }, client: c,
+		streams: genericiooptions.IOStreams{In: strings.NewReader(stdin), Out: &out, ErrOut: &out}}
+	o.config.Namespace = ptr.To("ops")
+	cmd := newTargetsCommand(o)
+	cmd.SilenceErrors, cmd.SilenceUsage = true, true
+	cmd.SetArgs(args)
+	cmd.SetOut(&out)
+	err := cmd.ExecuteContext(context.Background())
+	return out.String(), err
+}
+
+// TestTargetsOfASchedule: `targets nts/NAME` judges the schedule's template, not its last
+// run, and says so; a schedule manifest with -f gives the same decisions.
+func TestTargetsOfASchedule(t *testing.T) {
+	s := weeklySchedule()
+	s.Spec.Template.Spec.NodeSelector = &metav1.LabelSelector{MatchLabels: map[string]string{"pool": "patch"}}
+	for _, arg := range []string{"nodetaskschedule/weekly-patch", "nts/weekly-patch"} {
+		out, err := runTargets(t, "", []client.Object{s}, arg)
+		if err != nil {
+			t.Fatalf("%s: %v\n%s", arg, err, out)
+		}
+		golden(t, "targets-schedule", []byte(out))
+	}
+
+	manifest := `apiVersion: nodetask.io/v1alpha1
+kind: NodeTaskSchedule
+metadata: {name: weekly-patch}
+spec:
+  schedule: "0 3 * * 6"
+  template:
+    spec:
+      script: {inline: Install-WindowsUpdate}
+      nodeSelector: {matchLabels: {pool: patch}}
+`
+	out, err := runTargets(t, manifest, nil, "-f", "-", "-o", "json")
+	if err != nil {
+		t.Fatalf("-f: %v\n%s", err, out)
+	}
+	for _, want := range []string{`"node": "win-a"`, `"target": true`, `"node": "win-c"`, "spec.nodeSelector does not match"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("-f schedule manifest: no %q in\n%s", want, out)
+		}
+	}
+	if strings.Count(out, `"target": true`) != 2 {
+		t.Errorf("want win-a and win-b as the only targets:\n%s", out)
+	}
+}
+
+// TestTargetsOfAMissingSchedule: a schedule that is not there is an error naming it, not
+// the targets of a task of that name.
+func TestTargetsOfAMissingSchedule(t *testing.T) {
+	task := &ntv1.NodeTask{ObjectMeta: metav1.ObjectMeta{Namespace: "ops", Name: "weekly-patch"}}
+	_, err := runTargets(t, "", []client.Object{task}, "nts/weekly-patch")
+	if err == nil || !strings.Contains(err.Error(), "NodeTaskSchedule ops/weekly-patch") {
+		t.Fatalf("got %v", err)
 	}
 }
