@@ -1,6 +1,7 @@
 package e2e
 
 import (
+	"encoding/json"
 	"fmt"
 	"net/http"
 	"regexp"
@@ -19,6 +20,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	ntv1 "github.com/nodetask/nodetask-operator/api/v1alpha1"
+	"github.com/nodetask/nodetask-operator/controllers/rollout"
 	"github.com/nodetask/nodetask-operator/controllers/schedule"
 )
 
@@ -210,6 +212,19 @@ var _ = Describe("NodeTaskSchedule", func() {
 		out = plugin("", "status", "nodetaskschedule/"+sched.Name, "-n", ns)
 		Expect(out.code).To(BeZero(), out.stderr)
 		Expect(out.stdout).To(MatchRegexp(`(?m)^NodeTask: +%s/%s$`, ns, fourth))
+
+		By("kubectl nodetask targets nts/NAME: the template's targets are the pool, as the runs' are")
+		out = plugin("", "targets", "nts/"+sched.Name, "-n", ns, "-o", "json")
+		Expect(out.code).To(BeZero(), out.stderr)
+		var decisions []rollout.TargetDecision
+		Expect(json.Unmarshal([]byte(out.stdout), &decisions)).To(Succeed())
+		var targets []string
+		for _, d := range decisions {
+			if d.Target {
+				targets = append(targets, d.Node)
+			}
+		}
+		Expect(targets).To(ConsistOf(nodes))
 
 		By("metrics: the restarted manager started runs 2, 3 and 4; none skipped or missed; the next run's time")
 		reader := tokenOf("schedule-scraper", "nodetask-metrics-reader")
