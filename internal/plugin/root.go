@@ -119,17 +119,25 @@ func (o *options) namespace() (string, error) {
 
 // getTask reads one task from the namespace in effect.
 func (o *options) getTask(cmd *cobra.Command, name string) (*ntv1.NodeTask, error) {
+	task := &ntv1.NodeTask{}
+	if err := o.get(cmd, "NodeTask", name, task); err != nil {
+		return nil, err
+	}
+	return task, nil
+}
+
+// get reads one object of the given kind and name from the namespace in effect into obj.
+func (o *options) get(cmd *cobra.Command, kind, name string, obj client.Object) error {
 	c, _, err := o.clients()
 	if err != nil {
-		return nil, err
+		return err
 	}
 	ns, err := o.namespace()
 	if err != nil {
-		return nil, err
+		return err
 	}
-	task := &ntv1.NodeTask{}
-	if err := c.Get(cmd.Context(), client.ObjectKey{Namespace: ns, Name: name}, task); err != nil {
-		return nil, fmt.Errorf("reading NodeTask %s/%s: %w", ns, name, err)
+	if err := c.Get(cmd.Context(), client.ObjectKey{Namespace: ns, Name: name}, obj); err != nil {
+		return fmt.Errorf("reading %s %s/%s: %w", kind, ns, name, err)
 	}
-	return task, nil
+	return nil
 }

@@ -19,17 +19,9 @@ import (
 
 // getSchedule reads one NodeTaskSchedule from the namespace in effect.
 func (o *options) getSchedule(cmd *cobra.Command, name string) (*ntv1.NodeTaskSchedule, error) {
-	c, _, err := o.clients()
-	if err != nil {
-		return nil, err
-	}
-	ns, err := o.namespace()
-	if err != nil {
-		return nil, err
-	}
 	s := &ntv1.NodeTaskSchedule{}
-	if err := c.Get(cmd.Context(), client.ObjectKey{Namespace: ns, Name: name}, s); err != nil {
-		return nil, fmt.Errorf("reading NodeTaskSchedule %s/%s: %w", ns, name, err)
+	if err := o.get(cmd, "NodeTaskSchedule", name, s); err != nil {
+		return nil, err
 	}
 	return s, nil
 }
