@@ -41,12 +41,7 @@ func newRerunCommand(o *options) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			n := 0
-			for _, d := range decisions {
-				if d.Target {
-					n++
-				}
-			}
+			n := targetCount(decisions)
 			fmt.Fprintf(o.streams.Out, "NodeTask %s/%s will run again (run %d) on %d nodes.\n", task.Namespace, task.Name, task.Status.Run+1, n)
 			if !yes && !confirm(o, "Run it again?") {
 				return fmt.Errorf("not confirmed; nothing changed (pass --yes to skip the question)")

@@ -40,6 +40,15 @@ func scheduleArg(arg string) (string, bool) {
 	return "", false
 }
 
+// scheduleName is the schedule named by a command that takes only schedules: NAME, or
+// nodetaskschedule/NAME as scheduleArg reads it.
+func scheduleName(arg string) string {
+	if name, ok := scheduleArg(arg); ok {
+		return name
+	}
+	return arg
+}
+
 func newHistoryCommand(o *options) *cobra.Command {
 	var output string
 	cmd := &cobra.Command{
@@ -55,10 +64,7 @@ func newHistoryCommand(o *options) *cobra.Command {
 			if output != "" && output != "json" && output != "yaml" {
 				return fmt.Errorf("--output must be json or yaml, not %q", output)
 			}
-			name := args[0]
-			if n, ok := scheduleArg(name); ok {
-				name = n
-			}
+			name := scheduleName(args[0])
 			s, err := o.getSchedule(cmd, name)
 			if err != nil {
 				return err
@@ -163,10 +169,7 @@ func newRunNowCommand(o *options) *cobra.Command {
   kubectl nodetask run-now weekly-patch --yes`,
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			name := args[0]
-			if n, ok := scheduleArg(name); ok {
-				name = n
-			}
+			name := scheduleName(args[0])
 			s, err := o.getSchedule(cmd, name)
 			if err != nil {
 				return err
@@ -188,12 +191,7 @@ func newRunNowCommand(o *options) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			n := 0
-			for _, d := range decisions {
-				if d.Target {
-					n++
-				}
-			}
+			n := targetCount(decisions)
 			fmt.Fprintf(o.streams.Out, "NodeTask %s/%s will be created from NodeTaskSchedule %s and run on %d nodes.\n", run.Namespace, run.Name, s.Name, n)
 			if !yes && !confirm(o, "Run it now?") {
 				return fmt.Errorf("not confirmed; nothing created (pass --yes to skip the question)")

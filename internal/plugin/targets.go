@@ -144,6 +144,17 @@ func decodeFile(path string, stdin io.Reader) (runtime.Object, error) {
 	return obj, nil
 }
 
+// targetCount is how many of the decisions are targets.
+func targetCount(decisions []rollout.TargetDecision) int {
+	n := 0
+	for _, d := range decisions {
+		if d.Target {
+			n++
+		}
+	}
+	return n
+}
+
 // printTargets prints the targets first, then the nodes left out, each with why.
 func printTargets(w io.Writer, decisions []rollout.TargetDecision) error {
 	targets, waiting := 0, 0
