@@ -46,6 +46,10 @@ const (
 	// ReasonScriptConfigMapConflict: an object the task does not own holds the name of the
 	// run's script ConfigMap.
 	ReasonScriptConfigMapConflict = "ScriptConfigMapConflict"
+	// ReasonNonCompliant: an Audit run finished and its check found nodes out of
+	// compliance (Ready is True: the audit is done; the message counts the nodes, and the
+	// Argo CD health check reports the task Degraded).
+	ReasonNonCompliant = "NonCompliant"
 	// ReasonStatusTooLarge: the per-node results no longer fit in the object under the API
 	// server's size limit; no further node starts and no pod is deleted, so no result is lost.
 	ReasonStatusTooLarge = "StatusTooLarge"
@@ -77,6 +81,14 @@ const (
 	// NodeReasonRebootRequired: the attempt succeeded with one of spec.rebootExitCodes
 	// (3010, 1641): the node must restart to finish what the script did.
 	NodeReasonRebootRequired = "RebootRequired"
+	// NodeReasonStillNonCompliant: the check found the node non-compliant, the script ran
+	// and succeeded, and the check still found it non-compliant; the output holds the
+	// check's, the script's and the re-check's output.
+	NodeReasonStillNonCompliant = "StillNonCompliant"
+	// NodeReasonCheckFailed: spec.check exited with a code that is neither 0 (compliant)
+	// nor check.nonCompliantExitCode. A failed check before the claim (attempt 0) is not
+	// retried: the check itself needs fixing.
+	NodeReasonCheckFailed = "CheckFailed"
 	// NodeReasonRetryBackoff: the last attempt failed and the next waits for its backoff.
 	NodeReasonRetryBackoff = "RetryBackoff"
 	// NodeReasonNodeBusy: another NodeTask has claimed the node (nodetask.io/claim) to

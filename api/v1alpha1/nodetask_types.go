@@ -20,7 +20,12 @@ const DefaultRunAsUserName = `NT AUTHORITY\SYSTEM`
 
 // NodeTaskSpec says what to run, on which Windows nodes, and how fast to roll it out.
 //
-// +kubebuilder:validation:XValidation:rule="has(self.script) != has(self.container)",message="set exactly one of spec.script (a script run by an interpreter on the host) or spec.container (an image with its own command)"
+// +kubebuilder:validation:XValidation:rule="has(self.script) != has(self.container) || (has(self.mode) && self.mode == 'Audit' && !has(self.script) && !has(self.container))",message="set exactly one of spec.script (a script run by an interpreter on the host) or spec.container (an image with its own command); only a task with mode Audit, which runs spec.check alone, may have neither"
+// +kubebuilder:validation:XValidation:rule="!has(self.check) || !has(self.container)",message="spec.check runs through the script wrapper, which a container task does not have: use spec.script for the fix, or leave spec.check out"
+// +kubebuilder:validation:XValidation:rule="!has(self.mode) || self.mode != 'Audit' || has(self.check)",message="mode Audit runs only spec.check: set spec.check"
+// +kubebuilder:validation:XValidation:rule="!has(self.mode) || self.mode != 'Audit' || (!has(self.script) && !has(self.container))",message="mode Audit changes nothing, so it runs no spec.script or spec.container: leave them out, or use mode Apply to fix what the check finds"
+// +kubebuilder:validation:XValidation:rule="!has(self.mode) || self.mode != 'Audit' || (!has(self.drain) && !(has(self.cordon) && self.cordon) && (!has(self.reboot) || self.reboot == 'Never'))",message="mode Audit changes nothing: it cannot cordon, drain or reboot nodes (leave out cordon, drain and reboot)"
+// +kubebuilder:validation:XValidation:rule="!has(self.check) || !has(self.check.nonCompliantExitCode) || !has(self.rebootExitCodes) || !(self.check.nonCompliantExitCode in self.rebootExitCodes)",message="check.nonCompliantExitCode must not be one of rebootExitCodes"
 type NodeTaskSpec struct {
 	// nodeSelector selects the nodes to run on by their labels. It is always combined with
 	// kubernetes.io/os=windows: Linux nodes are never targeted. Unset selects every Windows node.
@@ -55,6 +60,27 @@ type NodeTaskSpec struct {
 	// Set exactly one of script and container.
 	// +optional
 	Container *ContainerSpec `json:"container,omitempty"`
+
+	// check is a script that asks whether a node is already right, run on the node before
+	// spec.script (DSC's Test, Ansible's check mode). Exit 0: the node is compliant, the
+	// script is not run, and nothing else happens (no cordon, drain or restart); its entry
+	// is Succeeded with compliance Compliant. Exit check.nonCompliantExitCode: the node is
+	// non-compliant; spec.script runs, then the check again, and the node succeeds
+	// (compliance Remediated) only if the check then exits 0, else it fails with reason
+	// StillNonCompliant. Any other exit code fails the node with reason CheckFailed. The
+	// check and the fix run in one pod through the operator's wrapper; a task that
+	// cordons, drains or reboots first runs the check alone in a pod of its own (attempt 0)
+	// before it claims the node, so a compliant node is never cordoned, drained or
+	// restarted. Needs spec.script, or mode Audit.
+	// +optional
+	Check *CheckSpec `json:"check,omitempty"`
+
+	// mode is Apply (the default: run the task, and with spec.check only where the check
+	// finds the node non-compliant) or Audit (run only spec.check, change nothing, and
+	// report each node Compliant or NonCompliant).
+	// +optional
+	// +kubebuilder:default=Apply
+	Mode TaskMode `json:"mode,omitempty"`
 
 	// env sets environment variables for the script or container. Names starting with
 	// NODETASK_ are reserved for the ones the operator sets (NODETASK_NAME, NODETASK_RUN...).
@@ -340,6 +366,49 @@ type ScriptSpec struct {
 	Image string `json:"image,omitempty"`
 }
 
+// TaskMode says whether a task changes nodes or only reports on them.
+// +kubebuilder:validation:Enum=Apply;Audit
+type TaskMode string
+
+const (
+	// ModeApply runs the task (with spec.check: only where the check finds drift).
+	ModeApply TaskMode = "Apply"
+	// ModeAudit runs only spec.check and changes nothing.
+	ModeAudit TaskMode = "Audit"
+)
+
+// DefaultNonCompliantExitCode is spec.check.nonCompliantExitCode when unset.
+const DefaultNonCompliantExitCode = 1
+
+// CheckSpec is a script that tells whether a node is compliant, by its exit code.
+//
+// +kubebuilder:validation:XValidation:rule="has(self.inline) != has(self.configMapKeyRef)",message="set exactly one of check.inline (the check's text) or check.configMapKeyRef (a ConfigMap key holding it)"
+type CheckSpec struct {
+	// inline is the check's text.
+	// +optional
+	// +kubebuilder:validation:MaxLength=65536
+	// +kubebuilder:validation:XValidation:rule="self.trim().size() > 0",message="check.inline must not be empty"
+	Inline *string `json:"inline,omitempty"`
+
+	// configMapKeyRef names a key of a ConfigMap in the NodeTask's namespace that holds the
+	// check. Like spec.script's, the text is copied when a revision starts.
+	// +optional
+	ConfigMapKeyRef *ConfigMapKeyReference `json:"configMapKeyRef,omitempty"`
+
+	// interpreter runs the check: PowerShell (Windows PowerShell 5.1), Pwsh (PowerShell 7,
+	// if the host has it) or Cmd (a batch file).
+	// +optional
+	// +kubebuilder:default=PowerShell
+	Interpreter Interpreter `json:"interpreter,omitempty"`
+
+	// nonCompliantExitCode is the exit code by which the check says "this node is not
+	// right, fix it". 0 means compliant; any other code is a check that failed.
+	// +optional
+	// +kubebuilder:default=1
+	// +kubebuilder:validation:XValidation:rule="self != 0",message="check.nonCompliantExitCode must not be 0, which means compliant"
+	NonCompliantExitCode *int32 `json:"nonCompliantExitCode,omitempty"`
+}
+
 // ConfigMapKeyReference names a key of a ConfigMap in the NodeTask's namespace.
 type ConfigMapKeyReference struct {
 	// name is the ConfigMap's name.
@@ -490,6 +559,38 @@ type NodeStatus struct {
 	// bootIDAfter is the node's boot ID once it came back from the restart.
 	// +optional
 	BootIDAfter string `json:"bootIDAfter,omitempty"`
+
+	// compliance is what spec.check found on the node in this entry's run: Compliant (the
+	// first check passed, nothing was changed), Remediated (the check failed, the script
+	// ran, the check passed after it) or NonCompliant (the check failed, and either mode
+	// is Audit, the script did not repair it, or the script has not run yet). Empty for a
+	// task without a check, and while the node's check has no answer.
+	// +optional
+	Compliance Compliance `json:"compliance,omitempty"`
+}
+
+// Compliance is what a task's check found on one node.
+// +kubebuilder:validation:Enum=Compliant;NonCompliant;Remediated
+type Compliance string
+
+const (
+	// Compliant: the check passed before anything was changed.
+	Compliant Compliance = "Compliant"
+	// NonCompliant: the check failed and the node was not (or not yet) put right.
+	NonCompliant Compliance = "NonCompliant"
+	// Remediated: the check failed, the script ran, and the check passed after it.
+	Remediated Compliance = "Remediated"
+)
+
+// ComplianceSummary counts what the task's check found on its targets in the current run.
+type ComplianceSummary struct {
+	// compliant counts targets that were compliant or were remediated.
+	Compliant int32 `json:"compliant"`
+	// nonCompliant counts targets the check found out of compliance and that were not put
+	// right (all of them in mode Audit).
+	NonCompliant int32 `json:"nonCompliant"`
+	// unknown counts targets without an answer: not checked yet, or the check failed.
+	Unknown int32 `json:"unknown"`
 }
 
 // NodeTaskStatus is what the operator observed and did. The operator writes it; nothing in
@@ -539,6 +640,11 @@ type NodeTaskStatus struct {
 	// +optional
 	Failed int32 `json:"failed"`
 
+	// compliance counts what spec.check found on the targets in the current run; only a
+	// task with a check has it.
+	// +optional
+	Compliance *ComplianceSummary `json:"compliance,omitempty"`
+
 	// conditions follow the kstatus conventions: Ready, Reconciling and Stalled.
 	// +optional
 	// +listType=map
@@ -568,6 +674,8 @@ type NodeTaskStatus struct {
 // +kubebuilder:printcolumn:name="Running",type=integer,JSONPath=`.status.running`,priority=1
 // +kubebuilder:printcolumn:name="Succeeded",type=integer,JSONPath=`.status.succeeded`
 // +kubebuilder:printcolumn:name="Failed",type=integer,JSONPath=`.status.failed`
+// +kubebuilder:printcolumn:name="Compliant",type=integer,JSONPath=`.status.compliance.compliant`
+// +kubebuilder:printcolumn:name="NonCompliant",type=integer,JSONPath=`.status.compliance.nonCompliant`
 // +kubebuilder:printcolumn:name="Ready",type=string,JSONPath=`.status.conditions[?(@.type=="Ready")].status`
 // +kubebuilder:printcolumn:name="Age",type=date,JSONPath=`.metadata.creationTimestamp`
 // +kubebuilder:printcolumn:name="Message",type=string,JSONPath=`.status.conditions[?(@.type=="Ready")].message`,priority=1
