@@ -17,6 +17,7 @@ import (
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/tools/events"
 	"k8s.io/klog/v2"
+	"k8s.io/utils/ptr"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/builder"
 	"sigs.k8s.io/controller-runtime/pkg/client"
@@ -296,7 +297,7 @@ func (r *NodeTaskReconciler) apply(ctx context.Context, task *ntv1.NodeTask, obs
 	if err := r.applyMaintenance(ctx, task, obs, plan); err != nil {
 		return rollout.Outcome{}, err
 	}
-	if task.Spec.Script != nil && (len(plan.Create) > 0 || plan.Unstarted > 0) {
+	if (task.Spec.Script != nil || task.Spec.Check != nil) && (len(plan.Create) > 0 || plan.Unstarted > 0) {
 		// Checked on every pass that starts pods or has pods waiting to start, never
 		// remembered: someone may have deleted it, and pods would then hang in
 		// ContainerCreating until their timeout.
@@ -416,35 +417,52 @@ func (r *NodeTaskReconciler) ensureScript(ctx context.Context, task *ntv1.NodeTa
 		return nil, fmt.Errorf("reading script ConfigMap: %w", err)
 	}
 
-	var script string
-	switch s := task.Spec.Script; {
-	case s.Inline != nil:
-		script = *s.Inline
-	case s.ConfigMapKeyRef != nil:
-		var src corev1.ConfigMap
-		ref := s.ConfigMapKeyRef
-		err := r.APIReader.Get(ctx, types.NamespacedName{Namespace: task.Namespace, Name: ref.Name}, &src)
-		if apierrors.IsNotFound(err) {
-			return &rollout.Problem{Reason: ntv1.ReasonConfigMapNotFound, Message: fmt.Sprintf(
-				"ConfigMap %q, named by spec.script.configMapKeyRef, does not exist in namespace %q: create it with the script under key %q, or fix the reference",
-				ref.Name, task.Namespace, ref.Key)}, nil
+	var texts rollout.ScriptTexts
+	if s := task.Spec.Script; s != nil {
+		text, problem, err := r.scriptText(ctx, task, "spec.script", s.Inline, s.ConfigMapKeyRef)
+		if problem != nil || err != nil {
+			return problem, err
 		}
-		if err != nil {
-			return nil, fmt.Errorf("reading ConfigMap %s: %w", ref.Name, err)
-		}
-		text, ok := src.Data[ref.Key]
-		if !ok {
-			// The other keys are not named: the task's author may not be allowed to read them.
-			return &rollout.Problem{Reason: ntv1.ReasonConfigMapNotFound, Message: fmt.Sprintf(
-				"ConfigMap %q has no key %q: add the script under that key, or fix spec.script.configMapKeyRef.key",
-				ref.Name, ref.Key)}, nil
-		}
-		script = text
+		texts.Script = text
 	}
-	if err := r.Client.Create(ctx, rollout.ScriptConfigMap(task, run, revision, script)); err != nil && !apierrors.IsAlreadyExists(err) {
+	if c := task.Spec.Check; c != nil {
+		text, problem, err := r.scriptText(ctx, task, "spec.check", c.Inline, c.ConfigMapKeyRef)
+		if problem != nil || err != nil {
+			return problem, err
+		}
+		texts.Check = text
+	}
+	if err := r.Client.Create(ctx, rollout.ScriptConfigMap(task, run, revision, texts)); err != nil && !apierrors.IsAlreadyExists(err) {
 		return nil, fmt.Errorf("creating script ConfigMap: %w", err)
 	}
 	return nil, nil
+}
+
+// scriptText returns the text of a script (field is spec.script or spec.check): inline, or
+// the named key of a ConfigMap in the task's namespace.
+func (r *NodeTaskReconciler) scriptText(ctx context.Context, task *ntv1.NodeTask, field string, inline *string,
+	ref *ntv1.ConfigMapKeyReference) (string, *rollout.Problem, error) {
+	if ref == nil {
+		return ptr.Deref(inline, ""), nil, nil
+	}
+	var src corev1.ConfigMap
+	err := r.APIReader.Get(ctx, types.NamespacedName{Namespace: task.Namespace, Name: ref.Name}, &src)
+	if apierrors.IsNotFound(err) {
+		return "", &rollout.Problem{Reason: ntv1.ReasonConfigMapNotFound, Message: fmt.Sprintf(
+			"ConfigMap %q, named by %s.configMapKeyRef, does not exist in namespace %q: create it with the script under key %q, or fix the reference",
+			ref.Name, field, task.Namespace, ref.Key)}, nil
+	}
+	if err != nil {
+		return "", nil, fmt.Errorf("reading ConfigMap %s: %w", ref.Name, err)
+	}
+	text, ok := src.Data[ref.Key]
+	if !ok {
+		// The other keys are not named: the task's author may not be allowed to read them.
+		return "", &rollout.Problem{Reason: ntv1.ReasonConfigMapNotFound, Message: fmt.Sprintf(
+			"ConfigMap %q has no key %q: add the script under that key, or fix %s.configMapKeyRef.key",
+			ref.Name, ref.Key, field)}, nil
+	}
+	return text, nil, nil
 }
 
 // cleanScripts deletes the task's script ConfigMaps of other runs once no pod of another

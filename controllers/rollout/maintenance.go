@@ -246,6 +246,9 @@ func (m *maintenance) next(lc *lifecycle, in maintainInput, e ntv1.NodeStatus) (
 	switch v := in.verdict; v.hold {
 	case mayStart: // within this task's claim: shouldStart holds back a node without one
 		return e, nodeAction{kind: actStartClaimed, start: v.request}, 0
+	case holdUnchecked:
+		// The check before the claim is a pod like any other: it needs a slot and an open gate.
+		return e, nodeAction{kind: actStart, start: v.request}, 0
 	case holdUnclaimed:
 		// The claim comes first; the next pass, which sees it, cordons, drains and starts.
 		return e, nodeAction{kind: actClaim, op: NodeOp{Node: in.name, Kind: OpClaim, Cordon: m.cordon,

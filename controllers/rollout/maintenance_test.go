@@ -66,7 +66,8 @@ func (w *maintWorld) reconcile() *Plan {
 	for _, r := range p.Create {
 		pod := (&PodBuilder{}).Pod(w.task, p.Run, p.Revision, r)
 		pod.UID, pod.CreationTimestamp, pod.Status.Phase = types.UID("uid-"+pod.Name), metav1.NewTime(w.now), corev1.PodRunning
-		w.g.Expect(w.node(r.Node).Spec.Unschedulable || !w.task.Spec.Cordon).To(BeTrue(), "%s runs before it is cordoned", r.Node)
+		// Attempt 0, the check before the claim (spec.check), is the one pod that runs first.
+		w.g.Expect(w.node(r.Node).Spec.Unschedulable || !w.task.Spec.Cordon || r.Attempt == 0).To(BeTrue(), "%s runs before it is cordoned", r.Node)
 		w.pods = append(w.pods, pod)
 	}
 	for _, r := range p.Reboots {

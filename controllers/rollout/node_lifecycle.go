@@ -53,11 +53,38 @@ type lifecycle struct {
 	ttl         *time.Duration
 	tolerations []corev1.Toleration
 	now         time.Time
+	// check is spec.check's rule, or nil for a task without a check.
+	check *checkRule
+}
+
+// checkRule is how a task with spec.check reads and orders its checks.
+type checkRule struct {
+	// nonCompliant is the exit code by which the check says "fix me".
+	nonCompliant int32
+	// audit: mode Audit, the check alone, nothing changed.
+	audit bool
+	// first: the task claims its nodes, so a node's check runs alone (attempt 0) before the
+	// claim, and the fix (attempts 1 and on) only on a node found non-compliant. The
+	// stepper sets it (it knows the maintenance).
+	first bool
+}
+
+// newCheckRule returns the task's check rule, or nil without spec.check.
+func newCheckRule(task *ntv1.NodeTask) *checkRule {
+	c := task.Spec.Check
+	if c == nil {
+		return nil
+	}
+	r := &checkRule{nonCompliant: ntv1.DefaultNonCompliantExitCode, audit: task.Spec.Mode == ntv1.ModeAudit}
+	if c.NonCompliantExitCode != nil {
+		r.nonCompliant = *c.NonCompliantExitCode
+	}
+	return r
 }
 
 func newLifecycle(task *ntv1.NodeTask, run int64, revision string, now time.Time) *lifecycle {
 	lc := &lifecycle{run: run, revision: revision, timeout: ntv1.DefaultTimeoutSeconds * time.Second, tolerations: task.Spec.Tolerations, now: now,
-		rebootCodes: task.Spec.RebootExitCodes}
+		rebootCodes: task.Spec.RebootExitCodes, check: newCheckRule(task)}
 	if task.Spec.Retries != nil {
 		lc.retries = *task.Spec.Retries
 	}
@@ -117,15 +144,71 @@ func (lc *lifecycle) runEntry(in nodeInput, cur *corev1.Pod, attempts []*corev1.
 // success that needs a reboot.
 func (lc *lifecycle) result(pod *corev1.Pod, gone bool) ntv1.NodeStatus {
 	e := podResult(pod, gone, lc.now)
+	if lc.check != nil && PodFinished(pod) {
+		if steps, ok := podSteps(pod); ok {
+			return lc.judge(e, steps)
+		}
+	}
 	if e.Phase == ntv1.NodeFailed && e.Reason == ntv1.NodeReasonError && e.ExitCode != nil && slices.Contains(lc.rebootCodes, *e.ExitCode) {
 		e.Phase, e.Reason = ntv1.NodeSucceeded, ntv1.NodeReasonRebootRequired
 	}
 	return e
 }
 
+// judge turns the steps a check pod reported into the node's entry:
+//
+//	check 0                                  Succeeded, Compliant (nothing ran)
+//	check nonCompliant, no fix (Check mode)  Audit: Succeeded, NonCompliant
+//	                                         attempt 0: Pending, NonCompliant (claim, then fix)
+//	  fix failed (not 0, not a reboot code)  Failed (Error, the fix's code), NonCompliant
+//	  recheck 0                              Succeeded, Remediated (RebootRequired on 3010)
+//	  recheck nonCompliant                   Failed (StillNonCompliant), NonCompliant
+//	  recheck other                          Failed (CheckFailed), NonCompliant
+//	check other                              Failed (CheckFailed), compliance unknown
+func (lc *lifecycle) judge(e ntv1.NodeStatus, s checkSteps) ntv1.NodeStatus {
+	fail := func(reason string, code int32, c ntv1.Compliance) ntv1.NodeStatus {
+		e.Phase, e.Reason, e.ExitCode, e.Compliance = ntv1.NodeFailed, reason, ptrInt32(code), c
+		return e
+	}
+	e.Phase, e.Reason, e.ExitCode = ntv1.NodeSucceeded, "", nil
+	switch check := *s.check; {
+	case check == 0:
+		e.Compliance = ntv1.Compliant
+	case check != lc.check.nonCompliant:
+		return fail(ntv1.NodeReasonCheckFailed, check, "")
+	case s.fix == nil:
+		e.Compliance = ntv1.NonCompliant
+		if !lc.check.audit {
+			// The check before the claim: the fix comes once the node is claimed.
+			e.Phase = ntv1.NodePending
+		}
+	case *s.fix != 0 && !slices.Contains(lc.rebootCodes, *s.fix):
+		return fail(ntv1.NodeReasonError, *s.fix, ntv1.NonCompliant)
+	case s.recheck == nil:
+		// The wrapper always re-checks after a fix that succeeded: a message without the
+		// re-check is not the wrapper's.
+		return fail(ntv1.NodeReasonInterrupted, *s.fix, ntv1.NonCompliant)
+	case *s.recheck == lc.check.nonCompliant:
+		return fail(ntv1.NodeReasonStillNonCompliant, *s.recheck, ntv1.NonCompliant)
+	case *s.recheck != 0:
+		return fail(ntv1.NodeReasonCheckFailed, *s.recheck, ntv1.NonCompliant)
+	default:
+		e.Compliance = ntv1.Remediated
+		if *s.fix != 0 {
+			e.Reason, e.ExitCode = ntv1.NodeReasonRebootRequired, ptrInt32(*s.fix)
+		}
+	}
+	return e
+}
+
 // started is the entry of an attempt whose pod apply created (or found to exist).
-func (lc *lifecycle) started(a StartedAttempt) ntv1.NodeStatus {
-	return ntv1.NodeStatus{Name: a.Node, Phase: ntv1.NodeRunning, Run: lc.run, Attempts: a.Attempt, StartTime: &metav1.Time{Time: a.At}}
+// A fix keeps the compliance its node's check found before it.
+func (lc *lifecycle) started(a StartedAttempt, before ntv1.NodeStatus) ntv1.NodeStatus {
+	e := ntv1.NodeStatus{Name: a.Node, Phase: ntv1.NodeRunning, Run: lc.run, Attempts: a.Attempt, StartTime: &metav1.Time{Time: a.At}}
+	if before.Run == lc.run {
+		e.Compliance = before.Compliance
+	}
+	return e
 }
 
 // rejected is the entry of an attempt whose pod the API server refused: a failed attempt,
@@ -141,7 +224,9 @@ func (lc *lifecycle) rejected(a RejectedAttempt) ntv1.NodeStatus {
 // retry that is no longer allowed (retries was lowered) back into the failure.
 func (lc *lifecycle) retryState(e ntv1.NodeStatus) ntv1.NodeStatus {
 	switch {
-	case e.Phase == ntv1.NodeFailed && e.Attempts <= lc.retries && !maintenanceFailures[e.Reason]:
+	case e.Phase == ntv1.NodeFailed && e.Attempts >= 1 && e.Attempts <= lc.retries && !maintenanceFailures[e.Reason]:
+		// Attempt 0, the check before a claim, is not retried: a check that cannot run
+		// needs a person.
 		e.Phase, e.Reason = ntv1.NodePending, ntv1.NodeReasonRetryBackoff
 	case e.Phase == ntv1.NodePending && e.Reason == ntv1.NodeReasonRetryBackoff && e.Attempts > lc.retries:
 		// The failure's own reason was replaced by RetryBackoff when it was stored; its

@@ -132,6 +132,9 @@ const (
 	// holdBackoff: the node waits for its retry's backoff to end.
 	holdBackoff
 	// For a task that cordons, drains or restarts its nodes, in the order they are met:
+	// holdUnchecked: the task checks a node (spec.check) before it claims it, and this
+	// node's check has no answer in this run yet: the check runs first, alone, in attempt 0.
+	holdUnchecked
 	// holdUnclaimed: the node is not claimed yet; the claim comes first.
 	holdUnclaimed
 	// holdClaimedElsewhere: another task holds the node's claim (NodeBusy).
@@ -146,7 +149,8 @@ const (
 type startVerdict struct {
 	hold startHold
 	// request is the attempt the node would start: set for mayStart and for the holds of
-	// the maintenance before it (holdUnclaimed, holdUncordoned, holdUndrained).
+	// the maintenance before it (holdUnchecked, whose request is the check's attempt 0,
+	// holdUnclaimed, holdUncordoned, holdUndrained).
 	request PodRequest
 	// wait is how long until the backoff ends (holdBackoff).
 	wait time.Duration

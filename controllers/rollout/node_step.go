@@ -24,7 +24,11 @@ type stepper struct {
 }
 
 func newStepper(task *ntv1.NodeTask, run int64, revision string, now time.Time) *stepper {
-	return &stepper{lifecycle: newLifecycle(task, run, revision, now), maint: newMaintenance(task)}
+	st := &stepper{lifecycle: newLifecycle(task, run, revision, now), maint: newMaintenance(task)}
+	if c := st.check; c != nil {
+		c.first = st.maint.claims && !c.audit
+	}
+	return st
 }
 
 // shouldStart is the one place that decides whether a node may start its next attempt,
@@ -59,6 +63,11 @@ func (st *stepper) shouldStart(in nodeInput, busy bool, blocked string, claim cl
 	case !m.claims:
 	case claim == claimForeign:
 		return startVerdict{hold: holdClaimedElsewhere, request: req}
+	case lc.check != nil && lc.check.first && req.Attempt == 1 && (e.Run != lc.run || e.Compliance != ntv1.NonCompliant):
+		// Checked before the claim, so that a compliant node is never cordoned, drained or
+		// restarted; a node found non-compliant goes on to its claim with attempt 1.
+		req.Attempt = 0
+		return startVerdict{hold: holdUnchecked, request: req}
 	case claim == claimFree:
 		return startVerdict{hold: holdUnclaimed, request: req}
 	case m.cordon && !in.node.Spec.Unschedulable:

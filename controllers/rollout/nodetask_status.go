@@ -46,6 +46,10 @@ func ComputeStatus(obs *Observed, p *Plan, out Outcome) ntv1.NodeTaskStatus {
 	entries := recordOutcome(obs, p, out)
 	c := countTargets(entries, p.Targets, p.Run)
 	st.Targets, st.Pending, st.Running, st.Succeeded, st.Failed = c.Targets, c.Pending, c.Running, c.Succeeded, c.Failed
+	if task.Spec.Check != nil {
+		st.Compliance = &ntv1.ComplianceSummary{Compliant: c.Compliant, NonCompliant: c.NonCompliant,
+			Unknown: c.Targets - c.Compliant - c.NonCompliant}
+	}
 	if c.Targets > 0 && c.Pending == 0 && c.Running == 0 {
 		st.CompletionTime = task.Status.CompletionTime
 		if p.NewRun || st.CompletionTime == nil {
@@ -86,7 +90,7 @@ func recordOutcome(obs *Observed, p *Plan, out Outcome) []ntv1.NodeStatus {
 	lc := newLifecycle(obs.Task, p.Run, p.Revision, obs.Now)
 	for _, a := range out.Started {
 		if i, ok := at[a.Node]; ok {
-			entries[i] = lc.started(a)
+			entries[i] = lc.started(a, entries[i])
 		}
 	}
 	for _, a := range out.Rejected {
@@ -112,6 +116,8 @@ func factsOf(task *ntv1.NodeTask, p *Plan, out Outcome, c counts, entries []ntv1
 		NextWindow:    p.NextWindow,
 		Releasing:     p.Releasing,
 		Waiting:       out.Waiting,
+		Check:         task.Spec.Check != nil,
+		Audit:         task.Spec.Mode == ntv1.ModeAudit,
 	}
 	if f.Problem == nil && out.Problem != nil {
 		// Found by apply (a pod refused after the dry run, a missing script ConfigMap): it
@@ -125,6 +131,9 @@ func factsOf(task *ntv1.NodeTask, p *Plan, out Outcome, c counts, entries []ntv1
 		e := &entries[i]
 		if !p.Targets[e.Name] || e.Run != p.Run {
 			continue
+		}
+		if e.Compliance == ntv1.NonCompliant {
+			f.NonCompliant = append(f.NonCompliant, e.Name)
 		}
 		switch {
 		case e.Phase == ntv1.NodeFailed:
@@ -161,6 +170,10 @@ type conditionFacts struct {
 	// Failed, NotReady and Backoff name the targets in those states, sorted. NotReady
 	// includes nodes under kubelet pressure taints.
 	Failed, NotReady, Backoff []string
+	// Check: the task has spec.check; Audit: its mode is Audit. NonCompliant names the
+	// targets the check found out of compliance and not put right.
+	Check, Audit bool
+	NonCompliant []string
 }
 
 // setConditions sets Ready, Reconciling and Stalled. All three are always present, so that
@@ -216,8 +229,12 @@ func setConditions(st *ntv1.NodeTaskStatus, f conditionFacts) {
 		if n := len(f.RebootRequired); n > 0 {
 			msg += fmt.Sprintf("; %d must restart to finish (%s)", n, NameList(f.RebootRequired))
 		}
-		set(ntv1.ConditionReconciling, metav1.ConditionFalse, ntv1.ReasonSucceeded, "")
-		set(ntv1.ConditionReady, metav1.ConditionTrue, ntv1.ReasonSucceeded, msg)
+		reason := ntv1.ReasonSucceeded
+		if f.Check {
+			reason, msg = complianceMessage(f, msg)
+		}
+		set(ntv1.ConditionReconciling, metav1.ConditionFalse, reason, "")
+		set(ntv1.ConditionReady, metav1.ConditionTrue, reason, msg)
 	case c.Targets == 0:
 		msg := "no Windows node matches spec.nodeSelector, spec.nodeNames and spec.tolerations"
 		set(ntv1.ConditionReconciling, metav1.ConditionFalse, ntv1.ReasonNoTargets, "")
@@ -249,4 +266,29 @@ func setConditions(st *ntv1.NodeTaskStatus, f conditionFacts) {
 		set(ntv1.ConditionReconciling, metav1.ConditionTrue, reason, msg)
 		set(ntv1.ConditionReady, metav1.ConditionFalse, reason, msg)
 	}
+}
+
+// complianceMessage is the Ready message of a finished task with spec.check: how many nodes
+// are out of compliance, named. An Audit run that found drift is done (Ready) with reason
+// NonCompliant; an Apply run's non-compliant nodes are its failures, and its message says so.
+func complianceMessage(f conditionFacts, done string) (reason, msg string) {
+	c := f.Counts
+	if f.Audit {
+		done = fmt.Sprintf("audit finished on %d of %d nodes", c.Compliant+c.NonCompliant, c.Targets)
+		if c.Failed > 0 {
+			done += fmt.Sprintf("; the check failed on %d (%s)", c.Failed, NameList(f.Failed))
+		}
+	}
+	summary := fmt.Sprintf("%d compliant", c.Compliant)
+	if c.Remediated > 0 {
+		summary += fmt.Sprintf(" (%d remediated)", c.Remediated)
+	}
+	if c.NonCompliant == 0 {
+		return ntv1.ReasonSucceeded, done + "; " + summary + ", none out of compliance"
+	}
+	msg = fmt.Sprintf("%s; %s, %s out of compliance (%s)", done, summary, NodeCount(int(c.NonCompliant)), NameList(f.NonCompliant))
+	if f.Audit {
+		return ntv1.ReasonNonCompliant, msg + ": run the task in mode Apply with a fix in spec.script to repair them"
+	}
+	return ntv1.ReasonSucceeded, msg
 }

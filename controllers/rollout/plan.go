@@ -254,9 +254,14 @@ func passNodes(targets map[string]bool, stored map[string]ntv1.NodeStatus, podsB
 // closed window, but lets go of its claim (and the cordon it made) when the rollout stops.
 func (p *Plan) allot(asks slotAsks) {
 	if p.Gate == GateOpen {
+		// Starts and claims share the free slots (a task that checks before it claims asks
+		// for both): claims first, so that a node already found non-compliant is fixed
+		// before more nodes are checked.
 		slots := max(0, p.MaxConcurrent-p.InFlight)
+		claims := asks.claims[:min(slots, len(asks.claims))]
+		p.NodeOps = append(p.NodeOps, claims...)
+		slots -= len(claims)
 		p.Create = asks.starts[:min(slots, len(asks.starts))]
-		p.NodeOps = append(p.NodeOps, asks.claims[:min(slots, len(asks.claims))]...)
 	}
 	stopped := p.Gate.stops()
 	var claimed []PodRequest

@@ -153,13 +153,16 @@ func (b *PodBuilder) Pod(task *ntv1.NodeTask, run int64, revision string, req Po
 	}
 	var volumes []corev1.Volume
 	switch {
-	case spec.Script != nil:
-		container.Image = spec.Script.Image
+	case spec.Script != nil || spec.Check != nil:
+		if spec.Script != nil {
+			container.Image = spec.Script.Image
+		}
 		if container.Image == "" {
 			container.Image = b.scriptImage()
 		}
 		container.Command = wrapperCommand
 		env = append(env, corev1.EnvVar{Name: envInterpreter, Value: string(interpreter(spec.Script))})
+		env = append(env, checkEnv(task, attempt)...)
 		container.VolumeMounts = []corev1.VolumeMount{{Name: scriptVolume, MountPath: scriptMountPath, ReadOnly: true}}
 		volumes = []corev1.Volume{{
 			Name: scriptVolume,
@@ -207,6 +210,34 @@ func (b *PodBuilder) Pod(task *ntv1.NodeTask, run int64, revision string, req Po
 			Containers:                   []corev1.Container{container},
 			Volumes:                      volumes,
 		},
+	}
+}
+
+// checkEnv tells the wrapper what to run for a task with spec.check: the check alone (mode
+// Audit, and attempt 0, the check before a claim) or the check, the fix and the re-check.
+func checkEnv(task *ntv1.NodeTask, attempt int32) []corev1.EnvVar {
+	c := task.Spec.Check
+	if c == nil {
+		return nil
+	}
+	mode := "CheckFix"
+	if task.Spec.Mode == ntv1.ModeAudit || attempt == 0 {
+		mode = "Check"
+	}
+	nonCompliant := int32(ntv1.DefaultNonCompliantExitCode)
+	if c.NonCompliantExitCode != nil {
+		nonCompliant = *c.NonCompliantExitCode
+	}
+	// The fix succeeded, and the re-check runs, on 0 or one of rebootExitCodes.
+	ok := []string{"0"}
+	for _, code := range task.Spec.RebootExitCodes {
+		ok = append(ok, strconv.Itoa(int(code)))
+	}
+	return []corev1.EnvVar{
+		{Name: "NODETASK_MODE", Value: mode},
+		{Name: "NODETASK_CHECK_INTERPRETER", Value: string(checkInterpreter(c))},
+		{Name: "NODETASK_NONCOMPLIANT_EXIT_CODE", Value: strconv.Itoa(int(nonCompliant))},
+		{Name: "NODETASK_SUCCESS_EXIT_CODES", Value: strings.Join(ok, ",")},
 	}
 }
 
@@ -272,14 +303,24 @@ func (b *PodBuilder) RebootPod(task *ntv1.NodeTask, run int64, revision string, 
 	}
 }
 
-// ScriptConfigMap builds the immutable ConfigMap that holds a run's script and the wrapper.
-func ScriptConfigMap(task *ntv1.NodeTask, run int64, revision, script string) *corev1.ConfigMap {
+// ScriptTexts are the texts a run's script ConfigMap holds: spec.script's and spec.check's,
+// each copied from inline or from the ConfigMap it names.
+type ScriptTexts struct {
+	// Script is the script (the fix, for a task with a check); empty in mode Audit.
+	Script string
+	// Check is the check; empty without spec.check.
+	Check string
+}
+
+// ScriptConfigMap builds the immutable ConfigMap that holds a run's script, its check and
+// the wrapper.
+func ScriptConfigMap(task *ntv1.NodeTask, run int64, revision string, texts ScriptTexts) *corev1.ConfigMap {
 	data := map[string]string{wrapperKey: wrapperScript}
-	if interpreter(task.Spec.Script) == ntv1.InterpreterCmd {
-		// cmd.exe can jump to the wrong label in a batch file with LF-only line endings.
-		data["script.cmd"] = crlf(script)
-	} else {
-		data["script.ps1"] = UTF8BOM + strings.TrimPrefix(script, UTF8BOM)
+	if task.Spec.Script != nil {
+		addScript(data, "script", interpreter(task.Spec.Script), texts.Script)
+	}
+	if c := task.Spec.Check; c != nil {
+		addScript(data, "check", checkInterpreter(c), texts.Check)
 	}
 	return &corev1.ConfigMap{
 		ObjectMeta: metav1.ObjectMeta{
@@ -298,6 +339,16 @@ func ScriptConfigMap(task *ntv1.NodeTask, run int64, revision, script string) *c
 	}
 }
 
+// addScript adds a script under the file name its interpreter runs: base.cmd or base.ps1.
+func addScript(data map[string]string, base string, in ntv1.Interpreter, text string) {
+	if in == ntv1.InterpreterCmd {
+		// cmd.exe can jump to the wrong label in a batch file with LF-only line endings.
+		data[base+".cmd"] = crlf(text)
+		return
+	}
+	data[base+".ps1"] = UTF8BOM + strings.TrimPrefix(text, UTF8BOM)
+}
+
 // crlf gives every line of s a CRLF ending.
 func crlf(s string) string {
 	return strings.ReplaceAll(strings.ReplaceAll(s, "\r\n", "\n"), "\n", "\r\n")
@@ -308,6 +359,13 @@ func interpreter(s *ntv1.ScriptSpec) ntv1.Interpreter {
 		return ntv1.InterpreterPowerShell
 	}
 	return s.Interpreter
+}
+
+func checkInterpreter(c *ntv1.CheckSpec) ntv1.Interpreter {
+	if c.Interpreter == "" {
+		return ntv1.InterpreterPowerShell
+	}
+	return c.Interpreter
 }
 
 func OwnerRef(task *ntv1.NodeTask) metav1.OwnerReference {

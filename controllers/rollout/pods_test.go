@@ -74,16 +74,16 @@ func TestGoldenContainerPod(t *testing.T) {
 
 func TestGoldenScriptConfigMap(t *testing.T) {
 	task := newTask()
-	cm := ScriptConfigMap(task, 1, Revision(&task.Spec), "Write-Output 'héllo'\n")
+	cm := ScriptConfigMap(task, 1, Revision(&task.Spec), ScriptTexts{Script: "Write-Output 'héllo'\n"})
 	golden(t, "configmap_script.golden.yaml", toYAML(t, cm))
 	golden(t, "run.ps1.golden", []byte(cm.Data[wrapperKey]))
 }
 
 func TestScriptEncodingAndInterpreters(t *testing.T) {
 	g := NewWithT(t)
-	ps := ScriptConfigMap(newTask(), 1, "r", "\ufeffWrite-Output x")
+	ps := ScriptConfigMap(newTask(), 1, "r", ScriptTexts{Script: "\ufeffWrite-Output x"})
 	g.Expect(ps.Data["script.ps1"]).To(Equal("\ufeffWrite-Output x"), "exactly one BOM, for Windows PowerShell 5.1")
-	cmd := ScriptConfigMap(newTask(func(t *ntv1.NodeTask) { t.Spec.Script.Interpreter = ntv1.InterpreterCmd }), 1, "r", "echo x")
+	cmd := ScriptConfigMap(newTask(func(t *ntv1.NodeTask) { t.Spec.Script.Interpreter = ntv1.InterpreterCmd }), 1, "r", ScriptTexts{Script: "echo x"})
 	g.Expect(cmd.Data).To(HaveKeyWithValue("script.cmd", "echo x"), "no BOM: cmd.exe would read it as a command")
 	g.Expect(cmd.Data).NotTo(HaveKey("script.ps1"))
 	g.Expect(*cmd.Immutable).To(BeTrue())
@@ -94,7 +94,7 @@ func TestScriptEncodingAndInterpreters(t *testing.T) {
 
 	// Batch files get CRLF line endings, whatever the spec held.
 	batch := ScriptConfigMap(newTask(func(t *ntv1.NodeTask) { t.Spec.Script.Interpreter = ntv1.InterpreterCmd }), 1, "r",
-		"@echo off\ngoto :end\r\n:end\necho done\n")
+		ScriptTexts{Script: "@echo off\ngoto :end\r\n:end\necho done\n"})
 	g.Expect(batch.Data["script.cmd"]).To(Equal("@echo off\r\ngoto :end\r\n:end\r\necho done\r\n"))
 }
 

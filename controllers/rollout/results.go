@@ -1,6 +1,7 @@
 package rollout
 
 import (
+	"fmt"
 	"strconv"
 	"strings"
 	"time"
@@ -74,6 +75,7 @@ func podResult(pod *corev1.Pod, nodeGone bool, now time.Time) ntv1.NodeStatus {
 	switch {
 	case term != nil && term.Message != "":
 		msg, completed := splitCompletionMarker(term.Message)
+		msg, _ = splitSteps(msg)
 		e.Output = tailOutput(msg, maxOutputBytes)
 		if e.Phase == ntv1.NodeSucceeded && !completed && isScriptPod(pod) {
 			// Exit code 0 without the wrapper's marker: the script was stopped on the way
@@ -104,6 +106,57 @@ func splitCompletionMarker(msg string) (string, bool) {
 		return msg, false
 	}
 	return strings.TrimSuffix(msg[:i], "\n"), true
+}
+
+// stepMarker is the line the wrapper writes before the completion marker for each step of a
+// task with spec.check: "nodetask: check exit code 1", "nodetask: fix exit code 0",
+// "nodetask: recheck exit code 0".
+const stepMarker = "nodetask: %s exit code %d"
+
+// checkSteps are the exit codes of the steps a check pod ran, as the wrapper reported them;
+// nil for a step that did not run.
+type checkSteps struct {
+	check, fix, recheck *int32
+}
+
+// splitSteps removes the wrapper's step lines from the end of a termination message (the
+// completion marker already removed), and returns the exit codes they report.
+func splitSteps(msg string) (string, checkSteps) {
+	var s checkSteps
+	for {
+		i := strings.LastIndexByte(msg, '\n') + 1
+		var name string
+		var code int32
+		if _, err := fmt.Sscanf(msg[i:], stepMarker, &name, &code); err != nil || fmt.Sprintf(stepMarker, name, code) != msg[i:] {
+			return msg, s
+		}
+		switch {
+		case name == "check" && s.check == nil:
+			s.check = &code
+		case name == "fix" && s.fix == nil:
+			s.fix = &code
+		case name == "recheck" && s.recheck == nil:
+			s.recheck = &code
+		default:
+			return msg, s
+		}
+		msg = strings.TrimSuffix(msg[:i], "\n")
+	}
+}
+
+// podSteps returns the steps a finished check pod reported; ok is false for a pod whose
+// wrapper did not complete (no marker) or that ran no check.
+func podSteps(pod *corev1.Pod) (checkSteps, bool) {
+	term := terminated(pod)
+	if term == nil {
+		return checkSteps{}, false
+	}
+	msg, completed := splitCompletionMarker(term.Message)
+	if !completed {
+		return checkSteps{}, false
+	}
+	_, s := splitSteps(msg)
+	return s, s.check != nil
 }
 
 // isScriptPod reports whether the pod runs a script through the wrapper, which marks

@@ -35,7 +35,7 @@ func sameEntry(a, b *ntv1.NodeStatus) bool {
 	return a.Name == b.Name && a.Phase == b.Phase && a.Run == b.Run && a.Attempts == b.Attempts &&
 		ptr.Equal(a.ExitCode, b.ExitCode) && a.Reason == b.Reason && a.Output == b.Output &&
 		sameTime(a.StartTime, b.StartTime) && sameTime(a.FinishTime, b.FinishTime) &&
-		a.BootIDBefore == b.BootIDBefore && a.BootIDAfter == b.BootIDAfter
+		a.BootIDBefore == b.BootIDBefore && a.BootIDAfter == b.BootIDAfter && a.Compliance == b.Compliance
 }
 
 // sameTime compares optional times to the second.

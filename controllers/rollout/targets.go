@@ -208,6 +208,9 @@ func targetExclusion(sel *nodeSelection, task *ntv1.NodeTask, newRun bool, store
 // counts are the per-phase totals over the targets of the current run.
 type counts struct {
 	Targets, Pending, Running, Succeeded, Failed int32
+	// Compliant (Remediated included), Remediated and NonCompliant count what spec.check
+	// found on the targets in the current run.
+	Compliant, Remediated, NonCompliant int32
 }
 
 // countTargets counts the target entries by phase; a target whose entry belongs to an older
@@ -226,6 +229,15 @@ func countTargets(entries []ntv1.NodeStatus, targets map[string]bool, run int64)
 			c.Succeeded++
 		case e.Phase == ntv1.NodeFailed:
 			c.Failed++
+		}
+		switch e.Compliance {
+		case ntv1.Remediated:
+			c.Remediated++
+			c.Compliant++
+		case ntv1.Compliant:
+			c.Compliant++
+		case ntv1.NonCompliant:
+			c.NonCompliant++
 		}
 	}
 	c.Pending = c.Targets - c.Running - c.Succeeded - c.Failed
