@@ -41,6 +41,11 @@ var (
 		Help:    "From a node's last attempt's start to its final result (a restart included), for results written to status.",
 		Buckets: []float64{1, 5, 15, 30, 60, 120, 300, 600, 1200, 1800, 3600, 7200},
 	}, []string{"namespace", "name"})
+	taskCompliance = prometheus.NewGaugeVec(prometheus.GaugeOpts{
+		Name: "nodetask_compliance_nodes",
+		Help: "Target nodes of a NodeTask with spec.check, by what its current run's check found (compliant, with remediated " +
+			"ones included; noncompliant; unknown: not checked yet or the check failed), as last written to its status.",
+	}, []string{"namespace", "name", "compliance"})
 	scheduleRuns = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "nodetask_schedule_runs_total",
 		Help: "Scheduled times of a NodeTaskSchedule by what became of them: started (this manager created the run), " +
@@ -63,8 +68,8 @@ const (
 
 func registerMetrics() {
 	registerOnce.Do(func() {
-		metrics.Registry.MustRegister(statusWrites, statusWriteBytes, taskNodes, taskCondition, nodeRuns, nodeRunDuration,
-			scheduleRuns, scheduleNextRun)
+		metrics.Registry.MustRegister(statusWrites, statusWriteBytes, taskNodes, taskCondition, taskCompliance, nodeRuns,
+			nodeRunDuration, scheduleRuns, scheduleNextRun)
 	})
 }
 
@@ -80,6 +85,13 @@ func recordStatusWrite(task *ntv1.NodeTask, results []ntv1.NodeStatus) {
 		string(ntv1.NodeSucceeded): st.Succeeded, string(ntv1.NodeFailed): st.Failed,
 	} {
 		taskNodes.WithLabelValues(ns, name, phase).Set(float64(n))
+	}
+	if c := st.Compliance; c != nil {
+		taskCompliance.WithLabelValues(ns, name, "compliant").Set(float64(c.Compliant))
+		taskCompliance.WithLabelValues(ns, name, "noncompliant").Set(float64(c.NonCompliant))
+		taskCompliance.WithLabelValues(ns, name, "unknown").Set(float64(c.Unknown))
+	} else {
+		taskCompliance.DeletePartialMatch(prometheus.Labels{"namespace": ns, "name": name})
 	}
 	for _, c := range st.Conditions {
 		for _, s := range []metav1.ConditionStatus{metav1.ConditionTrue, metav1.ConditionFalse, metav1.ConditionUnknown} {
@@ -103,6 +115,7 @@ func forgetMetrics(key types.NamespacedName) {
 	labels := prometheus.Labels{"namespace": key.Namespace, "name": key.Name}
 	taskNodes.DeletePartialMatch(labels)
 	taskCondition.DeletePartialMatch(labels)
+	taskCompliance.DeletePartialMatch(labels)
 	nodeRuns.DeletePartialMatch(labels)
 	nodeRunDuration.DeletePartialMatch(labels)
 }

@@ -58,6 +58,32 @@ func TestTaskMetrics(t *testing.T) {
 	g.Expect(nodeRunDuration.DeletePartialMatch(ours)).To(BeZero())
 }
 
+func TestComplianceMetrics(t *testing.T) {
+	g := NewWithT(t)
+	registerMetrics()
+	task := newTask(func(t *ntv1.NodeTask) { t.Name, t.Namespace = "audit", "metrics-ns" })
+	task.Status = ntv1.NodeTaskStatus{Run: 1, Targets: 5, Succeeded: 4, Pending: 1,
+		Compliance: &ntv1.ComplianceSummary{Compliant: 2, NonCompliant: 2, Unknown: 1}}
+	recordStatusWrite(task, nil)
+	value := func(c string) float64 {
+		return testutil.ToFloat64(taskCompliance.WithLabelValues("metrics-ns", "audit", c))
+	}
+	g.Expect(value("compliant")).To(Equal(2.0))
+	g.Expect(value("noncompliant")).To(Equal(2.0))
+	g.Expect(value("unknown")).To(Equal(1.0))
+
+	// A task whose check was taken out has no compliance series.
+	task.Status.Compliance = nil
+	recordStatusWrite(task, nil)
+	ours := prometheus.Labels{"namespace": "metrics-ns", "name": "audit"}
+	g.Expect(taskCompliance.DeletePartialMatch(ours)).To(BeZero())
+
+	task.Status.Compliance = &ntv1.ComplianceSummary{Compliant: 1}
+	recordStatusWrite(task, nil)
+	forgetMetrics(types.NamespacedName{Namespace: "metrics-ns", Name: "audit"})
+	g.Expect(taskCompliance.DeletePartialMatch(ours)).To(BeZero(), "a deleted task's series go")
+}
+
 func TestScheduleMetrics(t *testing.T) {
 	g := NewWithT(t)
 	registerMetrics()

@@ -577,6 +577,36 @@ var _ = Describe("NodeTask controller", func() {
 		Expect(cm.Immutable).To(HaveValue(BeTrue()))
 	})
 
+	It("copies spec.check beside the fix, and stalls naming spec.check when its ConfigMap is missing", func() {
+		f := newFixture()
+		f.addWindowsNodes(1)
+		create(&corev1.ConfigMap{ObjectMeta: metav1.ObjectMeta{Name: "compliance", Namespace: f.ns},
+			Data: map[string]string{"fix.ps1": "Set-Thing", "check.cmd": "@echo off\nexit /b 1"}})
+		task := f.task("check-and-fix", func(t *ntv1.NodeTask) {
+			t.Spec.Script = &ntv1.ScriptSpec{ConfigMapKeyRef: &ntv1.ConfigMapKeyReference{Name: "compliance", Key: "fix.ps1"}}
+			t.Spec.Check = &ntv1.CheckSpec{ConfigMapKeyRef: &ntv1.ConfigMapKeyReference{Name: "compliance", Key: "check.cmd"},
+				Interpreter: ntv1.InterpreterCmd}
+		})
+		create(task)
+		Eventually(func() int { return len(f.pods(task)) }).Should(Equal(1))
+		var cm corev1.ConfigMap
+		Expect(k8sClient.Get(suiteCtx, client.ObjectKey{Namespace: f.ns, Name: rollout.ScriptConfigMapName(get(task), 1, revisionOf(task))}, &cm)).To(Succeed())
+		Expect(cm.Data).To(HaveKeyWithValue("script.ps1", rollout.UTF8BOM+"Set-Thing"))
+		Expect(cm.Data).To(HaveKeyWithValue("check.cmd", "@echo off\r\nexit /b 1"))
+
+		missing := f.task("check-missing", func(t *ntv1.NodeTask) {
+			t.Spec.Mode, t.Spec.Script = ntv1.ModeAudit, nil
+			t.Spec.Check = &ntv1.CheckSpec{ConfigMapKeyRef: &ntv1.ConfigMapKeyReference{Name: "compliance", Key: "audit.ps1"}}
+		})
+		create(missing)
+		Eventually(conditionStatus(missing, ntv1.ConditionStalled)).Should(Equal(metav1.ConditionTrue))
+		c := condition(missing, ntv1.ConditionStalled)
+		Expect(c.Reason).To(Equal(ntv1.ReasonConfigMapNotFound))
+		Expect(c.Message).To(Equal(`ConfigMap "compliance" has no key "audit.ps1": add the script under that key, or fix spec.check.configMapKeyRef.key`))
+		Expect(f.pods(missing)).To(BeEmpty())
+		Expect(get(missing).Status.Compliance).To(Equal(&ntv1.ComplianceSummary{Unknown: 1}))
+	})
+
 	It("never writes to spec", func() {
 		f := newFixture()
 		f.addWindowsNodes(1)

@@ -76,7 +76,7 @@ func run(ctx context.Context, opts cluster.Options, manager, out string) error {
 			return err
 		}
 	}
-	for _, pool := range []string{"fleet", "flaky", "slow", "paused", "fragile", "mixed"} {
+	for _, pool := range []string{"fleet", "flaky", "slow", "paused", "fragile", "mixed", "audit", "drift"} {
 		for i := range 3 {
 			if err := c.AddNode(ctx, fmt.Sprintf("%s-%d", pool, i), "windows", map[string]string{poolLabel: pool}); err != nil {
 				return err
@@ -91,7 +91,7 @@ func run(ctx context.Context, opts cluster.Options, manager, out string) error {
 		corev1.LabelOSStable: "windows", poolLabel: "waiting"}}}); err != nil {
 		return err
 	}
-	if err := c.WaitNodesReady(ctx, 6*3+1, 2*time.Minute); err != nil {
+	if err := c.WaitNodesReady(ctx, 8*3+1, 2*time.Minute); err != nil {
 		return err
 	}
 	mgr, err := c.StartProcess("manager", manager, "--leader-elect", "--leader-election-namespace=nodetask-system",
@@ -109,6 +109,14 @@ func run(ctx context.Context, opts cluster.Options, manager, out string) error {
 		{"healthy.yaml", task("node-inventory", "fleet"), condition(ntv1.ConditionReady, ntv1.ReasonSucceeded), nil},
 		{"healthy-with-failures.yaml", task("tls-rotation", "mixed", simulate("sim.nodetask.io/exit-code-mixed-1", "5"), func(t *ntv1.NodeTask) {
 			t.Spec.Rollout.MaxFailures = ptr.To(intstr.FromInt32(1))
+		}), condition(ntv1.ConditionReady, ntv1.ReasonSucceeded), nil},
+		{"audit-noncompliant.yaml", task("audit-firewall", "audit", simulate("sim.nodetask.io/check-exit-code-audit-1", "1"), func(t *ntv1.NodeTask) {
+			t.Spec.Script, t.Spec.Mode = nil, ntv1.ModeAudit
+			t.Spec.Check = &ntv1.CheckSpec{Inline: ptr.To("if ((Get-NetFirewallProfile -Name Domain).Enabled) { exit 0 }; exit 1")}
+		}), condition(ntv1.ConditionReady, ntv1.ReasonNonCompliant), nil},
+		{"remediated.yaml", task("enforce-firewall", "drift", simulate("sim.nodetask.io/check-exit-code-drift-1", "1"), func(t *ntv1.NodeTask) {
+			t.Spec.Script = &ntv1.ScriptSpec{Inline: ptr.To("Set-NetFirewallProfile -Name Domain -Enabled True")}
+			t.Spec.Check = &ntv1.CheckSpec{Inline: ptr.To("if ((Get-NetFirewallProfile -Name Domain).Enabled) { exit 0 }; exit 1")}
 		}), condition(ntv1.ConditionReady, ntv1.ReasonSucceeded), nil},
 		{"progressing.yaml", task("install-agent", "slow", simulate("sim.nodetask.io/duration", "1h"), func(t *ntv1.NodeTask) {
 			t.Spec.Rollout.MaxConcurrent = ptr.To(intstr.FromInt32(1))

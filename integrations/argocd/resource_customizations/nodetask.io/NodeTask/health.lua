@@ -3,7 +3,8 @@
 --
 -- The status follows kstatus: Ready, Reconciling and Stalled conditions, each with
 -- observedGeneration, and status.observedGeneration. This check reads them as kstatus does,
--- with Suspended for spec.suspend, and a progress message while nodes run.
+-- with Suspended for spec.suspend, Degraded for an audit that found drift, and a progress
+-- message while nodes run.
 --
 -- It uses the base and table libraries only (no string library), so that it also runs as
 -- an argocd-cm health customization without useOpenLibs.
@@ -57,6 +58,14 @@ if obj.spec ~= nil and obj.spec.suspend == true then
 end
 
 local ready = condition("Ready")
+-- An Audit run (spec.mode Audit) that found nodes out of compliance is done (Ready, reason
+-- NonCompliant) but the nodes are not as they should be: Degraded, so that the application
+-- shows the drift and Argo CD's notifications fire. Ready's message counts and names them.
+if ready ~= nil and ready.status == "True" and ready.reason == "NonCompliant" then
+  hs.status = "Degraded"
+  hs.message = ready.message
+  return hs
+end
 if ready ~= nil and ready.status == "True" then
   hs.status = "Healthy"
   hs.message = ready.message
