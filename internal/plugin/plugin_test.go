@@ -84,6 +84,34 @@ func TestStatusUnknownNode(t *testing.T) {
 	}
 }
 
+func TestStatusCompliance(t *testing.T) {
+	task := halfwayTask()
+	task.Spec.Check = &ntv1.CheckSpec{Inline: ptr.To("exit 0")}
+	task.Status = ntv1.NodeTaskStatus{ObservedGeneration: 2, Revision: "7c9d0e1f2a", Run: 2, Targets: 3, Succeeded: 2, Failed: 1,
+		StartTime: ago(10 * time.Minute), CompletionTime: ago(7 * time.Minute),
+		Compliance: &ntv1.ComplianceSummary{Compliant: 2, NonCompliant: 1},
+		Conditions: []metav1.Condition{{Type: ntv1.ConditionReady, Status: metav1.ConditionTrue, Reason: "Succeeded",
+			Message: "2 of 3 nodes succeeded; 1 failed (win-c), within rollout.maxFailures (1); 2 compliant (1 remediated), 1 node out of compliance (win-c)"}},
+		Nodes: []ntv1.NodeStatus{
+			{Name: "win-a", Phase: ntv1.NodeSucceeded, Compliance: ntv1.Compliant, StartTime: ago(10 * time.Minute), FinishTime: ago(9 * time.Minute)},
+			{Name: "win-b", Phase: ntv1.NodeSucceeded, Compliance: ntv1.Remediated, Attempts: 1, ExitCode: ptr.To[int32](3010), Reason: "Rebooted",
+				Output: "== check ==\nfirewall off\n== fix ==\nenabled\n== recheck ==\nfirewall on", StartTime: ago(9 * time.Minute), FinishTime: ago(7 * time.Minute)},
+			{Name: "win-c", Phase: ntv1.NodeFailed, Compliance: ntv1.NonCompliant, Attempts: 1, ExitCode: ptr.To[int32](1), Reason: "StillNonCompliant",
+				Output: "== check ==\nfirewall off\n== fix ==\nenabled\n== recheck ==\nfirewall off", StartTime: ago(9 * time.Minute), FinishTime: ago(8 * time.Minute)},
+		},
+	}
+	var out bytes.Buffer
+	if err := printStatus(&out, task, statusFlags{}, now); err != nil {
+		t.Fatal(err)
+	}
+	golden(t, "status-compliance", out.Bytes())
+	out.Reset()
+	if err := printStatus(&out, task, statusFlags{node: "win-c"}, now); err != nil {
+		t.Fatal(err)
+	}
+	golden(t, "status-node-compliance", out.Bytes())
+}
+
 func TestStatusReady(t *testing.T) {
 	task := halfwayTask()
 	task.Status = ntv1.NodeTaskStatus{ObservedGeneration: 2, Revision: "7c9d0e1f2a", Run: 2, Targets: 1, Succeeded: 1,

@@ -175,10 +175,20 @@ func printStatus(w io.Writer, task *ntv1.NodeTask, f statusFlags, now time.Time)
 	}
 	fmt.Fprintln(w)
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "NODE\tPHASE\tEXIT\tREASON\tATTEMPTS\tDURATION\tOUTPUT")
+	// A task with spec.check has a COMPLIANCE column; others keep the table they had.
+	check := task.Spec.Check != nil
+	if check {
+		fmt.Fprintln(tw, "NODE\tPHASE\tCOMPLIANCE\tEXIT\tREASON\tATTEMPTS\tDURATION\tOUTPUT")
+	} else {
+		fmt.Fprintln(tw, "NODE\tPHASE\tEXIT\tREASON\tATTEMPTS\tDURATION\tOUTPUT")
+	}
 	for i := range entries {
 		e := &entries[i]
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", e.Name, e.Phase, exitCode(e), dash(e.Reason),
+		phase := string(e.Phase)
+		if check {
+			phase += "\t" + dash(string(e.Compliance))
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", e.Name, phase, exitCode(e), dash(e.Reason),
 			dash(attempts(e)), entryDuration(e, now), lastLine(e.Output, 60))
 	}
 	return tw.Flush()
@@ -192,6 +202,10 @@ func printHeader(w io.Writer, task *ntv1.NodeTask, now time.Time) {
 	fmt.Fprintf(tw, "Run:\t%d (revision %s)\n", st.Run, dash(st.Revision))
 	fmt.Fprintf(tw, "Targets:\t%d: %d succeeded, %d failed, %d running, %d pending\n",
 		st.Targets, st.Succeeded, st.Failed, st.Running, st.Pending)
+	if c := st.Compliance; c != nil {
+		fmt.Fprintf(tw, "Compliance:\t%d compliant, %d non-compliant, %d unknown (mode %s)\n", c.Compliant, c.NonCompliant, c.Unknown,
+			cmp.Or(task.Spec.Mode, ntv1.ModeApply))
+	}
 	if st.StartTime != nil {
 		if st.CompletionTime != nil {
 			fmt.Fprintf(tw, "Took:\t%s (started %s ago)\n", humanDuration(st.CompletionTime.Sub(st.StartTime.Time)), age(*st.StartTime, now))
@@ -227,6 +241,9 @@ func printNode(w io.Writer, task *ntv1.NodeTask, e *ntv1.NodeStatus, now time.Ti
 	fmt.Fprintf(tw, "Attempts:\t%s\n", dash(attempts(e)))
 	fmt.Fprintf(tw, "Exit code:\t%s\n", exitCode(e))
 	fmt.Fprintf(tw, "Reason:\t%s\n", dash(e.Reason))
+	if e.Compliance != "" {
+		fmt.Fprintf(tw, "Compliance:\t%s\n", e.Compliance)
+	}
 	if e.StartTime != nil {
 		fmt.Fprintf(tw, "Started:\t%s (%s ago)\n", e.StartTime.UTC().Format(time.RFC3339), age(*e.StartTime, now))
 	}
