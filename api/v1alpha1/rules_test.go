@@ -3,6 +3,7 @@ package v1alpha1_test
 import (
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 
@@ -65,4 +66,51 @@ func celMessages(t *testing.T, file string) []string {
 	}
 	walk(crd)
 	return messages
+}
+
+// TestEveryFieldIsDocumented: kubectl explain shows a description for each NodeTask field,
+// ours from their godoc and the embedded Kubernetes types' from theirs.
+func TestEveryFieldIsDocumented(t *testing.T) {
+	checkDescriptions(t, "nodetask.io_nodetasks.yaml")
+}
+
+// checkDescriptions fails the test for each field of the generated CRD
+// config/crd/bases/FILE without a description, except .metadata, .status.conditions (the
+// metav1.Condition schema) and the paths in skip, and what is under them.
+func checkDescriptions(t *testing.T, file string, skip ...string) {
+	t.Helper()
+	data, err := os.ReadFile(filepath.Join("..", "..", "config", "crd", "bases", file))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var crd map[string]any
+	if err := yaml.Unmarshal(data, &crd); err != nil {
+		t.Fatal(err)
+	}
+	schema := crd["spec"].(map[string]any)["versions"].([]any)[0].(map[string]any)["schema"].(map[string]any)["openAPIV3Schema"].(map[string]any)
+	skip = append(skip, ".status.conditions", ".metadata")
+	fields := 0
+	var walk func(path string, node map[string]any)
+	walk = func(path string, node map[string]any) {
+		if slices.Contains(skip, path) {
+			return
+		}
+		if path != "" {
+			fields++
+			if node["description"] == nil {
+				t.Errorf("%s has no description", path)
+			}
+		}
+		props, _ := node["properties"].(map[string]any)
+		if items, ok := node["items"].(map[string]any); ok {
+			props, _ = items["properties"].(map[string]any)
+		}
+		for name, child := range props {
+			walk(path+"."+name, child.(map[string]any))
+		}
+	}
+	walk("", schema)
+	if fields < 10 {
+		t.Fatalf("found only %d fields in %s", fields, file)
+	}
 }

@@ -1,9 +1,7 @@
 package v1alpha1_test
 
 import (
-	"os"
 	"os/exec"
-	"path/filepath"
 	"strings"
 	"testing"
 
@@ -13,7 +11,6 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/utils/ptr"
 	"sigs.k8s.io/controller-runtime/pkg/client"
-	"sigs.k8s.io/yaml"
 
 	ntv1 "github.com/nodetask/nodetask-operator/api/v1alpha1"
 )
@@ -109,6 +106,31 @@ var _ = Describe("NodeTaskSchedule validation", func() {
 		Expect(got.Spec.Template.Spec.Reboot).To(Equal(ntv1.RebootNever))
 	})
 
+	It("accepts an Audit template and fills in its check's defaults", func() {
+		s := validSchedule("audit")
+		auditTemplate := validTask("audit")
+		auditOnly(auditTemplate)
+		s.Spec.Template.Spec = auditTemplate.Spec
+		Expect(k8sClient.Create(ctx, s)).To(Succeed())
+		DeferCleanup(k8sClient.Delete, ctx, s)
+		got := &ntv1.NodeTaskSchedule{}
+		Expect(k8sClient.Get(ctx, client.ObjectKeyFromObject(s), got)).To(Succeed())
+		Expect(got.Spec.Template.Spec.Mode).To(Equal(ntv1.ModeAudit))
+		Expect(got.Spec.Template.Spec.Script).To(BeNil())
+		Expect(got.Spec.Template.Spec.Check.Interpreter).To(Equal(ntv1.InterpreterPowerShell))
+		Expect(got.Spec.Template.Spec.Check.NonCompliantExitCode).To(HaveValue(BeEquivalentTo(1)))
+	})
+
+	It("defaults the template's mode to Apply", func() {
+		s := validSchedule("apply-check")
+		s.Spec.Template.Spec.Check = validCheck()
+		Expect(k8sClient.Create(ctx, s)).To(Succeed())
+		DeferCleanup(k8sClient.Delete, ctx, s)
+		got := &ntv1.NodeTaskSchedule{}
+		Expect(k8sClient.Get(ctx, client.ObjectKeyFromObject(s), got)).To(Succeed())
+		Expect(got.Spec.Template.Spec.Mode).To(Equal(ntv1.ModeApply))
+	})
+
 	It("accepts the longest name and the @-names", func() {
 		s := validSchedule(strings.Repeat("n", ntv1.MaxScheduleNameLength))
 		s.Spec.Schedule = "@weekly"
@@ -167,34 +189,10 @@ var _ = Describe("NodeTaskSchedule validation", func() {
 })
 
 // TestEveryScheduleFieldIsDocumented: kubectl explain shows a description for each of the
-// schedule's own fields (the template's NodeTask fields are checked for NodeTask).
+// schedule's own fields (the template's NodeTask fields are checked for NodeTask, by
+// TestEveryFieldIsDocumented).
 func TestEveryScheduleFieldIsDocumented(t *testing.T) {
-	data, err := os.ReadFile(filepath.Join("..", "..", "config", "crd", "bases", "nodetask.io_nodetaskschedules.yaml"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	var crd map[string]any
-	if err := yaml.Unmarshal(data, &crd); err != nil {
-		t.Fatal(err)
-	}
-	schema := crd["spec"].(map[string]any)["versions"].([]any)[0].(map[string]any)["schema"].(map[string]any)["openAPIV3Schema"].(map[string]any)
-	var walk func(path string, node map[string]any)
-	walk = func(path string, node map[string]any) {
-		if path == ".spec.template.spec" || path == ".status.conditions" || path == ".metadata" {
-			return
-		}
-		if path != "" && node["description"] == nil {
-			t.Errorf("%s has no description", path)
-		}
-		props, _ := node["properties"].(map[string]any)
-		if items, ok := node["items"].(map[string]any); ok {
-			props, _ = items["properties"].(map[string]any)
-		}
-		for name, child := range props {
-			walk(path+"."+name, child.(map[string]any))
-		}
-	}
-	walk("", schema)
+	checkDescriptions(t, "nodetask.io_nodetaskschedules.yaml", ".spec.template.spec")
 }
 
 func scheduleEntries() []TableEntry {

@@ -35,6 +35,18 @@ func validTask(name string) *ntv1.NodeTask {
 	}
 }
 
+// validCheck is an inline check with the defaults left to the API server.
+func validCheck() *ntv1.CheckSpec {
+	return &ntv1.CheckSpec{Inline: ptr.To("if (Test-Path C:\\ok) { exit 0 } else { exit 1 }")}
+}
+
+// auditOnly turns validTask into a valid Audit task: the check alone, no script.
+func auditOnly(t *ntv1.NodeTask) {
+	t.Spec.Script = nil
+	t.Spec.Mode = ntv1.ModeAudit
+	t.Spec.Check = validCheck()
+}
+
 // invalidCases are mistakes a user can make, and the words the API server must answer with.
 // TestEveryRuleIsTested checks that every CEL rule of the CRD has a case here, so that
 // removing any rule makes this suite fail.
@@ -176,6 +188,82 @@ var invalidCases = []struct {
 		t.Spec.Script = nil
 		t.Spec.Container = &ntv1.ContainerSpec{}
 	}, "spec.container.image"},
+	{"a check with neither script nor container in mode Apply", func(t *ntv1.NodeTask) {
+		t.Spec.Script = nil
+		t.Spec.Check = validCheck()
+	}, "only a task with mode Audit, which runs spec.check alone, may have neither"},
+	{"a check with a container", func(t *ntv1.NodeTask) {
+		t.Spec.Script = nil
+		t.Spec.Container = &ntv1.ContainerSpec{Image: "example.com/tool:1"}
+		t.Spec.Check = validCheck()
+	}, "spec.check runs through the script wrapper, which a container task does not have"},
+	{"mode Audit without a check", func(t *ntv1.NodeTask) {
+		t.Spec.Script = nil
+		t.Spec.Mode = ntv1.ModeAudit
+	}, "mode Audit runs only spec.check: set spec.check"},
+	{"mode Audit with a script", func(t *ntv1.NodeTask) {
+		t.Spec.Mode = ntv1.ModeAudit
+		t.Spec.Check = validCheck()
+	}, "mode Audit changes nothing, so it runs no spec.script or spec.container"},
+	{"mode Audit with a container", func(t *ntv1.NodeTask) {
+		t.Spec.Script = nil
+		t.Spec.Container = &ntv1.ContainerSpec{Image: "example.com/tool:1"}
+		t.Spec.Mode = ntv1.ModeAudit
+		t.Spec.Check = validCheck()
+	}, "mode Audit changes nothing, so it runs no spec.script or spec.container"},
+	{"mode Audit that cordons", func(t *ntv1.NodeTask) {
+		auditOnly(t)
+		t.Spec.Cordon = true
+	}, "mode Audit changes nothing: it cannot cordon, drain or reboot nodes"},
+	{"mode Audit that drains", func(t *ntv1.NodeTask) {
+		auditOnly(t)
+		t.Spec.Drain = &ntv1.DrainSpec{}
+	}, "mode Audit changes nothing: it cannot cordon, drain or reboot nodes"},
+	{"mode Audit that reboots IfRequired", func(t *ntv1.NodeTask) {
+		auditOnly(t)
+		t.Spec.Reboot = ntv1.RebootIfRequired
+	}, "mode Audit changes nothing: it cannot cordon, drain or reboot nodes"},
+	{"mode Audit that reboots Always", func(t *ntv1.NodeTask) {
+		auditOnly(t)
+		t.Spec.Reboot = ntv1.RebootAlways
+	}, "mode Audit changes nothing: it cannot cordon, drain or reboot nodes"},
+	{"check.nonCompliantExitCode one of the default rebootExitCodes", func(t *ntv1.NodeTask) {
+		t.Spec.Check = validCheck()
+		t.Spec.Check.NonCompliantExitCode = ptr.To[int32](3010)
+	}, "check.nonCompliantExitCode must not be one of rebootExitCodes"},
+	{"check.nonCompliantExitCode one of custom rebootExitCodes", func(t *ntv1.NodeTask) {
+		t.Spec.RebootExitCodes = []int32{3010, 7}
+		t.Spec.Check = validCheck()
+		t.Spec.Check.NonCompliantExitCode = ptr.To[int32](7)
+	}, "check.nonCompliantExitCode must not be one of rebootExitCodes"},
+	{"check.nonCompliantExitCode defaulted to 1, one of rebootExitCodes", func(t *ntv1.NodeTask) {
+		t.Spec.RebootExitCodes = []int32{1}
+		t.Spec.Check = validCheck()
+	}, "check.nonCompliantExitCode must not be one of rebootExitCodes"},
+	{"a check with both inline and configMapKeyRef", func(t *ntv1.NodeTask) {
+		t.Spec.Check = validCheck()
+		t.Spec.Check.ConfigMapKeyRef = &ntv1.ConfigMapKeyReference{Name: "checks", Key: "test.ps1"}
+	}, "set exactly one of check.inline"},
+	{"a check with neither inline nor configMapKeyRef", func(t *ntv1.NodeTask) {
+		t.Spec.Check = &ntv1.CheckSpec{Interpreter: ntv1.InterpreterPwsh}
+	}, "set exactly one of check.inline"},
+	{"an empty inline check", func(t *ntv1.NodeTask) {
+		t.Spec.Check = &ntv1.CheckSpec{Inline: ptr.To("")}
+	}, "check.inline must not be empty"},
+	{"a blank inline check", func(t *ntv1.NodeTask) {
+		t.Spec.Check = &ntv1.CheckSpec{Inline: ptr.To(" \r\n\t")}
+	}, "check.inline must not be empty"},
+	{"check.nonCompliantExitCode 0", func(t *ntv1.NodeTask) {
+		t.Spec.Check = validCheck()
+		t.Spec.Check.NonCompliantExitCode = ptr.To[int32](0)
+	}, "check.nonCompliantExitCode must not be 0, which means compliant"},
+	{"an unknown mode", func(t *ntv1.NodeTask) {
+		t.Spec.Mode = "DryRun"
+	}, `Unsupported value: "DryRun"`},
+	{"an unknown check interpreter", func(t *ntv1.NodeTask) {
+		t.Spec.Check = validCheck()
+		t.Spec.Check.Interpreter = "bash"
+	}, `Unsupported value: "bash"`},
 }
 
 func invalidEntries() []TableEntry {
@@ -283,6 +371,85 @@ var _ = Describe("NodeTask validation", func() {
 		DeferCleanup(k8sClient.Delete, ctx, task)
 	})
 
+	It("fills in the check's defaults and mode Apply when spec.check is set", func() {
+		task := validTask("check-defaults")
+		task.Spec.Check = validCheck()
+		Expect(k8sClient.Create(ctx, task)).To(Succeed())
+		DeferCleanup(k8sClient.Delete, ctx, task)
+		got := &ntv1.NodeTask{}
+		Expect(k8sClient.Get(ctx, client.ObjectKeyFromObject(task), got)).To(Succeed())
+		Expect(got.Spec.Mode).To(Equal(ntv1.ModeApply))
+		Expect(got.Spec.Check).NotTo(BeNil())
+		Expect(got.Spec.Check.Interpreter).To(Equal(ntv1.InterpreterPowerShell))
+		Expect(got.Spec.Check.NonCompliantExitCode).To(HaveValue(BeEquivalentTo(ntv1.DefaultNonCompliantExitCode)))
+		Expect(got.Spec.Check.NonCompliantExitCode).To(HaveValue(BeEquivalentTo(1)))
+	})
+
+	It("defaults mode to Apply and leaves spec.check unset on a task without a check", func() {
+		task := validTask("mode-default")
+		Expect(k8sClient.Create(ctx, task)).To(Succeed())
+		DeferCleanup(k8sClient.Delete, ctx, task)
+		got := &ntv1.NodeTask{}
+		Expect(k8sClient.Get(ctx, client.ObjectKeyFromObject(task), got)).To(Succeed())
+		Expect(got.Spec.Mode).To(Equal(ntv1.ModeApply))
+		Expect(got.Spec.Check).To(BeNil())
+	})
+
+	It("accepts checks used as documented", func() {
+		for name, mutate := range map[string]func(*ntv1.NodeTask){
+			"apply-inline-check": func(t *ntv1.NodeTask) {
+				t.Spec.Check = validCheck()
+			},
+			"apply-configmap-cmd-check": func(t *ntv1.NodeTask) {
+				t.Spec.Mode = ntv1.ModeApply
+				t.Spec.Check = &ntv1.CheckSpec{
+					ConfigMapKeyRef: &ntv1.ConfigMapKeyReference{Name: "checks", Key: "test.cmd"},
+					Interpreter:     ntv1.InterpreterCmd,
+				}
+			},
+			"apply-check-disruptive": func(t *ntv1.NodeTask) {
+				t.Spec.Check = validCheck()
+				t.Spec.Cordon = true
+				t.Spec.Drain = &ntv1.DrainSpec{}
+				t.Spec.Reboot = ntv1.RebootIfRequired
+			},
+			"audit-check-only": auditOnly,
+			"audit-reboot-never": func(t *ntv1.NodeTask) {
+				auditOnly(t)
+				t.Spec.Reboot = ntv1.RebootNever
+				t.Spec.Cordon = false
+			},
+			"check-exit-2": func(t *ntv1.NodeTask) {
+				t.Spec.Check = validCheck()
+				t.Spec.Check.NonCompliantExitCode = ptr.To[int32](2)
+			},
+			"audit-check-exit-2-pwsh": func(t *ntv1.NodeTask) {
+				auditOnly(t)
+				t.Spec.Check.Interpreter = ntv1.InterpreterPwsh
+				t.Spec.Check.NonCompliantExitCode = ptr.To[int32](2)
+			},
+		} {
+			task := validTask(name)
+			mutate(task)
+			Expect(k8sClient.Create(ctx, task)).To(Succeed(), name)
+			DeferCleanup(k8sClient.Delete, ctx, task)
+		}
+	})
+
+	It("accepts check.nonCompliantExitCode 3010 with rebootExitCodes: [] (no code means reboot)", func() {
+		u := &unstructured.Unstructured{Object: map[string]any{
+			"apiVersion": ntv1.GroupVersion.String(), "kind": "NodeTask",
+			"metadata": map[string]any{"name": "check-exit-3010", "namespace": "default"},
+			"spec": map[string]any{
+				"script":          map[string]any{"inline": "Install-WindowsFeature X"},
+				"check":           map[string]any{"inline": "exit 3010", "nonCompliantExitCode": int64(3010)},
+				"rebootExitCodes": []any{},
+			},
+		}}
+		Expect(k8sClient.Create(ctx, u)).To(Succeed())
+		DeferCleanup(k8sClient.Delete, ctx, u)
+	})
+
 	DescribeTable("rejects invalid NodeTasks with a clear message",
 		func(mutate func(*ntv1.NodeTask), message string) {
 			task := validTask("invalid")
@@ -331,12 +498,15 @@ var _ = Describe("NodeTask validation", func() {
 		for _, field := range []string{"nodeSelector", "nodeNames", "tolerations", "script", "inline", "configMapKeyRef",
 			"interpreter", "container", "env", "runAsUserName", "resources", "priorityClassName", "serviceAccountName",
 			"imagePullSecrets", "podLabels", "podAnnotations", "timeoutSeconds", "retries", "rollout", "maxConcurrent",
-			"maxFailures", "newNodes", "rerunToken", "suspend", "podTTLSecondsAfterFinished"} {
+			"maxFailures", "newNodes", "rerunToken", "suspend", "podTTLSecondsAfterFinished", "check", "mode",
+			"nonCompliantExitCode"} {
 			Expect(string(out)).To(MatchRegexp(`(?m)^\s+`+field+`\s`), "kubectl explain lists %s", field)
 		}
 		// Every one of our own fields carries its godoc.
 		for _, path := range []string{"nodetask.spec.script.inline", "nodetask.spec.rollout.maxFailures",
-			"nodetask.status.nodes.reason", "nodetask.status.conditions", "nodetask.spec.newNodes"} {
+			"nodetask.status.nodes.reason", "nodetask.status.conditions", "nodetask.spec.newNodes",
+			"nodetask.spec.check.nonCompliantExitCode", "nodetask.spec.mode", "nodetask.status.nodes.compliance",
+			"nodetask.status.compliance.unknown"} {
 			out, err := exec.Command(kubectl, "--kubeconfig", kubeconfig, "explain", path).CombinedOutput()
 			Expect(err).NotTo(HaveOccurred(), string(out))
 			Expect(string(out)).To(ContainSubstring("DESCRIPTION:"))
