@@ -85,10 +85,11 @@ func (r *NodeTaskReconciler) observeMaintenance(ctx context.Context, obs *rollou
 	}
 	r.nodeWrites.overlay(obs.Nodes, obs.Now)
 	// Nodes with an attempt of the current run need no drain: it ran before the attempt.
+	// Attempt 0, spec.check's check before the claim, runs before the drain.
 	run, _ := rollout.CurrentRun(&task.Status, obs.Revision)
 	running := map[string]bool{}
 	for _, pod := range obs.Pods {
-		if ntv1.PodRun(pod) == run && ntv1.PodRevision(pod) == obs.Revision && !ntv1.IsRebootPod(pod) {
+		if ntv1.PodRun(pod) == run && ntv1.PodRevision(pod) == obs.Revision && !ntv1.IsRebootPod(pod) && ntv1.PodAttempt(pod) > 0 {
 			running[pod.Spec.NodeName] = true
 		}
 	}

@@ -34,10 +34,13 @@ type cordonWatch struct {
 	cordoned map[string]bool
 	stop     chan struct{}
 	done     chan struct{}
+	once     sync.Once
 }
 
+// watchCordons starts a cordonWatch, stopped by result or, if the spec fails first, at its end.
 func watchCordons(pool string) *cordonWatch {
 	w := &cordonWatch{cordoned: map[string]bool{}, stop: make(chan struct{}), done: make(chan struct{})}
+	DeferCleanup(func() { w.result() })
 	go func() {
 		defer GinkgoRecover()
 		defer close(w.done)
@@ -60,7 +63,7 @@ func watchCordons(pool string) *cordonWatch {
 }
 
 func (w *cordonWatch) result() map[string]bool {
-	close(w.stop)
+	w.once.Do(func() { close(w.stop) })
 	<-w.done
 	w.mu.Lock()
 	defer w.mu.Unlock()
