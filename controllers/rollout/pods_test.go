@@ -183,4 +183,23 @@ func TestRevision(t *testing.T) {
 		task := newTask(mutate)
 		g.Expect(Revision(&task.Spec)).To(Equal(rev), name)
 	}
+	// What runs does change with a check and with Audit.
+	g.Expect(Revision(&checkTask(false).Spec)).NotTo(Equal(rev))
+	g.Expect(Revision(&checkTask(true).Spec)).NotTo(Equal(Revision(&checkTask(false).Spec)))
 }
+
+// TestRevisionSurvivesUpgrade: a field added to the API with a CRD default must not change
+// the revision of a task stored before it existed, or upgrading the operator would run every
+// task again on every node. The API server fills spec.mode (Apply) into every task it reads
+// after the upgrade.
+func TestRevisionSurvivesUpgrade(t *testing.T) {
+	g := NewWithT(t)
+	before := newTask()
+	after := newTask(func(t *ntv1.NodeTask) { t.Spec.Mode = ntv1.ModeApply })
+	g.Expect(Revision(&after.Spec)).To(Equal(Revision(&before.Spec)))
+	// The revision of this spec, as the release before spec.mode computed it.
+	g.Expect(Revision(&before.Spec)).To(Equal(revisionBeforeCheck))
+}
+
+// revisionBeforeCheck is Revision(newTask().Spec) as v0.1.0 computed it.
+const revisionBeforeCheck = "bbfa914901"

@@ -29,6 +29,12 @@ func Revision(spec *ntv1.NodeTaskSpec) string {
 	// How results are read and when nodes may start is not what runs either.
 	in.Window, in.RebootExitCodes = nil, nil
 	in.Reboot, in.RebootTimeoutSeconds, in.Cordon, in.Drain = "", nil, false, nil
+	// A field added with a CRD default hashes as its default left out: the API server fills
+	// the default into tasks stored before the field existed, and their revision must not
+	// change with the upgrade (every node would run the task again).
+	if in.Mode == ntv1.ModeApply {
+		in.Mode = ""
+	}
 	// encoding/json sorts map keys and leaves out empty fields, so equal specs always hash
 	// alike, and a field added to the API later does not change existing revisions.
 	b, err := json.Marshal(in)

@@ -202,15 +202,18 @@ func TestArgoCDConfigMapSnippet(t *testing.T) {
 
 // kstatusWant is what kstatus makes of each state; docs/gitops.md lists the same.
 var kstatusWant = map[string]status.Status{
-	"new.yaml":                     status.InProgressStatus,
-	"spec-changed.yaml":            status.InProgressStatus,
-	"progressing.yaml":             status.InProgressStatus,
-	"retry-backoff.yaml":           status.InProgressStatus,
-	"waiting-for-nodes.yaml":       status.InProgressStatus,
-	"suspended.yaml":               status.InProgressStatus,
-	"no-targets.yaml":              status.InProgressStatus,
-	"healthy.yaml":                 status.CurrentStatus,
-	"healthy-with-failures.yaml":   status.CurrentStatus,
+	"new.yaml":                   status.InProgressStatus,
+	"spec-changed.yaml":          status.InProgressStatus,
+	"progressing.yaml":           status.InProgressStatus,
+	"retry-backoff.yaml":         status.InProgressStatus,
+	"waiting-for-nodes.yaml":     status.InProgressStatus,
+	"suspended.yaml":             status.InProgressStatus,
+	"no-targets.yaml":            status.InProgressStatus,
+	"healthy.yaml":               status.CurrentStatus,
+	"healthy-with-failures.yaml": status.CurrentStatus,
+	"remediated.yaml":            status.CurrentStatus,
+	// The audit is done: Current for kstatus, Degraded for Argo CD (docs/compliance.md).
+	"audit-noncompliant.yaml":      status.CurrentStatus,
 	"failure-budget-exceeded.yaml": status.FailedStatus,
 	"pod-security-rejected.yaml":   status.FailedStatus,
 	"configmap-missing.yaml":       status.FailedStatus,
