@@ -42,6 +42,24 @@ func TestGoldenScriptPod(t *testing.T) {
 	golden(t, "pod_script.golden.yaml", toYAML(t, b.Pod(task, 3, Revision(&task.Spec), PodRequest{Node: "akswin000001", NodeUID: "0b5a8c1e-7f2d-4c55-9a51-3f1f2c7d9e10", Attempt: 2})))
 }
 
+// TestGoldenCheckPods: the pods of a task with spec.check (the check before the claim,
+// attempt 0, and the check-fix-recheck pod) and its script ConfigMap with both scripts.
+func TestGoldenCheckPods(t *testing.T) {
+	task := checkTask(false, func(t *ntv1.NodeTask) {
+		t.Spec.Drain, t.Spec.Reboot = &ntv1.DrainSpec{}, ntv1.RebootIfRequired
+		t.Spec.RebootExitCodes = []int32{3010, 1641}
+	})
+	b := PodBuilder{DefaultScriptImage: ntv1.DefaultScriptImage}
+	rev := Revision(&task.Spec)
+	req := PodRequest{Node: "akswin000001", NodeUID: "0b5a8c1e-7f2d-4c55-9a51-3f1f2c7d9e10"}
+	check, fix := req, req
+	fix.Attempt = 1
+	golden(t, "pod_check.golden.yaml", toYAML(t, b.Pod(task, 1, rev, check)))
+	golden(t, "pod_check_fix.golden.yaml", toYAML(t, b.Pod(task, 1, rev, fix)))
+	golden(t, "configmap_check.golden.yaml", toYAML(t, ScriptConfigMap(task, 1, rev,
+		ScriptTexts{Script: "Set-NetFirewallProfile -Name Domain -Enabled True\n", Check: *task.Spec.Check.Inline + "\n"})))
+}
+
 // TestGoldenRebootPod: the restart pod carries the task's podLabels and podAnnotations like
 // every other pod of the task (admission policies and exemptions keyed on them see it too),
 // and the operator's own labels and boot-ID annotation.
