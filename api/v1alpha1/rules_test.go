@@ -36,14 +36,7 @@ func TestEveryRuleIsTested(t *testing.T) {
 // the generated CRD config/crd/bases/FILE.
 func celMessages(t *testing.T, file string) []string {
 	t.Helper()
-	data, err := os.ReadFile(filepath.Join("..", "..", "config", "crd", "bases", file))
-	if err != nil {
-		t.Fatal(err)
-	}
-	var crd map[string]any
-	if err := yaml.Unmarshal(data, &crd); err != nil {
-		t.Fatal(err)
-	}
+	crd := readCRD(t, file)
 	var messages []string
 	var walk func(any)
 	walk = func(v any) {
@@ -79,14 +72,7 @@ func TestEveryFieldIsDocumented(t *testing.T) {
 // metav1.Condition schema) and the paths in skip, and what is under them.
 func checkDescriptions(t *testing.T, file string, skip ...string) {
 	t.Helper()
-	data, err := os.ReadFile(filepath.Join("..", "..", "config", "crd", "bases", file))
-	if err != nil {
-		t.Fatal(err)
-	}
-	var crd map[string]any
-	if err := yaml.Unmarshal(data, &crd); err != nil {
-		t.Fatal(err)
-	}
+	crd := readCRD(t, file)
 	schema := crd["spec"].(map[string]any)["versions"].([]any)[0].(map[string]any)["schema"].(map[string]any)["openAPIV3Schema"].(map[string]any)
 	skip = append(skip, ".status.conditions", ".metadata")
 	fields := 0
@@ -113,4 +99,18 @@ func checkDescriptions(t *testing.T, file string, skip ...string) {
 	if fields < 10 {
 		t.Fatalf("found only %d fields in %s", fields, file)
 	}
+}
+
+// readCRD reads the generated CRD config/crd/bases/FILE.
+func readCRD(t *testing.T, file string) map[string]any {
+	t.Helper()
+	data, err := os.ReadFile(filepath.Join("..", "..", "config", "crd", "bases", file))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var crd map[string]any
+	if err := yaml.Unmarshal(data, &crd); err != nil {
+		t.Fatal(err)
+	}
+	return crd
 }

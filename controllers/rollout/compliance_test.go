@@ -247,25 +247,18 @@ func (w *checkWorld) pass(i int, lose bool) {
 	w.now = w.now.Add(time.Second)
 	switch i % 3 {
 	case 1:
-		for _, p := range w.pods {
-			if PodFinished(p) {
-				continue
-			}
-			if ntv1.IsRebootPod(p) {
-				p.Status.Phase = corev1.PodSucceeded
-				notReady(w.nodes[p.Spec.NodeName])
-				continue
-			}
+		w.finishPods(func(p *corev1.Pod) {
 			h := w.hosts[p.Spec.NodeName]
-			if podEnv(p, "NODETASK_MODE") == "CheckFix" && h.check == 1 {
+			fixes := podEnv(p, "NODETASK_MODE") == "CheckFix" && h.check == 1
+			if fixes {
 				w.fixes[p.Spec.NodeName]++
 			}
 			wrapperEnds(h, w.now)(p)
-			if podEnv(p, "NODETASK_MODE") == "CheckFix" && h.check == 1 && (h.fix == 0 || h.fix == 3010) {
-				// The fix repaired the host: its next check passes.
+			if fixes && (h.fix == 0 || h.fix == 3010) {
+				// The fix changed the host: its next check says what the re-check said.
 				w.hosts[p.Spec.NodeName] = hostState{check: h.recheck, fix: h.fix, recheck: h.recheck}
 			}
-		}
+		})
 	case 2:
 		w.bootAll()
 	}

@@ -128,6 +128,12 @@ func (w *maintWorld) podNamed(name string) *corev1.Pod {
 // finishRuns ends every running run pod with the exit code, and every restart pod with
 // success; a node whose restart pod finished goes down.
 func (w *maintWorld) finishRuns(code int32) {
+	w.finishPods(func(p *corev1.Pod) { exited(code, "done", w.now)(p) })
+}
+
+// finishPods ends every unfinished pod: a restart pod succeeds and takes its node down, a
+// run pod ends as end says.
+func (w *maintWorld) finishPods(end func(*corev1.Pod)) {
 	for _, p := range w.pods {
 		if PodFinished(p) {
 			continue
@@ -137,7 +143,7 @@ func (w *maintWorld) finishRuns(code int32) {
 			notReady(w.nodes[p.Spec.NodeName])
 			continue
 		}
-		exited(code, "done", w.now)(p)
+		end(p)
 	}
 }
 

@@ -2,7 +2,6 @@ package e2e
 
 import (
 	"fmt"
-	"sync"
 	"time"
 
 	. "github.com/onsi/ginkgo/v2"
@@ -11,6 +10,7 @@ import (
 	apimeta "k8s.io/apimachinery/pkg/api/meta"
 	"k8s.io/apimachinery/pkg/util/intstr"
 	"k8s.io/utils/ptr"
+	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	ntv1 "github.com/nodetask/nodetask-operator/api/v1alpha1"
 )
@@ -28,43 +28,32 @@ func podMode(p *corev1.Pod) string {
 	return ""
 }
 
-// cordonWatch samples the pool every 100 ms and records every node ever seen unschedulable.
+// cordonWatch records every node of a pool ever seen unschedulable.
 type cordonWatch struct {
-	mu       sync.Mutex
+	*sampler
 	cordoned map[string]bool
-	stop     chan struct{}
-	done     chan struct{}
-	once     sync.Once
 }
 
-// watchCordons starts a cordonWatch, stopped by result or, if the spec fails first, at its end.
 func watchCordons(pool string) *cordonWatch {
-	w := &cordonWatch{cordoned: map[string]bool{}, stop: make(chan struct{}), done: make(chan struct{})}
-	DeferCleanup(func() { w.result() })
-	go func() {
-		defer GinkgoRecover()
-		defer close(w.done)
-		for {
-			select {
-			case <-w.stop:
-				return
-			case <-time.After(100 * time.Millisecond):
-			}
-			for _, node := range poolNodes(pool) {
-				if node.Spec.Unschedulable {
-					w.mu.Lock()
-					w.cordoned[node.Name] = true
-					w.mu.Unlock()
-				}
+	w := &cordonWatch{cordoned: map[string]bool{}}
+	w.sampler = sample(func() {
+		var list corev1.NodeList
+		if err := k8s.List(ctx, &list, client.MatchingLabels{poolLabel: pool}); err != nil {
+			return
+		}
+		for _, node := range list.Items {
+			if node.Spec.Unschedulable {
+				w.mu.Lock()
+				w.cordoned[node.Name] = true
+				w.mu.Unlock()
 			}
 		}
-	}()
+	})
 	return w
 }
 
 func (w *cordonWatch) result() map[string]bool {
-	w.once.Do(func() { close(w.stop) })
-	<-w.done
+	w.halt()
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	return w.cordoned

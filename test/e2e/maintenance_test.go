@@ -39,47 +39,66 @@ func poolNodes(pool string) []corev1.Node {
 	return list.Items
 }
 
-// downWatch samples the pool every 100 ms and keeps the most nodes seen cordoned by a task
-// or not Ready at once.
-type downWatch struct {
-	mu   sync.Mutex
-	peak int
+// sampler calls a function every 100 ms in its own goroutine until halted, at the latest
+// when the spec ends (a failed spec does not leave it polling a stopped cluster).
+type sampler struct {
+	mu   sync.Mutex // guards what the function records
 	stop chan struct{}
 	done chan struct{}
+	once sync.Once
 }
 
-func watchDown(pool string, preCordoned map[string]bool) *downWatch {
-	w := &downWatch{stop: make(chan struct{}), done: make(chan struct{})}
+func sample(fn func()) *sampler {
+	s := &sampler{stop: make(chan struct{}), done: make(chan struct{})}
+	DeferCleanup(s.halt)
 	go func() {
 		defer GinkgoRecover()
-		defer close(w.done)
+		defer close(s.done)
 		for {
 			select {
-			case <-w.stop:
+			case <-s.stop:
 				return
 			case <-time.After(100 * time.Millisecond):
 			}
-			var list corev1.NodeList
-			if err := k8s.List(ctx, &list, client.MatchingLabels{poolLabel: pool}); err != nil {
-				continue
-			}
-			n := 0
-			for _, node := range list.Items {
-				if (node.Spec.Unschedulable && !preCordoned[node.Name]) || !ready(&node) {
-					n++
-				}
-			}
-			w.mu.Lock()
-			w.peak = max(w.peak, n)
-			w.mu.Unlock()
+			fn()
 		}
 	}()
+	return s
+}
+
+func (s *sampler) halt() {
+	s.once.Do(func() { close(s.stop) })
+	<-s.done
+}
+
+// downWatch keeps the most nodes of a pool seen cordoned by a task or not Ready at once.
+type downWatch struct {
+	*sampler
+	peak int
+}
+
+func watchDown(pool string, preCordoned map[string]bool) *downWatch {
+	w := &downWatch{}
+	w.sampler = sample(func() {
+		var list corev1.NodeList
+		if err := k8s.List(ctx, &list, client.MatchingLabels{poolLabel: pool}); err != nil {
+			return
+		}
+		n := 0
+		for _, node := range list.Items {
+			if (node.Spec.Unschedulable && !preCordoned[node.Name]) || !ready(&node) {
+				n++
+			}
+		}
+		w.mu.Lock()
+		w.peak = max(w.peak, n)
+		w.mu.Unlock()
+	})
 	return w
 }
 
 func (w *downWatch) result() int {
-	close(w.stop)
-	<-w.done
+	w.halt()
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	return w.peak
