@@ -46,6 +46,16 @@ const (
 	// ReasonScriptConfigMapConflict: an object the task does not own holds the name of the
 	// run's script ConfigMap.
 	ReasonScriptConfigMapConflict = "ScriptConfigMapConflict"
+	// ReasonFirstBatch: nodes of rollout.firstBatch run; the other targets wait for them.
+	ReasonFirstBatch = "FirstBatch"
+	// ReasonAwaitingApproval: the first batch succeeded and rollout.pauseAfterFirstBatch
+	// waits for spec.rollout.approvedRun to name the run (kubectl nodetask approve).
+	ReasonAwaitingApproval = "AwaitingApproval"
+	// ReasonFirstBatchFailed: a node of the first batch failed with no retry left; the other
+	// targets do not start (Stalled).
+	ReasonFirstBatchFailed = "FirstBatchFailed"
+	// ReasonMinReady: the only unfinished work is nodes counting rollout.minReadySeconds.
+	ReasonMinReady = "MinReady"
 	// ReasonNonCompliant: an Audit run finished and its check found nodes out of
 	// compliance (Ready is True: the audit is done; the message counts the nodes, and the
 	// Argo CD health check reports the task Degraded).

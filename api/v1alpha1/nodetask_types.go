@@ -25,6 +25,7 @@ const DefaultRunAsUserName = `NT AUTHORITY\SYSTEM`
 // +kubebuilder:validation:XValidation:rule="!has(self.mode) || self.mode != 'Audit' || has(self.check)",message="mode Audit runs only spec.check: set spec.check"
 // +kubebuilder:validation:XValidation:rule="!has(self.mode) || self.mode != 'Audit' || (!has(self.script) && !has(self.container))",message="mode Audit changes nothing, so it runs no spec.script or spec.container: leave them out, or use mode Apply to fix what the check finds"
 // +kubebuilder:validation:XValidation:rule="!has(self.mode) || self.mode != 'Audit' || (!has(self.drain) && !(has(self.cordon) && self.cordon) && (!has(self.reboot) || self.reboot == 'Never'))",message="mode Audit changes nothing: it cannot cordon, drain or reboot nodes (leave out cordon, drain and reboot)"
+// +kubebuilder:validation:XValidation:rule="!has(self.rollout) || !has(self.rollout.pauseAfterFirstBatch) || !self.rollout.pauseAfterFirstBatch || has(self.rollout.firstBatch)",message="rollout.pauseAfterFirstBatch needs rollout.firstBatch: the pause comes after the first batch"
 // +kubebuilder:validation:XValidation:rule="!has(self.check) || !has(self.check.nonCompliantExitCode) || !has(self.rebootExitCodes) || !(self.check.nonCompliantExitCode in self.rebootExitCodes)",message="check.nonCompliantExitCode must not be one of rebootExitCodes"
 type NodeTaskSpec struct {
 	// nodeSelector selects the nodes to run on by their labels. It is always combined with
@@ -477,6 +478,39 @@ type RolloutSpec struct {
 	// +kubebuilder:validation:XIntOrString
 	// +kubebuilder:validation:XValidation:rule="type(self) == int ? self >= 0 : self.matches('^([0-9]|[1-9][0-9]|100)%$')",message="rollout.maxFailures must be a whole number of at least 0 or a percentage from 0% to 100%"
 	MaxFailures *intstr.IntOrString `json:"maxFailures,omitempty"`
+
+	// firstBatch is how many nodes run first: a number, or a percentage of the target nodes,
+	// rounded up (at least 1 node). They are the first targets by name when the run starts
+	// (status.rollout.firstBatch names them). The other nodes start only once every node of
+	// the first batch succeeded (restarted and uncordoned, for a task that does so, and
+	// Ready for minReadySeconds) and the gates below hold; a node of the first batch that
+	// fails with no retry left stops the run (Stalled, reason FirstBatchFailed). Unset, there
+	// is no first batch.
+	// +optional
+	// +kubebuilder:validation:XIntOrString
+	// +kubebuilder:validation:XValidation:rule="type(self) == int ? self >= 1 : self.matches('^([1-9][0-9]?|100)%$')",message="rollout.firstBatch must be a whole number of at least 1 or a percentage from 1% to 100%, such as 10%"
+	FirstBatch *intstr.IntOrString `json:"firstBatch,omitempty"`
+
+	// pauseAfterFirstBatch makes the run wait after its first batch, Reconciling with reason
+	// AwaitingApproval, until approvedRun names the run (status.run): `kubectl nodetask
+	// approve TASK`, or a change of spec.rollout.approvedRun in git.
+	// +optional
+	PauseAfterFirstBatch bool `json:"pauseAfterFirstBatch,omitempty"`
+
+	// approvedRun approves the rest of one run after its first batch: the run's number
+	// (status.run). An approval of an earlier run never lets a later one go on.
+	// +optional
+	// +kubebuilder:validation:Minimum=0
+	ApprovedRun int64 `json:"approvedRun,omitempty"`
+
+	// minReadySeconds is how long a node must have been Ready after its run (after its
+	// restart, with its new boot ID, for a task that restarts it) before it counts as done:
+	// it keeps its rollout slot until then, so the next node waits for it. 0 counts it done
+	// at once.
+	// +optional
+	// +kubebuilder:validation:Minimum=0
+	// +kubebuilder:validation:Maximum=3600
+	MinReadySeconds int32 `json:"minReadySeconds,omitempty"`
 }
 
 // NewNodesPolicy says whether nodes that appear during or after a rollout get the task.
@@ -582,6 +616,34 @@ const (
 	Remediated Compliance = "Remediated"
 )
 
+// Rollout batches, in status.rollout.batch.
+const (
+	// BatchFirst: the first batch runs; the other targets wait for it.
+	BatchFirst = "First"
+	// BatchRest: the first batch succeeded (and, with pauseAfterFirstBatch, the run was
+	// approved); every target may start.
+	BatchRest = "Rest"
+)
+
+// RolloutStatus is where a run stands with its first batch.
+type RolloutStatus struct {
+	// firstBatch names the nodes of the current run's first batch, chosen when the run
+	// started (or when rollout.firstBatch was set): the first targets by name.
+	// +optional
+	// +listType=atomic
+	FirstBatch []string `json:"firstBatch,omitempty"`
+
+	// batch is First while the first batch runs or waits for approval, Rest once every
+	// target may start.
+	// +optional
+	Batch string `json:"batch,omitempty"`
+
+	// approved is true once the run's rest was approved (spec.rollout.approvedRun equals
+	// status.run); only with pauseAfterFirstBatch.
+	// +optional
+	Approved bool `json:"approved,omitempty"`
+}
+
 // ComplianceSummary counts what the task's check found on its targets in the current run.
 type ComplianceSummary struct {
 	// compliant counts targets that were compliant or were remediated.
@@ -644,6 +706,11 @@ type NodeTaskStatus struct {
 	// task with a check has it.
 	// +optional
 	Compliance *ComplianceSummary `json:"compliance,omitempty"`
+
+	// rollout is where the current run stands with spec.rollout's first batch and approval;
+	// only a task with rollout.firstBatch has it.
+	// +optional
+	Rollout *RolloutStatus `json:"rollout,omitempty"`
 
 	// conditions follow the kstatus conventions: Ready, Reconciling and Stalled.
 	// +optional

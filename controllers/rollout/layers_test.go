@@ -30,6 +30,7 @@ var layers = []string{
 	"node_step.go",       // one node's step: shouldStart, the entry, the one action
 	"status_size.go",     // the status's size budget
 	"status_changes.go",  // whether a status write changes anything
+	"batches.go",         // rollout.firstBatch and the approval after it
 	"plan.go",            // ComputePlan: every node's step, cut by slots and one gate
 	"nodetask_status.go", // ComputeStatus: the whole status
 }

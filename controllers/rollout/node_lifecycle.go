@@ -358,3 +358,19 @@ func retryDelay(attempts int32) time.Duration {
 	}
 	return min(d, retryMaxDelay)
 }
+
+// settleWait is how long a node whose run succeeded still counts rollout.minReadySeconds:
+// from its result (for a restarted node, when it came back Ready with its new boot ID), or
+// from when it last became Ready after that.
+func settleWait(node *corev1.Node, e *ntv1.NodeStatus, minReady time.Duration, now time.Time) time.Duration {
+	if e.FinishTime == nil {
+		return 0
+	}
+	since := e.FinishTime.Time
+	for _, c := range node.Status.Conditions {
+		if c.Type == corev1.NodeReady && c.Status == corev1.ConditionTrue && c.LastTransitionTime.After(since) {
+			since = c.LastTransitionTime.Time
+		}
+	}
+	return max(since.Add(minReady).Sub(now), 0)
+}

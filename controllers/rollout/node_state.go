@@ -53,6 +53,9 @@ const (
 	// slotReleasing: the task still holds the node's claim, and the node's work is done;
 	// the task is not Ready until it is let go.
 	slotReleasing
+	// slotSettling: the node's run succeeded and it counts rollout.minReadySeconds; the
+	// next node waits for it.
+	slotSettling
 )
 
 // podCensus counts what the node's unfinished pods still need.

@@ -21,10 +21,13 @@ import (
 type stepper struct {
 	*lifecycle
 	maint maintenance
+	// minReady is rollout.minReadySeconds.
+	minReady time.Duration
 }
 
 func newStepper(task *ntv1.NodeTask, run int64, revision string, now time.Time) *stepper {
-	st := &stepper{lifecycle: newLifecycle(task, run, revision, now), maint: newMaintenance(task)}
+	st := &stepper{lifecycle: newLifecycle(task, run, revision, now), maint: newMaintenance(task),
+		minReady: time.Duration(task.Spec.Rollout.MinReadySeconds) * time.Second}
 	if c := st.check; c != nil {
 		c.first = st.maint.claims && !c.audit
 	}
@@ -123,6 +126,7 @@ func (st *stepper) step(in nodeInput) nodeStep {
 			s.action = nodeAction{kind: actStart, start: v.request}
 		}
 		s.entry = e
+		st.settle(in, &s)
 		return s
 	}
 
@@ -137,9 +141,23 @@ func (st *stepper) step(in nodeInput) nodeStep {
 	if claim == claimOurs && (e.Phase == ntv1.NodeSucceeded || e.Phase == ntv1.NodeFailed) {
 		s.slot = slotReleasing
 	}
-	s.listed = s.listed || s.slot != slotNone
 	s.entry = e
+	st.settle(in, &s)
+	s.listed = s.listed || s.slot != slotNone
 	return s
+}
+
+// settle keeps the slot of a node whose run succeeded while it counts
+// rollout.minReadySeconds, and wakes the task when it is done.
+func (st *stepper) settle(in nodeInput, s *nodeStep) {
+	e := &s.entry
+	if st.minReady == 0 || s.slot != slotNone || in.node == nil || e.Run != st.run || e.Phase != ntv1.NodeSucceeded {
+		return
+	}
+	if wait := settleWait(in.node, e, st.minReady, st.now); wait > 0 {
+		s.slot = slotSettling
+		s.after(wait)
+	}
 }
 
 // nodePods is a node's pods, sorted for its step.

@@ -46,6 +46,12 @@ func ComputeStatus(obs *Observed, p *Plan, out Outcome) ntv1.NodeTaskStatus {
 	entries := recordOutcome(obs, p, out)
 	c := countTargets(entries, p.Targets, p.Run)
 	st.Targets, st.Pending, st.Running, st.Succeeded, st.Failed = c.Targets, c.Pending, c.Running, c.Succeeded, c.Failed
+	if b := &p.batch; b.names != nil {
+		st.Rollout = &ntv1.RolloutStatus{FirstBatch: b.names, Batch: ntv1.BatchFirst, Approved: b.approved}
+		if b.rest() {
+			st.Rollout.Batch = ntv1.BatchRest
+		}
+	}
 	if task.Spec.Check != nil {
 		st.Compliance = &ntv1.ComplianceSummary{Compliant: c.Compliant, NonCompliant: c.NonCompliant,
 			Unknown: c.Targets - c.Compliant - c.NonCompliant}
@@ -118,6 +124,11 @@ func factsOf(task *ntv1.NodeTask, p *Plan, out Outcome, c counts, entries []ntv1
 		Waiting:       out.Waiting,
 		Check:         task.Spec.Check != nil,
 		Audit:         task.Spec.Mode == ntv1.ModeAudit,
+		Name:          task.Name,
+		Run:           p.Run,
+		Batch:         p.batch,
+		Settling:      p.Settling,
+		MinReady:      task.Spec.Rollout.MinReadySeconds,
 	}
 	if f.Problem == nil && out.Problem != nil {
 		// Found by apply (a pod refused after the dry run, a missing script ConfigMap): it
@@ -174,6 +185,14 @@ type conditionFacts struct {
 	// targets the check found out of compliance and not put right.
 	Check, Audit bool
 	NonCompliant []string
+	// Name and Run are the task's name and current run, for the approval's command.
+	Name string
+	Run  int64
+	// Batch is where the run stands with rollout.firstBatch.
+	Batch batch
+	// Settling names the nodes counting rollout.minReadySeconds (MinReady).
+	Settling []string
+	MinReady int32
 }
 
 // setConditions sets Ready, Reconciling and Stalled. All three are always present, so that
@@ -204,6 +223,14 @@ func setConditions(st *ntv1.NodeTaskStatus, f conditionFacts) {
 			stalledMsg += fmt.Sprintf(" and the %d running will finish", c.Running)
 		}
 		stalledMsg += ". Read status.nodes[].output, fix the cause, then change spec.rerunToken to run again, or raise spec.rollout.maxFailures to go on"
+	case GateFirstBatchFailed:
+		stalledReason = ntv1.ReasonFirstBatchFailed
+		stalledMsg = fmt.Sprintf("%s of the first batch failed (%s): the other targets do not start",
+			NodeCount(len(f.Batch.failed)), NameList(f.Batch.failed))
+		if c.Running > 0 {
+			stalledMsg += fmt.Sprintf(" and the %d running will finish", c.Running)
+		}
+		stalledMsg += ". Read status.nodes[].output, fix the cause, then change spec.rerunToken to run again"
 	case GateProblem:
 		stalledReason, stalledMsg = f.Problem.Reason, f.Problem.Message
 	}
@@ -215,7 +242,7 @@ func setConditions(st *ntv1.NodeTaskStatus, f conditionFacts) {
 	}
 
 	set(ntv1.ConditionStalled, metav1.ConditionFalse, ntv1.ReasonProgressing, "")
-	done := c.Targets > 0 && c.Pending == 0 && c.Running == 0 && len(f.Releasing) == 0
+	done := c.Targets > 0 && c.Pending == 0 && c.Running == 0 && len(f.Releasing) == 0 && len(f.Settling) == 0
 	switch {
 	case done:
 		msg := fmt.Sprintf("succeeded on all %d nodes", c.Targets)
@@ -250,9 +277,20 @@ func setConditions(st *ntv1.NodeTaskStatus, f conditionFacts) {
 			reason, msg = ntv1.ReasonSuspended, "suspended: "+progress+"; the running pods will finish"
 		case f.Waiting != nil:
 			reason, msg = f.Waiting.Reason, progress+"; "+f.Waiting.Message
+		case f.Gate == GateAwaitingApproval:
+			reason = ntv1.ReasonAwaitingApproval
+			msg = fmt.Sprintf("%s; the first batch succeeded (%s) and the run waits for approval: "+
+				"run `kubectl nodetask approve %s -n %s`, or set spec.rollout.approvedRun to %d",
+				progress, NameList(f.Batch.names), f.Name, f.Namespace, f.Run)
+		case f.Batch.names != nil && !f.Batch.done:
+			reason = ntv1.ReasonFirstBatch
+			msg = fmt.Sprintf("%s; first batch: %s (the other targets wait for it)", progress, NameList(f.Batch.names))
 		case c.Running > 0:
 		case len(f.Releasing) > 0 && c.Pending == 0:
 			msg = progress + "; releasing (uncordoning) " + NameList(f.Releasing)
+		case len(f.Settling) > 0 && c.Pending == 0:
+			reason = ntv1.ReasonMinReady
+			msg = fmt.Sprintf("%s; waiting rollout.minReadySeconds (%ds) for %s", progress, f.MinReady, NameList(f.Settling))
 		case f.Gate == GateWindowClosed:
 			reason = ntv1.ReasonOutsideMaintenanceWindow
 			msg = progress + "; outside spec.window, which opens next at " + f.NextWindow.Format(time.RFC3339)

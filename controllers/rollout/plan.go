@@ -60,6 +60,8 @@ type Plan struct {
 	// Releasing names the nodes whose work is done and whose claim this task still holds:
 	// the task is not Ready until they are uncordoned and let go.
 	Releasing []string
+	// Settling names the nodes that succeeded and count rollout.minReadySeconds.
+	Settling []string
 	// Delete lists the pods to delete: recorded finished pods past their TTL, recorded pods
 	// of deleted nodes or of a machine that was replaced, pods past the operator's deadline,
 	// and superseded pods that never started.
@@ -91,6 +93,11 @@ type Plan struct {
 	AdmissionProbe *PodRequest
 	// RequeueAfter is when the plan changes by itself (a backoff, a TTL or a deadline ends); 0 for never.
 	RequeueAfter time.Duration
+
+	// batch is where the run stands with rollout.firstBatch (batches.go).
+	batch batch
+	// holding names the nodes that hold a rollout slot.
+	holding map[string]bool
 }
 
 // ComputePlan decides, from the observed state alone, which pods to create and delete and
@@ -104,6 +111,7 @@ func ComputePlan(obs *Observed) *Plan {
 	p.MaxConcurrent, p.MaxFailures = rolloutLimits(task, len(p.Targets))
 
 	asks := p.stepNodes(obs, stored)
+	p.batch = batchOf(task, firstBatchNames(task, p.Targets, p.NewRun), p.Targets, p.Run, p.Nodes, p.holding)
 
 	p.BudgetExceeded = countTargets(p.Nodes, p.Targets, p.Run).Failed > int32(p.MaxFailures)
 	if p.Problem == nil {
@@ -132,7 +140,8 @@ func ComputePlan(obs *Observed) *Plan {
 			}
 		}
 	}
-	p.Gate = gateOf(task.Spec.Suspend, p.BudgetExceeded, p.Problem != nil, windowClosed)
+	p.Gate = gateOf(gateFacts{suspended: task.Spec.Suspend, budgetExceeded: p.BudgetExceeded, firstBatchFailed: len(p.batch.failed) > 0,
+		problem: p.Problem != nil, windowClosed: windowClosed, awaitingApproval: p.batch.awaitingApproval})
 	p.allot(asks)
 	p.gate(obs)
 	if len(p.Create) == 0 {
@@ -201,9 +210,16 @@ func (p *Plan) stepNodes(obs *Observed, stored map[string]ntv1.NodeStatus) slotA
 		}
 		if s.slot != slotNone {
 			p.InFlight++
+			if p.holding == nil {
+				p.holding = map[string]bool{}
+			}
+			p.holding[name] = true
 		}
-		if s.slot == slotReleasing {
+		switch s.slot {
+		case slotReleasing:
 			p.Releasing = append(p.Releasing, name)
+		case slotSettling:
+			p.Settling = append(p.Settling, name)
 		}
 		switch a := s.action; {
 		case a.kind == actStart:
@@ -258,10 +274,12 @@ func (p *Plan) allot(asks slotAsks) {
 		// for both): claims first, so that a node already found non-compliant is fixed
 		// before more nodes are checked.
 		slots := max(0, p.MaxConcurrent-p.InFlight)
-		claims := asks.claims[:min(slots, len(asks.claims))]
+		claims := slices.DeleteFunc(asks.claims, func(op NodeOp) bool { return p.batch.holds(op.Node) })
+		claims = claims[:min(slots, len(claims))]
 		p.NodeOps = append(p.NodeOps, claims...)
 		slots -= len(claims)
-		p.Create = asks.starts[:min(slots, len(asks.starts))]
+		starts := slices.DeleteFunc(asks.starts, func(r PodRequest) bool { return p.batch.holds(r.Node) })
+		p.Create = starts[:min(slots, len(starts))]
 	}
 	stopped := p.Gate.stops()
 	var claimed []PodRequest
@@ -290,32 +308,48 @@ const (
 	GateOpen Gate = iota
 	// GateBudgetExceeded: more targets failed than rollout.maxFailures allows (Stalled).
 	GateBudgetExceeded
+	// GateFirstBatchFailed: a node of rollout.firstBatch failed (Stalled).
+	GateFirstBatchFailed
 	// GateProblem: something a person must fix (Stalled with the problem's reason).
 	GateProblem
 	// GateSuspended: spec.suspend.
 	GateSuspended
 	// GateWindowClosed: outside spec.window; nodes already claimed go on.
 	GateWindowClosed
+	// GateAwaitingApproval: the first batch succeeded and the run waits for
+	// spec.rollout.approvedRun (pauseAfterFirstBatch).
+	GateAwaitingApproval
 )
 
+// gateFacts are what the gate is computed from.
+type gateFacts struct {
+	suspended, budgetExceeded, firstBatchFailed, problem, windowClosed, awaitingApproval bool
+}
+
 // gateOf returns the gate of the first condition that holds, in precedence order.
-func gateOf(suspended, budgetExceeded, problem, windowClosed bool) Gate {
+func gateOf(f gateFacts) Gate {
 	switch {
-	case budgetExceeded:
+	case f.budgetExceeded:
 		return GateBudgetExceeded
-	case problem:
+	case f.firstBatchFailed:
+		return GateFirstBatchFailed
+	case f.problem:
 		return GateProblem
-	case suspended:
+	case f.suspended:
 		return GateSuspended
-	case windowClosed:
+	case f.windowClosed:
 		return GateWindowClosed
+	case f.awaitingApproval:
+		return GateAwaitingApproval
 	}
 	return GateOpen
 }
 
 // stops reports whether the gate stops the rollout: claimed nodes that have not started
-// their run are let go. A closed window only holds new starts back.
-func (g Gate) stops() bool { return g == GateBudgetExceeded || g == GateProblem || g == GateSuspended }
+// their run are let go. A closed window or a wait for approval only holds new starts back.
+func (g Gate) stops() bool {
+	return g == GateBudgetExceeded || g == GateFirstBatchFailed || g == GateProblem || g == GateSuspended
+}
 
 // gate holds back every pod and every node action (claim, cordon, eviction, restart) until
 // the API server has confirmed it admits the run's pods; releases go ahead, since they undo.

@@ -406,21 +406,25 @@ func TestPlanIsStable(t *testing.T) {
 }
 
 // TestGateOf: the gate's precedence, computed once in the plan and reported by the
-// conditions: a spent budget, then a problem, then suspend, then a closed window.
+// conditions: a spent budget, a failed first batch, a problem, suspend, a closed window, then
+// the wait for approval.
 func TestGateOf(t *testing.T) {
 	g := NewWithT(t)
 	for _, tc := range []struct {
-		suspended, budget, problem, window bool
-		want                               Gate
-		stops                              bool
+		f     gateFacts
+		want  Gate
+		stops bool
 	}{
 		{want: GateOpen},
-		{window: true, want: GateWindowClosed},
-		{suspended: true, window: true, want: GateSuspended, stops: true},
-		{problem: true, suspended: true, window: true, want: GateProblem, stops: true},
-		{budget: true, problem: true, suspended: true, window: true, want: GateBudgetExceeded, stops: true},
+		{f: gateFacts{awaitingApproval: true}, want: GateAwaitingApproval},
+		{f: gateFacts{windowClosed: true, awaitingApproval: true}, want: GateWindowClosed},
+		{f: gateFacts{suspended: true, windowClosed: true}, want: GateSuspended, stops: true},
+		{f: gateFacts{problem: true, suspended: true, windowClosed: true}, want: GateProblem, stops: true},
+		{f: gateFacts{firstBatchFailed: true, problem: true}, want: GateFirstBatchFailed, stops: true},
+		{f: gateFacts{budgetExceeded: true, firstBatchFailed: true, problem: true, suspended: true, windowClosed: true},
+			want: GateBudgetExceeded, stops: true},
 	} {
-		got := gateOf(tc.suspended, tc.budget, tc.problem, tc.window)
+		got := gateOf(tc.f)
 		g.Expect(got).To(Equal(tc.want), "%+v", tc)
 		g.Expect(got.stops()).To(Equal(tc.stops), "%+v", tc)
 	}
