@@ -54,6 +54,9 @@ const (
 	// ReasonFirstBatchFailed: a node of the first batch failed with no retry left; the other
 	// targets do not start (Stalled).
 	ReasonFirstBatchFailed = "FirstBatchFailed"
+	// ReasonHealthCheckFailing: a rollout.healthChecks check does not hold: no node starts
+	// (Reconciling), or, past its failAfterSeconds, the run stalls (Stalled).
+	ReasonHealthCheckFailing = "HealthCheckFailing"
 	// ReasonMinReady: the only unfinished work is nodes counting rollout.minReadySeconds.
 	ReasonMinReady = "MinReady"
 	// ReasonNonCompliant: an Audit run finished and its check found nodes out of

@@ -511,6 +511,84 @@ type RolloutSpec struct {
 	// +kubebuilder:validation:Minimum=0
 	// +kubebuilder:validation:Maximum=3600
 	MinReadySeconds int32 `json:"minReadySeconds,omitempty"`
+
+	// healthChecks are checks of cluster objects made before each new node starts (and
+	// each claim): while one does not hold, no node starts (running nodes finish), and the
+	// task is Reconciling with reason HealthCheckFailing and the check's name; one that
+	// has not held for its failAfterSeconds stalls the run (Stalled, HealthCheckFailing).
+	// The operator reads only the objects the checks name, with its own identity: reading a
+	// kind needs a role an administrator adds (docs/rollout.md), and an object outside the
+	// task's namespace (or cluster-scoped) only of a kind the manager's
+	// --health-check-cluster-kinds allows. Secrets can never be named. A check says only
+	// whether it held, never what the object holds.
+	// +optional
+	// +listType=map
+	// +listMapKey=name
+	// +kubebuilder:validation:MaxItems=8
+	HealthChecks []HealthCheck `json:"healthChecks,omitempty"`
+}
+
+// HealthCheck is a CEL expression over a cluster object (or each object a selector picks)
+// that must hold for the rollout to go on.
+type HealthCheck struct {
+	// name identifies the check in status and messages.
+	// +kubebuilder:validation:MinLength=1
+	// +kubebuilder:validation:MaxLength=63
+	// +kubebuilder:validation:Pattern=`^[a-z0-9]([-a-z0-9]*[a-z0-9])?$`
+	Name string `json:"name"`
+
+	// object names what the expression looks at.
+	Object HealthCheckObject `json:"object"`
+
+	// expression is a CEL expression that returns a bool, with the object as `object`
+	// (its fields as the API server returns them: object.status.availableReplicas). With
+	// object.selector it must hold for every object selected, and for at least one. It is
+	// compiled once per spec change with the API server's CEL libraries and its per-call
+	// cost limit; one that does not compile, or does not return a bool, stalls the task
+	// (reason InvalidSpec) with the compiler's message.
+	// +kubebuilder:validation:MinLength=1
+	// +kubebuilder:validation:MaxLength=4096
+	Expression string `json:"expression"`
+
+	// failAfterSeconds stalls the run once the check has not held for this long (reason
+	// HealthCheckFailing): a person must look. Unset, the run waits for the check as long as
+	// it takes.
+	// +optional
+	// +kubebuilder:validation:Minimum=1
+	// +kubebuilder:validation:Maximum=86400
+	FailAfterSeconds *int32 `json:"failAfterSeconds,omitempty"`
+}
+
+// HealthCheckObject names the object a health check reads: by name, or by label selector.
+//
+// +kubebuilder:validation:XValidation:rule="has(self.name) != has(self.selector)",message="a health check's object needs exactly one of name or selector"
+// +kubebuilder:validation:XValidation:rule="!(self.kind == 'Secret' && (self.apiVersion == 'v1'))",message="a health check cannot read Secrets"
+type HealthCheckObject struct {
+	// apiVersion is the object's group and version, such as apps/v1.
+	// +kubebuilder:validation:MinLength=1
+	// +kubebuilder:validation:MaxLength=253
+	APIVersion string `json:"apiVersion"`
+
+	// kind is the object's kind, such as Deployment.
+	// +kubebuilder:validation:MinLength=1
+	// +kubebuilder:validation:MaxLength=63
+	Kind string `json:"kind"`
+
+	// namespace is the object's namespace; unset, the task's own. Another namespace, or a
+	// cluster-scoped kind, is read only for kinds the manager's --health-check-cluster-kinds
+	// allows.
+	// +optional
+	// +kubebuilder:validation:MaxLength=63
+	Namespace string `json:"namespace,omitempty"`
+
+	// name is the object's name.
+	// +optional
+	// +kubebuilder:validation:MaxLength=253
+	Name string `json:"name,omitempty"`
+
+	// selector selects the objects by label, in the namespace.
+	// +optional
+	Selector *metav1.LabelSelector `json:"selector,omitempty"`
 }
 
 // NewNodesPolicy says whether nodes that appear during or after a rollout get the task.
@@ -642,6 +720,35 @@ type RolloutStatus struct {
 	// status.run); only with pauseAfterFirstBatch.
 	// +optional
 	Approved bool `json:"approved,omitempty"`
+
+	// healthChecks is the last evaluation of each of spec.rollout.healthChecks.
+	// +optional
+	// +listType=map
+	// +listMapKey=name
+	HealthChecks []HealthCheckStatus `json:"healthChecks,omitempty"`
+}
+
+// HealthCheckStatus is the last evaluation of one health check.
+type HealthCheckStatus struct {
+	// name is the check's name.
+	Name string `json:"name"`
+
+	// healthy says whether the check held.
+	Healthy bool `json:"healthy"`
+
+	// since is when the check last changed between holding and not.
+	// +optional
+	Since *metav1.Time `json:"since,omitempty"`
+
+	// lastEvaluated is when the check was last evaluated.
+	// +optional
+	LastEvaluated *metav1.Time `json:"lastEvaluated,omitempty"`
+
+	// message says why a check did not hold, without the object's content: the expression
+	// returned false, the object was not found, reading it was forbidden, the expression
+	// failed.
+	// +optional
+	Message string `json:"message,omitempty"`
 }
 
 // ComplianceSummary counts what the task's check found on its targets in the current run.
@@ -707,8 +814,8 @@ type NodeTaskStatus struct {
 	// +optional
 	Compliance *ComplianceSummary `json:"compliance,omitempty"`
 
-	// rollout is where the current run stands with spec.rollout's first batch and approval;
-	// only a task with rollout.firstBatch has it.
+	// rollout is where the current run stands with spec.rollout's first batch, approval and
+	// health checks; only a task with rollout.firstBatch or rollout.healthChecks has it.
 	// +optional
 	Rollout *RolloutStatus `json:"rollout,omitempty"`
 
