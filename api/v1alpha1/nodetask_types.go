@@ -736,13 +736,12 @@ type HealthCheckStatus struct {
 	// healthy says whether the check held.
 	Healthy bool `json:"healthy"`
 
-	// since is when the check last changed between holding and not.
+	// since is when the check last changed between holding and not (its failAfterSeconds
+	// counts from here). The check is evaluated at most every few seconds while nodes wait
+	// to start; the time of each evaluation is not written, so that the status changes only
+	// when a result does.
 	// +optional
 	Since *metav1.Time `json:"since,omitempty"`
-
-	// lastEvaluated is when the check was last evaluated.
-	// +optional
-	LastEvaluated *metav1.Time `json:"lastEvaluated,omitempty"`
 
 	// message says why a check did not hold, without the object's content: the expression
 	// returned false, the object was not found, reading it was forbidden, the expression

@@ -31,6 +31,7 @@ var layers = []string{
 	"status_size.go",     // the status's size budget
 	"status_changes.go",  // whether a status write changes anything
 	"batches.go",         // rollout.firstBatch and the approval after it
+	"health.go",          // rollout.healthChecks: the gate and its status
 	"plan.go",            // ComputePlan: every node's step, cut by slots and one gate
 	"nodetask_status.go", // ComputeStatus: the whole status
 }

@@ -46,10 +46,13 @@ func ComputeStatus(obs *Observed, p *Plan, out Outcome) ntv1.NodeTaskStatus {
 	entries := recordOutcome(obs, p, out)
 	c := countTargets(entries, p.Targets, p.Run)
 	st.Targets, st.Pending, st.Running, st.Succeeded, st.Failed = c.Targets, c.Pending, c.Running, c.Succeeded, c.Failed
-	if b := &p.batch; b.names != nil {
-		st.Rollout = &ntv1.RolloutStatus{FirstBatch: b.names, Batch: ntv1.BatchFirst, Approved: b.approved}
-		if b.rest() {
-			st.Rollout.Batch = ntv1.BatchRest
+	if b := &p.batch; b.names != nil || len(p.health.checks) > 0 {
+		st.Rollout = &ntv1.RolloutStatus{HealthChecks: p.health.checks}
+		if b.names != nil {
+			st.Rollout.FirstBatch, st.Rollout.Batch, st.Rollout.Approved = b.names, ntv1.BatchFirst, b.approved
+			if b.rest() {
+				st.Rollout.Batch = ntv1.BatchRest
+			}
 		}
 	}
 	if task.Spec.Check != nil {
@@ -127,6 +130,7 @@ func factsOf(task *ntv1.NodeTask, p *Plan, out Outcome, c counts, entries []ntv1
 		Name:          task.Name,
 		Run:           p.Run,
 		Batch:         p.batch,
+		Health:        p.health,
 		Settling:      p.Settling,
 		MinReady:      task.Spec.Rollout.MinReadySeconds,
 	}
@@ -190,6 +194,8 @@ type conditionFacts struct {
 	Run  int64
 	// Batch is where the run stands with rollout.firstBatch.
 	Batch batch
+	// Health is where the run stands with rollout.healthChecks.
+	Health healthGate
 	// Settling names the nodes counting rollout.minReadySeconds (MinReady).
 	Settling []string
 	MinReady int32
@@ -233,6 +239,14 @@ func setConditions(st *ntv1.NodeTaskStatus, f conditionFacts) {
 		stalledMsg += ". Read status.nodes[].output, fix the cause, then change spec.rerunToken to run again"
 	case GateProblem:
 		stalledReason, stalledMsg = f.Problem.Reason, f.Problem.Message
+	case GateHealthStalled:
+		stalledReason = ntv1.ReasonHealthCheckFailing
+		stalledMsg = fmt.Sprintf("%s past its failAfterSeconds, since %s: no further node starts", f.Health.message(f.Health.stalled),
+			f.Health.failingSince.UTC().Format(time.RFC3339))
+		if c.Running > 0 {
+			stalledMsg += fmt.Sprintf(" and the %d running will finish", c.Running)
+		}
+		stalledMsg += ". The rollout goes on by itself once the check holds again: look at what it checks"
 	}
 	if stalledReason != "" {
 		set(ntv1.ConditionStalled, metav1.ConditionTrue, stalledReason, stalledMsg)
@@ -277,6 +291,10 @@ func setConditions(st *ntv1.NodeTaskStatus, f conditionFacts) {
 			reason, msg = ntv1.ReasonSuspended, "suspended: "+progress+"; the running pods will finish"
 		case f.Waiting != nil:
 			reason, msg = f.Waiting.Reason, progress+"; "+f.Waiting.Message
+		case f.Gate == GateHealthFailing:
+			reason = ntv1.ReasonHealthCheckFailing
+			msg = fmt.Sprintf("%s; %s, since %s: no node starts until it does", progress, f.Health.message(f.Health.failing),
+				f.Health.failingSince.UTC().Format(time.RFC3339))
 		case f.Gate == GateAwaitingApproval:
 			reason = ntv1.ReasonAwaitingApproval
 			msg = fmt.Sprintf("%s; the first batch succeeded (%s) and the run waits for approval: "+

@@ -35,6 +35,10 @@ type Observed struct {
 	// it confirmed them, the plan creates no pod and claims, cordons, drains and restarts
 	// no node.
 	Admission Admission
+	// Health is the latest evaluation of spec.rollout.healthChecks (health.go); HealthError
+	// says why they cannot be evaluated (an expression that does not compile).
+	Health      []HealthResult
+	HealthError string
 }
 
 // Plan is what one reconcile decided: the pods to create and delete, and the per-node
@@ -96,6 +100,8 @@ type Plan struct {
 
 	// batch is where the run stands with rollout.firstBatch (batches.go).
 	batch batch
+	// health is where the run stands with rollout.healthChecks (health.go).
+	health healthGate
 	// holding names the nodes that hold a rollout slot.
 	holding map[string]bool
 }
@@ -116,6 +122,14 @@ func ComputePlan(obs *Observed) *Plan {
 	p.BudgetExceeded = countTargets(p.Nodes, p.Targets, p.Run).Failed > int32(p.MaxFailures)
 	if p.Problem == nil {
 		p.Problem = obs.Admission.Refused
+	}
+	if p.Problem == nil && obs.HealthError != "" {
+		p.Problem = &Problem{Reason: ntv1.ReasonInvalidSpec, Message: obs.HealthError}
+	}
+	p.health = healthOf(task, obs.Health, obs.Now)
+	if len(p.health.failing) > 0 && len(asks.starts)+len(asks.claims) > 0 {
+		// Looked at again while nodes wait for it.
+		p.RequeueAfter = Soonest(p.RequeueAfter, p.health.next)
 	}
 	if p.Problem == nil {
 		starting := min(len(asks.starts), max(0, p.MaxConcurrent-p.InFlight))
@@ -141,7 +155,8 @@ func ComputePlan(obs *Observed) *Plan {
 		}
 	}
 	p.Gate = gateOf(gateFacts{suspended: task.Spec.Suspend, budgetExceeded: p.BudgetExceeded, firstBatchFailed: len(p.batch.failed) > 0,
-		problem: p.Problem != nil, windowClosed: windowClosed, awaitingApproval: p.batch.awaitingApproval})
+		problem: p.Problem != nil, windowClosed: windowClosed, awaitingApproval: p.batch.awaitingApproval,
+		healthStalled: len(p.health.stalled) > 0, healthFailing: len(p.health.failing) > 0})
 	p.allot(asks)
 	p.gate(obs)
 	if len(p.Create) == 0 {
@@ -312,10 +327,15 @@ const (
 	GateFirstBatchFailed
 	// GateProblem: something a person must fix (Stalled with the problem's reason).
 	GateProblem
+	// GateHealthStalled: a health check has not held for its failAfterSeconds (Stalled
+	// until it holds again).
+	GateHealthStalled
 	// GateSuspended: spec.suspend.
 	GateSuspended
 	// GateWindowClosed: outside spec.window; nodes already claimed go on.
 	GateWindowClosed
+	// GateHealthFailing: a health check does not hold; nodes already claimed go on.
+	GateHealthFailing
 	// GateAwaitingApproval: the first batch succeeded and the run waits for
 	// spec.rollout.approvedRun (pauseAfterFirstBatch).
 	GateAwaitingApproval
@@ -324,6 +344,7 @@ const (
 // gateFacts are what the gate is computed from.
 type gateFacts struct {
 	suspended, budgetExceeded, firstBatchFailed, problem, windowClosed, awaitingApproval bool
+	healthStalled, healthFailing                                                         bool
 }
 
 // gateOf returns the gate of the first condition that holds, in precedence order.
@@ -335,10 +356,14 @@ func gateOf(f gateFacts) Gate {
 		return GateFirstBatchFailed
 	case f.problem:
 		return GateProblem
+	case f.healthStalled:
+		return GateHealthStalled
 	case f.suspended:
 		return GateSuspended
 	case f.windowClosed:
 		return GateWindowClosed
+	case f.healthFailing:
+		return GateHealthFailing
 	case f.awaitingApproval:
 		return GateAwaitingApproval
 	}
@@ -348,7 +373,7 @@ func gateOf(f gateFacts) Gate {
 // stops reports whether the gate stops the rollout: claimed nodes that have not started
 // their run are let go. A closed window or a wait for approval only holds new starts back.
 func (g Gate) stops() bool {
-	return g == GateBudgetExceeded || g == GateFirstBatchFailed || g == GateProblem || g == GateSuspended
+	return g == GateBudgetExceeded || g == GateFirstBatchFailed || g == GateProblem || g == GateHealthStalled || g == GateSuspended
 }
 
 // gate holds back every pod and every node action (claim, cordon, eviction, restart) until

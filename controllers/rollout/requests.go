@@ -108,3 +108,12 @@ type DrainObservation struct {
 	// emptyDir data), or "".
 	Blocked string
 }
+
+// HealthResult is one evaluation of a rollout.healthChecks check, made by the reconciler
+// (controllers/healthcheck) from the objects the check names.
+type HealthResult struct {
+	Name    string
+	Healthy bool
+	// Message says why the check did not hold, never what the objects hold.
+	Message string
+}
