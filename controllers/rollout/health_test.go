@@ -141,4 +141,3 @@ func TestHealthCheckFlipsDuringFirstBatch(t *testing.T) {
 	w.reconcile()
 	g.Expect(w.started()).To(Equal([]string{"win-100", "win-101", "win-102"}))
 }
-
