@@ -44,7 +44,7 @@ var version = "dev"
 
 func main() {
 	var (
-		metricsAddr, probeAddr, pprofAddr, defaultImage, leaseNamespace string
+		metricsAddr, probeAddr, pprofAddr, defaultImage, leaseNamespace, clusterKinds string
 		leaderElect, metricsSecure                                      bool
 		qps                                                             float64
 		burst, reconciles, createWorkers                                int
@@ -66,6 +66,9 @@ func main() {
 	flag.IntVar(&burst, "kube-api-burst", 400, "Burst of queries to the API server.")
 	flag.IntVar(&reconciles, "max-concurrent-reconciles", 4, "NodeTasks reconciled at once.")
 	flag.IntVar(&createWorkers, "pod-create-workers", 16, "Pods one reconcile creates in parallel.")
+	flag.StringVar(&clusterKinds, "health-check-cluster-kinds", "",
+		"Kinds (Kind.group, comma-separated, e.g. Deployment.apps,Node) that a NodeTask's rollout.healthChecks may read outside "+
+			"the task's namespace or cluster-scoped. Empty: only objects in the task's own namespace. Secrets never.")
 	opts := zap.Options{Development: false}
 	opts.BindFlags(flag.CommandLine)
 	flag.Parse()
@@ -106,9 +109,15 @@ func main() {
 		setupLog.Error(err, "unable to create manager")
 		os.Exit(1)
 	}
+	kinds, err := controllers.ParseClusterKinds(clusterKinds)
+	if err != nil {
+		setupLog.Error(err, "invalid --health-check-cluster-kinds")
+		os.Exit(1)
+	}
 	r := &controllers.NodeTaskReconciler{
 		Client:                  mgr.GetClient(),
 		APIReader:               mgr.GetAPIReader(),
+		Health:                  &controllers.HealthChecks{Reader: mgr.GetAPIReader(), Mapper: mgr.GetRESTMapper(), ClusterKinds: kinds},
 		Recorder:                mgr.GetEventRecorder("nodetask-controller"),
 		Pods:                    rollout.PodBuilder{DefaultScriptImage: defaultImage},
 		CreateWorkers:           createWorkers,

@@ -70,6 +70,8 @@ type NodeTaskReconciler struct {
 	MaxConcurrentReconciles int
 	// Now is the clock; nil means time.Now.
 	Now func() time.Time
+	// Health evaluates rollout.healthChecks; nil leaves every check "not evaluated yet".
+	Health *HealthChecks
 
 	expectations *expectations
 	// lastWrite holds, by task key, a uidMark with when its status was last written.
@@ -84,6 +86,9 @@ type NodeTaskReconciler struct {
 	// admissions holds, by task key, a uidMark with the API server's last verdict on the
 	// task's pods (an admissionRecord).
 	admissions sync.Map
+	// healthMemos holds, by task key, a uidMark with the compiled health checks and their
+	// last evaluation (a healthMemo).
+	healthMemos sync.Map
 }
 
 // uidMark is a value remembered for one incarnation of a task: a task deleted and created
@@ -229,6 +234,7 @@ func (r *NodeTaskReconciler) forget(key types.NamespacedName) {
 	r.cleaned.Delete(key)
 	r.drainRefusals.Delete(key)
 	r.admissions.Delete(key)
+	r.healthMemos.Delete(key)
 }
 
 // observe reads what the planner needs from the cache, and the remembered admission verdict
@@ -269,6 +275,7 @@ func (r *NodeTaskReconciler) observe(ctx context.Context, task *ntv1.NodeTask) (
 	if err := r.observeMaintenance(ctx, obs); err != nil {
 		return nil, adm, false, err
 	}
+	r.observeHealth(ctx, obs)
 	return obs, adm, awaiting, nil
 }
 

@@ -31,8 +31,9 @@ type healthGate struct {
 	next time.Duration
 }
 
-// healthOf merges this pass's results with the stored status. A check without a result (not
-// evaluated yet) does not hold.
+// healthOf merges this pass's results with the stored status. Without results (the
+// reconciler did not evaluate the checks in this pass) the stored ones stand; a check with
+// neither (not evaluated yet) does not hold.
 func healthOf(task *ntv1.NodeTask, results []HealthResult, now time.Time) healthGate {
 	var h healthGate
 	checks := task.Spec.Rollout.HealthChecks
@@ -48,6 +49,11 @@ func healthOf(task *ntv1.NodeTask, results []HealthResult, now time.Time) health
 	fresh := map[string]HealthResult{}
 	for _, r := range results {
 		fresh[r.Name] = r
+	}
+	if results == nil {
+		for name, c := range stored {
+			fresh[name] = HealthResult{Name: name, Healthy: c.Healthy, Message: c.Message}
+		}
 	}
 	for _, c := range checks {
 		r, ok := fresh[c.Name]
