@@ -142,6 +142,42 @@ var invalidCases = []struct {
 	{`maxFailures "150%"`, func(t *ntv1.NodeTask) {
 		t.Spec.Rollout.MaxFailures = ptr.To(intstr.FromString("150%"))
 	}, "rollout.maxFailures must be a whole number of at least 0"},
+	{"firstBatch 0", func(t *ntv1.NodeTask) {
+		t.Spec.Rollout.FirstBatch = ptr.To(intstr.FromInt32(0))
+	}, "rollout.firstBatch must be a whole number of at least 1"},
+	{"a negative firstBatch", func(t *ntv1.NodeTask) {
+		t.Spec.Rollout.FirstBatch = ptr.To(intstr.FromInt32(-2))
+	}, "rollout.firstBatch must be a whole number of at least 1"},
+	{`firstBatch "0%"`, func(t *ntv1.NodeTask) {
+		t.Spec.Rollout.FirstBatch = ptr.To(intstr.FromString("0%"))
+	}, "rollout.firstBatch must be a whole number of at least 1"},
+	{`firstBatch "101%"`, func(t *ntv1.NodeTask) {
+		t.Spec.Rollout.FirstBatch = ptr.To(intstr.FromString("101%"))
+	}, "rollout.firstBatch must be a whole number of at least 1"},
+	{`firstBatch "2" (a number as a string)`, func(t *ntv1.NodeTask) {
+		t.Spec.Rollout.FirstBatch = ptr.To(intstr.FromString("2"))
+	}, "rollout.firstBatch must be a whole number of at least 1"},
+	{"firstBatch a malformed percentage", func(t *ntv1.NodeTask) {
+		t.Spec.Rollout.FirstBatch = ptr.To(intstr.FromString("10 %"))
+	}, "rollout.firstBatch must be a whole number of at least 1"},
+	{"pauseAfterFirstBatch without firstBatch", func(t *ntv1.NodeTask) {
+		t.Spec.Rollout.PauseAfterFirstBatch = true
+	}, "rollout.pauseAfterFirstBatch needs rollout.firstBatch"},
+	{"pauseAfterFirstBatch and approvedRun without firstBatch", func(t *ntv1.NodeTask) {
+		t.Spec.Rollout.PauseAfterFirstBatch = true
+		t.Spec.Rollout.ApprovedRun = 1
+	}, "rollout.pauseAfterFirstBatch needs rollout.firstBatch"},
+	{"a negative approvedRun", func(t *ntv1.NodeTask) {
+		t.Spec.Rollout.FirstBatch = ptr.To(intstr.FromInt32(1))
+		t.Spec.Rollout.PauseAfterFirstBatch = true
+		t.Spec.Rollout.ApprovedRun = -1
+	}, "spec.rollout.approvedRun in body should be greater than or equal to 0"},
+	{"a negative minReadySeconds", func(t *ntv1.NodeTask) {
+		t.Spec.Rollout.MinReadySeconds = -1
+	}, "spec.rollout.minReadySeconds in body should be greater than or equal to 0"},
+	{"minReadySeconds over an hour", func(t *ntv1.NodeTask) {
+		t.Spec.Rollout.MinReadySeconds = 3601
+	}, "spec.rollout.minReadySeconds in body should be less than or equal to 3600"},
 	{"timeoutSeconds 0", func(t *ntv1.NodeTask) {
 		t.Spec.TimeoutSeconds = ptr.To[int32](0)
 	}, "timeoutSeconds must be at least 1"},
@@ -313,6 +349,59 @@ var _ = Describe("NodeTask validation", func() {
 			Expect(k8sClient.Create(ctx, task)).To(Succeed(), "runAsUserName %q", user)
 			DeferCleanup(k8sClient.Delete, ctx, task)
 		}
+	})
+
+	It("accepts a first batch, a pause with an approval and minReadySeconds as documented", func() {
+		for name, mutate := range map[string]func(*ntv1.NodeTask){
+			"first-batch-2": func(t *ntv1.NodeTask) {
+				t.Spec.Rollout.FirstBatch = ptr.To(intstr.FromInt32(2))
+			},
+			"first-batch-10-percent": func(t *ntv1.NodeTask) {
+				t.Spec.Rollout.FirstBatch = ptr.To(intstr.FromString("10%"))
+			},
+			"first-batch-bounds": func(t *ntv1.NodeTask) {
+				t.Spec.Rollout.FirstBatch = ptr.To(intstr.FromString("100%"))
+				t.Spec.Rollout.MinReadySeconds = 3600
+			},
+			"first-batch-pause": func(t *ntv1.NodeTask) {
+				t.Spec.Rollout.FirstBatch = ptr.To(intstr.FromInt32(1))
+				t.Spec.Rollout.PauseAfterFirstBatch = true
+			},
+			"first-batch-pause-approved": func(t *ntv1.NodeTask) {
+				t.Spec.Rollout.FirstBatch = ptr.To(intstr.FromString("10%"))
+				t.Spec.Rollout.PauseAfterFirstBatch = true
+				t.Spec.Rollout.ApprovedRun = 3
+				t.Spec.Rollout.MinReadySeconds = 300
+			},
+			// approvedRun without the pause approves nothing there is to approve; it is
+			// accepted, so that turning the pause off in git does not make the stored
+			// approval an error.
+			"approved-run-without-pause": func(t *ntv1.NodeTask) {
+				t.Spec.Rollout.ApprovedRun = 2
+			},
+			"min-ready-without-first-batch": func(t *ntv1.NodeTask) {
+				t.Spec.Rollout.MinReadySeconds = 60
+			},
+		} {
+			task := validTask(name)
+			mutate(task)
+			Expect(k8sClient.Create(ctx, task)).To(Succeed(), name)
+			DeferCleanup(k8sClient.Delete, ctx, task)
+			got := &ntv1.NodeTask{}
+			Expect(k8sClient.Get(ctx, client.ObjectKeyFromObject(task), got)).To(Succeed())
+			Expect(got.Spec.Rollout).To(Equal(task.Spec.Rollout), name)
+		}
+	})
+
+	It("leaves the first batch, the pause and minReadySeconds off by default", func() {
+		task := validTask("rollout-defaults")
+		Expect(k8sClient.Create(ctx, task)).To(Succeed())
+		DeferCleanup(k8sClient.Delete, ctx, task)
+		Expect(task.Spec.Rollout.FirstBatch).To(BeNil())
+		Expect(task.Spec.Rollout.PauseAfterFirstBatch).To(BeFalse())
+		Expect(task.Spec.Rollout.ApprovedRun).To(BeZero())
+		Expect(task.Spec.Rollout.MinReadySeconds).To(BeZero())
+		Expect(task.Status.Rollout).To(BeNil())
 	})
 
 	It("reads a task no controller has acted on as a generation not yet observed", func() {
@@ -499,14 +588,15 @@ var _ = Describe("NodeTask validation", func() {
 			"interpreter", "container", "env", "runAsUserName", "resources", "priorityClassName", "serviceAccountName",
 			"imagePullSecrets", "podLabels", "podAnnotations", "timeoutSeconds", "retries", "rollout", "maxConcurrent",
 			"maxFailures", "newNodes", "rerunToken", "suspend", "podTTLSecondsAfterFinished", "check", "mode",
-			"nonCompliantExitCode"} {
+			"nonCompliantExitCode", "firstBatch", "pauseAfterFirstBatch", "approvedRun", "minReadySeconds"} {
 			Expect(string(out)).To(MatchRegexp(`(?m)^\s+`+field+`\s`), "kubectl explain lists %s", field)
 		}
 		// Every one of our own fields carries its godoc.
 		for _, path := range []string{"nodetask.spec.script.inline", "nodetask.spec.rollout.maxFailures",
 			"nodetask.status.nodes.reason", "nodetask.status.conditions", "nodetask.spec.newNodes",
 			"nodetask.spec.check.nonCompliantExitCode", "nodetask.spec.mode", "nodetask.status.nodes.compliance",
-			"nodetask.status.compliance.unknown"} {
+			"nodetask.status.compliance.unknown", "nodetask.spec.rollout.firstBatch", "nodetask.spec.rollout.approvedRun",
+			"nodetask.spec.rollout.minReadySeconds", "nodetask.status.rollout.batch"} {
 			out, err := exec.Command(kubectl, "--kubeconfig", kubeconfig, "explain", path).CombinedOutput()
 			Expect(err).NotTo(HaveOccurred(), string(out))
 			Expect(string(out)).To(ContainSubstring("DESCRIPTION:"))

@@ -76,7 +76,7 @@ func run(ctx context.Context, opts cluster.Options, manager, out string) error {
 			return err
 		}
 	}
-	for _, pool := range []string{"fleet", "flaky", "slow", "paused", "fragile", "mixed", "audit", "drift"} {
+	for _, pool := range []string{"fleet", "flaky", "slow", "paused", "fragile", "mixed", "audit", "drift", "gated"} {
 		for i := range 3 {
 			if err := c.AddNode(ctx, fmt.Sprintf("%s-%d", pool, i), "windows", map[string]string{poolLabel: pool}); err != nil {
 				return err
@@ -91,7 +91,7 @@ func run(ctx context.Context, opts cluster.Options, manager, out string) error {
 		corev1.LabelOSStable: "windows", poolLabel: "waiting"}}}); err != nil {
 		return err
 	}
-	if err := c.WaitNodesReady(ctx, 8*3+1, 2*time.Minute); err != nil {
+	if err := c.WaitNodesReady(ctx, 9*3+1, 2*time.Minute); err != nil {
 		return err
 	}
 	mgr, err := c.StartProcess("manager", manager, "--leader-elect", "--leader-election-namespace=nodetask-system",
@@ -121,6 +121,10 @@ func run(ctx context.Context, opts cluster.Options, manager, out string) error {
 		{"progressing.yaml", task("install-agent", "slow", simulate("sim.nodetask.io/duration", "1h"), func(t *ntv1.NodeTask) {
 			t.Spec.Rollout.MaxConcurrent = ptr.To(intstr.FromInt32(1))
 		}), func(t *ntv1.NodeTask) bool { return t.Status.Running == 1 }, nil},
+		{"awaiting-approval.yaml", task("cumulative-update", "gated", func(t *ntv1.NodeTask) {
+			t.Spec.Rollout.FirstBatch = ptr.To(intstr.FromInt32(1))
+			t.Spec.Rollout.PauseAfterFirstBatch = true
+		}), condition(ntv1.ConditionReconciling, ntv1.ReasonAwaitingApproval), nil},
 		{"retry-backoff.yaml", task("set-registry", "flaky", simulate("sim.nodetask.io/exit-code", "1"), func(t *ntv1.NodeTask) {
 			t.Spec.NodeNames = []string{"flaky-0"}
 			t.Spec.Retries = ptr.To[int32](3)

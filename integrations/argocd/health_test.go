@@ -209,6 +209,7 @@ var kstatusWant = map[string]status.Status{
 	"waiting-for-nodes.yaml":     status.InProgressStatus,
 	"suspended.yaml":             status.InProgressStatus,
 	"no-targets.yaml":            status.InProgressStatus,
+	"awaiting-approval.yaml":     status.InProgressStatus, // Reconciling=True: a wait goes on through the pause
 	"healthy.yaml":               status.CurrentStatus,
 	"healthy-with-failures.yaml": status.CurrentStatus,
 	"remediated.yaml":            status.CurrentStatus,
@@ -274,6 +275,7 @@ func TestHealthCheckNeedsEachRule(t *testing.T) {
 		`if stalled ~= nil and stalled.status == "True" then`,             // Stalled is Degraded
 		"if obj.spec ~= nil and obj.spec.suspend == true then",            // suspended
 		`if ready ~= nil and ready.status == "True" then`,                 // Ready is Healthy
+		`reconciling.reason == "AwaitingApproval" then`,                   // waiting for approval is Suspended
 		`if reconciling ~= nil and reconciling.status == "False"`,         // idle, with Ready's message
 	} {
 		t.Run(rule, func(t *testing.T) {

@@ -3,8 +3,8 @@
 --
 -- The status follows kstatus: Ready, Reconciling and Stalled conditions, each with
 -- observedGeneration, and status.observedGeneration. This check reads them as kstatus does,
--- with Suspended for spec.suspend, Degraded for an audit that found drift, and a progress
--- message while nodes run.
+-- with Suspended for spec.suspend and for a run that waits for approval after its first
+-- batch, Degraded for an audit that found drift, and a progress message while nodes run.
 --
 -- It uses the base and table libraries only (no string library), so that it also runs as
 -- an argocd-cm health customization without useOpenLibs.
@@ -58,6 +58,15 @@ if obj.spec ~= nil and obj.spec.suspend == true then
 end
 
 local ready = condition("Ready")
+local reconciling = condition("Reconciling")
+-- A run that paused after its first batch (spec.rollout.pauseAfterFirstBatch) waits for a
+-- person, not for the nodes: Suspended, with the message that says how to approve it
+-- (kubectl nodetask approve, or spec.rollout.approvedRun in git).
+if reconciling ~= nil and reconciling.status == "True" and reconciling.reason == "AwaitingApproval" then
+  hs.status = "Suspended"
+  hs.message = reconciling.message or (ready and ready.message) or "awaiting approval after the first batch"
+  return hs
+end
 -- An Audit run (spec.mode Audit) that found nodes out of compliance is done (Ready, reason
 -- NonCompliant) but the nodes are not as they should be: Degraded, so that the application
 -- shows the drift and Argo CD's notifications fire. Ready's message counts and names them.
@@ -74,7 +83,6 @@ end
 
 hs.status = "Progressing"
 -- Nothing in flight and not done: no node matches yet. Ready's message says so.
-local reconciling = condition("Reconciling")
 if reconciling ~= nil and reconciling.status == "False" and ready ~= nil and ready.message ~= nil then
   hs.message = ready.message
   return hs
