@@ -115,6 +115,7 @@ type NodeTaskScheduleSpec struct {
 // NodeTaskTemplate is the NodeTask a schedule creates for each run.
 //
 // +kubebuilder:validation:XValidation:rule="!has(self.spec.suspend) || !self.spec.suspend",message="template.spec.suspend would create runs that never start (and, with concurrencyPolicy Forbid, block every later run): set spec.suspend of the schedule instead"
+// +kubebuilder:validation:XValidation:rule="!has(self.spec.rollout) || !has(self.spec.rollout.approvedRun) || self.spec.rollout.approvedRun == 0",message="template.spec.rollout.approvedRun would approve every run of the schedule (each run is a new NodeTask, starting at run 1): approve a run with kubectl nodetask approve RUN, or leave pauseAfterFirstBatch out"
 type NodeTaskTemplate struct {
 	// metadata holds labels and annotations copied to each run. The run's name, namespace
 	// and owner are the schedule's to set.

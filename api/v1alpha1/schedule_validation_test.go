@@ -9,6 +9,7 @@ import (
 	. "github.com/onsi/gomega"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/util/intstr"
 	"k8s.io/utils/ptr"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
@@ -53,6 +54,11 @@ var invalidScheduleCases = []struct {
 	{"a suspended template", func(s *ntv1.NodeTaskSchedule) {
 		s.Spec.Template.Spec.Suspend = true
 	}, "template.spec.suspend would create runs that never start"},
+	{"an approval in the template", func(s *ntv1.NodeTaskSchedule) {
+		s.Spec.Template.Spec.Rollout.FirstBatch = ptr.To(intstr.FromInt32(1))
+		s.Spec.Template.Spec.Rollout.PauseAfterFirstBatch = true
+		s.Spec.Template.Spec.Rollout.ApprovedRun = 1
+	}, "template.spec.rollout.approvedRun would approve every run of the schedule"},
 	{"a reserved template label", func(s *ntv1.NodeTaskSchedule) {
 		s.Spec.Template.Metadata.Labels = map[string]string{"nodetask.io/schedule": "other"}
 	}, "template.metadata.labels must not use the nodetask.io/ prefix"},

@@ -1,12 +1,14 @@
 package rollout
 
 import (
+	"fmt"
 	"sort"
 	"testing"
 	"time"
 
 	. "github.com/onsi/gomega"
 
+	corev1 "k8s.io/api/core/v1"
 	apimeta "k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/intstr"
@@ -87,9 +89,20 @@ func TestFirstBatchWithRetriesAndFailures(t *testing.T) {
 		w.reconcile()
 		g.Expect(w.started()).To(Equal([]string{"win-100", "win-101", "win-102"}))
 	})
-	t.Run("a failure inside the batch stops the run, whatever maxFailures allows", func(t *testing.T) {
+	for _, maxFailures := range []int32{0, 5} {
+		t.Run(fmt.Sprintf("a failure inside the batch stops the run, with maxFailures %d", maxFailures), func(t *testing.T) {
+			firstBatchFailure(t, maxFailures)
+		})
+	}
+}
+
+// firstBatchFailure: a node of the first batch fails; the run stops with FirstBatchFailed,
+// whatever maxFailures allows (the budget's own message would say to raise it, which would
+// not help).
+func firstBatchFailure(t *testing.T, maxFailures int32) {
+	{
 		w := newMaintWorld(t, batchTask(intstr.FromInt32(2), func(t *ntv1.NodeTask) {
-			t.Spec.Rollout.MaxFailures = ptr.To(intstr.FromInt32(5))
+			t.Spec.Rollout.MaxFailures = ptr.To(intstr.FromInt32(maxFailures))
 		}), nodeNames(5)...)
 		g := w.g
 		w.reconcile()
@@ -103,7 +116,7 @@ func TestFirstBatchWithRetriesAndFailures(t *testing.T) {
 		g.Expect(stalled.Status).To(Equal(metav1.ConditionTrue))
 		g.Expect(stalled.Reason).To(Equal(ntv1.ReasonFirstBatchFailed))
 		g.Expect(stalled.Message).To(HavePrefix("1 node of the first batch failed (win-101): the other targets do not start."))
-	})
+	}
 }
 
 func TestPauseAfterFirstBatch(t *testing.T) {
@@ -173,6 +186,46 @@ func TestMinReadySecondsHoldsTheSlot(t *testing.T) {
 	w.now = w.now.Add(30 * time.Second)
 	w.reconcile()
 	g.Expect(w.ready()).To(BeTrue())
+}
+
+// TestMinReadySecondsNodeDownInTheWindow: a node that goes NotReady while it counts its
+// seconds keeps its slot until it is back and has been Ready for minReadySeconds; one that
+// goes NotReady after it settled holds nothing.
+func TestMinReadySecondsNodeDownInTheWindow(t *testing.T) {
+	w := newMaintWorld(t, newTask(func(t *ntv1.NodeTask) {
+		t.Spec.Rollout.MaxConcurrent = ptr.To(intstr.FromInt32(1))
+		t.Spec.Rollout.MinReadySeconds = 30
+	}), nodeNames(3)...)
+	g := w.g
+	w.pass(0)
+	finished := w.now
+	w.nodes["win-100"].Status.Conditions[0] = corev1.NodeCondition{Type: corev1.NodeReady, Status: corev1.ConditionFalse,
+		LastTransitionTime: metav1.NewTime(finished.Add(10 * time.Second))}
+	w.now = finished.Add(10 * time.Minute)
+	p := w.reconcile()
+	g.Expect(w.started()).To(Equal([]string{"win-100"}), "down within its seconds: it keeps its slot while down")
+	g.Expect(p.RequeueAfter).To(BeZero(), "its Ready change wakes the task")
+	g.Expect(w.ready()).To(BeFalse())
+
+	back := w.now
+	w.nodes["win-100"].Status.Conditions[0] = corev1.NodeCondition{Type: corev1.NodeReady, Status: corev1.ConditionTrue,
+		LastTransitionTime: metav1.NewTime(back)}
+	w.now = back.Add(29 * time.Second)
+	w.reconcile()
+	g.Expect(w.started()).To(Equal([]string{"win-100"}))
+	w.now = back.Add(30 * time.Second)
+	w.reconcile()
+	g.Expect(w.started()).To(Equal([]string{"win-100", "win-101"}))
+
+	// win-100 goes down again long after it settled: win-101 and win-102 are not held by it.
+	w.nodes["win-100"].Status.Conditions[0] = corev1.NodeCondition{Type: corev1.NodeReady, Status: corev1.ConditionFalse,
+		LastTransitionTime: metav1.NewTime(w.now)}
+	w.now = w.now.Add(time.Second)
+	w.finishRuns(0)
+	w.reconcile()
+	w.now = w.now.Add(31 * time.Second)
+	w.reconcile()
+	g.Expect(w.started()).To(Equal([]string{"win-100", "win-101", "win-102"}))
 }
 
 // TestMinReadySecondsAfterRestart: a restarted node holds its slot for minReadySeconds after

@@ -359,18 +359,26 @@ func retryDelay(attempts int32) time.Duration {
 	return min(d, retryMaxDelay)
 }
 
-// settleWait is how long a node whose run succeeded still counts rollout.minReadySeconds:
-// from its result (for a restarted node, when it came back Ready with its new boot ID), or
-// from when it last became Ready after that.
-func settleWait(node *corev1.Node, e *ntv1.NodeStatus, minReady time.Duration, now time.Time) time.Duration {
+// settling reports whether a node whose run succeeded still counts rollout.minReadySeconds,
+// and how long until it is done (0 while it is down: its Ready change wakes the task). It
+// counts from the result (for a restarted node, when it came back Ready with its new boot
+// ID), or from when it last became Ready after that; a node that went down before it was
+// done keeps counting once it is back. A node that went down after it was done is done.
+func settling(node *corev1.Node, e *ntv1.NodeStatus, minReady time.Duration, now time.Time) (bool, time.Duration) {
 	if e.FinishTime == nil {
-		return 0
+		return false, 0
 	}
 	since := e.FinishTime.Time
 	for _, c := range node.Status.Conditions {
-		if c.Type == corev1.NodeReady && c.Status == corev1.ConditionTrue && c.LastTransitionTime.After(since) {
-			since = c.LastTransitionTime.Time
+		if c.Type != corev1.NodeReady || !c.LastTransitionTime.After(since) {
+			continue
 		}
+		if c.Status != corev1.ConditionTrue {
+			// Down since: within its seconds it holds on until it is back.
+			return c.LastTransitionTime.Time.Before(since.Add(minReady)), 0
+		}
+		since = c.LastTransitionTime.Time
 	}
-	return max(since.Add(minReady).Sub(now), 0)
+	wait := since.Add(minReady).Sub(now)
+	return wait > 0, max(wait, 0)
 }

@@ -154,9 +154,11 @@ func (st *stepper) settle(in nodeInput, s *nodeStep) {
 	if st.minReady == 0 || s.slot != slotNone || in.node == nil || e.Run != st.run || e.Phase != ntv1.NodeSucceeded {
 		return
 	}
-	if wait := settleWait(in.node, e, st.minReady, st.now); wait > 0 {
+	if hold, wait := settling(in.node, e, st.minReady, st.now); hold {
 		s.slot = slotSettling
-		s.after(wait)
+		if wait > 0 {
+			s.after(wait)
+		}
 	}
 }
 

@@ -321,10 +321,11 @@ type Gate int
 const (
 	// GateOpen lets nodes start within the free rollout slots.
 	GateOpen Gate = iota
+	// GateFirstBatchFailed: a node of rollout.firstBatch failed (Stalled). Before the budget:
+	// raising maxFailures would not let the run go on.
+	GateFirstBatchFailed
 	// GateBudgetExceeded: more targets failed than rollout.maxFailures allows (Stalled).
 	GateBudgetExceeded
-	// GateFirstBatchFailed: a node of rollout.firstBatch failed (Stalled).
-	GateFirstBatchFailed
 	// GateProblem: something a person must fix (Stalled with the problem's reason).
 	GateProblem
 	// GateHealthStalled: a health check has not held for its failAfterSeconds (Stalled
@@ -350,10 +351,10 @@ type gateFacts struct {
 // gateOf returns the gate of the first condition that holds, in precedence order.
 func gateOf(f gateFacts) Gate {
 	switch {
-	case f.budgetExceeded:
-		return GateBudgetExceeded
 	case f.firstBatchFailed:
 		return GateFirstBatchFailed
+	case f.budgetExceeded:
+		return GateBudgetExceeded
 	case f.problem:
 		return GateProblem
 	case f.healthStalled:

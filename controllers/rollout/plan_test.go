@@ -406,8 +406,8 @@ func TestPlanIsStable(t *testing.T) {
 }
 
 // TestGateOf: the gate's precedence, computed once in the plan and reported by the
-// conditions: a spent budget, a failed first batch, a problem, suspend, a closed window, then
-// the wait for approval.
+// conditions: a failed first batch, a spent budget, a problem, a health check past its
+// failAfterSeconds, suspend, a closed window, a failing health check, the wait for approval.
 func TestGateOf(t *testing.T) {
 	g := NewWithT(t)
 	for _, tc := range []struct {
@@ -420,9 +420,10 @@ func TestGateOf(t *testing.T) {
 		{f: gateFacts{windowClosed: true, awaitingApproval: true}, want: GateWindowClosed},
 		{f: gateFacts{suspended: true, windowClosed: true}, want: GateSuspended, stops: true},
 		{f: gateFacts{problem: true, suspended: true, windowClosed: true}, want: GateProblem, stops: true},
-		{f: gateFacts{firstBatchFailed: true, problem: true}, want: GateFirstBatchFailed, stops: true},
-		{f: gateFacts{budgetExceeded: true, firstBatchFailed: true, problem: true, suspended: true, windowClosed: true},
-			want: GateBudgetExceeded, stops: true},
+		{f: gateFacts{budgetExceeded: true, problem: true, suspended: true, windowClosed: true}, want: GateBudgetExceeded, stops: true},
+		{f: gateFacts{firstBatchFailed: true, budgetExceeded: true, problem: true}, want: GateFirstBatchFailed, stops: true},
+		{f: gateFacts{healthStalled: true, suspended: true, windowClosed: true, healthFailing: true}, want: GateHealthStalled, stops: true},
+		{f: gateFacts{healthFailing: true, awaitingApproval: true}, want: GateHealthFailing},
 	} {
 		got := gateOf(tc.f)
 		g.Expect(got).To(Equal(tc.want), "%+v", tc)
