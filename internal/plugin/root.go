@@ -21,8 +21,9 @@ import (
 	ntv1 "github.com/nodetask/nodetask-operator/api/v1alpha1"
 )
 
-// FieldManager is the field manager of the plugin's writes (rerun), so that whoever reads
-// a task's managedFields, Argo CD among them, sees who changed spec.rerunToken.
+// FieldManager is the field manager of the plugin's writes (rerun, run-now), so that whoever
+// reads a task's managedFields, Argo CD among them, sees who changed spec.rerunToken.
+// approve has its own (ApproveFieldManager).
 const FieldManager = "kubectl-nodetask"
 
 // ExitError ends the command with a given exit code (wait: 1 stalled, 2 timed out).
@@ -64,9 +65,10 @@ func NewCommand(streams genericiooptions.IOStreams) *cobra.Command {
 	o := &options{config: genericclioptions.NewConfigFlags(true), streams: streams, now: time.Now}
 	cmd := &cobra.Command{
 		Use:   "kubectl-nodetask",
-		Short: "Read, check, re-run and wait for NodeTasks; list and start the runs of NodeTaskSchedules",
+		Short: "Read, check, re-run, approve and wait for NodeTasks; list and start the runs of NodeTaskSchedules",
 		Long: "kubectl nodetask reads NodeTasks (nodetask.io/v1alpha1): per-node results failed first, a node's pod log " +
-			"or the output kept in status, the Windows nodes a task would run on, a re-run, and a wait with progress. " +
+			"or the output kept in status, the Windows nodes a task would run on, a re-run, the approval of a run paused " +
+			"after its first batch, and a wait with progress. " +
 			"For a NodeTaskSchedule it lists the runs (history), starts one outside the schedule (run-now) and shows the " +
 			"newest run (status nodetaskschedule/NAME).",
 		SilenceUsage:  true,
@@ -77,7 +79,7 @@ func NewCommand(streams genericiooptions.IOStreams) *cobra.Command {
 	cmd.SetErr(streams.ErrOut)
 	cmd.SetIn(streams.In)
 	o.config.AddFlags(cmd.PersistentFlags())
-	cmd.AddCommand(newStatusCommand(o), newLogsCommand(o), newTargetsCommand(o), newRerunCommand(o), newWaitCommand(o),
+	cmd.AddCommand(newStatusCommand(o), newLogsCommand(o), newTargetsCommand(o), newRerunCommand(o), newApproveCommand(o), newWaitCommand(o),
 		newHistoryCommand(o), newRunNowCommand(o))
 	return cmd
 }

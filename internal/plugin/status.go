@@ -19,6 +19,7 @@ import (
 	"sigs.k8s.io/yaml"
 
 	ntv1 "github.com/nodetask/nodetask-operator/api/v1alpha1"
+	"github.com/nodetask/nodetask-operator/controllers/rollout"
 )
 
 // statusFlags are the flags of `status`.
@@ -206,6 +207,9 @@ func printHeader(w io.Writer, task *ntv1.NodeTask, now time.Time) {
 		fmt.Fprintf(tw, "Compliance:\t%d compliant, %d non-compliant, %d unknown (mode %s)\n", c.Compliant, c.NonCompliant, c.Unknown,
 			cmp.Or(task.Spec.Mode, ntv1.ModeApply))
 	}
+	if r := st.Rollout; r != nil {
+		fmt.Fprintf(tw, "Batch:\tfirst batch %s (%s)\n", dash(rollout.NameList(r.FirstBatch)), batchState(task))
+	}
 	if st.StartTime != nil {
 		if st.CompletionTime != nil {
 			fmt.Fprintf(tw, "Took:\t%s (started %s ago)\n", humanDuration(st.CompletionTime.Sub(st.StartTime.Time)), age(*st.StartTime, now))
@@ -229,6 +233,27 @@ func printHeader(w io.Writer, task *ntv1.NodeTask, now time.Time) {
 		fmt.Fprintln(tw, line)
 	}
 	_ = tw.Flush()
+}
+
+// batchState is status.rollout.batch, and whether the run's rest is approved or waits for it.
+func batchState(task *ntv1.NodeTask) string {
+	r := task.Status.Rollout
+	state := dash(r.Batch)
+	switch {
+	case r.Approved:
+		state += ", approved"
+	case awaitingApproval(task):
+		state += ", awaiting approval"
+	}
+	return state
+}
+
+// awaitingApproval reports whether the task's current generation waits for approval after
+// its first batch.
+func awaitingApproval(t *ntv1.NodeTask) bool {
+	c := meta.FindStatusCondition(t.Status.Conditions, ntv1.ConditionReconciling)
+	return t.Status.ObservedGeneration == t.Generation && c != nil && c.Status == metav1.ConditionTrue &&
+		c.Reason == ntv1.ReasonAwaitingApproval
 }
 
 // printNode prints one node's whole entry, with all the output kept in status.

@@ -93,8 +93,12 @@ func (o *options) wait(cmd *cobra.Command, name string, timeout, interval time.D
 		}
 		if !o.now().Before(deadline) {
 			shown.stop()
-			return &ExitError{Code: ExitTimedOut, Err: fmt.Errorf("timed out after %s waiting for NodeTask %s/%s: %s, %s",
-				timeout, ns, name, progress(&task.Status), summary(task))}
+			err := fmt.Errorf("timed out after %s waiting for NodeTask %s/%s: %s, %s",
+				timeout, ns, name, progress(&task.Status), summary(task))
+			if awaitingApproval(task) {
+				err = fmt.Errorf("%w: the run waits for approval after its first batch (kubectl nodetask approve %s -n %s)", err, name, ns)
+			}
+			return &ExitError{Code: ExitTimedOut, Err: err}
 		}
 		select {
 		case <-cmd.Context().Done():
@@ -113,6 +117,18 @@ type progressView struct {
 	bar      *progressbar.ProgressBar
 	barMax   int32
 	last     string
+	// noted is the last notice printed (notice).
+	noted string
+}
+
+// notice is what a person must act on for the task to go on, printed once, under the
+// progress: the AwaitingApproval message, which says how to approve.
+func notice(t *ntv1.NodeTask) string {
+	if !awaitingApproval(t) {
+		return ""
+	}
+	c := meta.FindStatusCondition(t.Status.Conditions, ntv1.ConditionReconciling)
+	return c.Reason + ": " + c.Message
 }
 
 func newProgress(w io.Writer) *progressView {
@@ -124,13 +140,26 @@ func (p *progressView) update(t *ntv1.NodeTask, now time.Time) {
 	st := &t.Status
 	done := int(st.Succeeded + st.Failed)
 	what := fmt.Sprintf("%d failed, %d running, %d pending; %s", st.Failed, st.Running, st.Pending, summary(t))
+	note := notice(t)
+	newNote := note != "" && note != p.noted
+	p.noted = note
 	if !p.terminal {
 		line := fmt.Sprintf("%s finished, %s", progress(st), what)
 		if line != p.last {
 			p.last = line
 			fmt.Fprintf(p.w, "%s  %s\n", now.UTC().Format("15:04:05"), line)
 		}
+		if newNote {
+			fmt.Fprintf(p.w, "%s  %s\n", now.UTC().Format("15:04:05"), note)
+		}
 		return
+	}
+	if newNote {
+		// Above the bar, which draws itself again below on the next Set.
+		if p.bar != nil {
+			_ = p.bar.Clear()
+		}
+		fmt.Fprintf(p.w, "%s  %s\n", now.UTC().Format("15:04:05"), note)
 	}
 	if st.Targets == 0 {
 		return // no bar before the controller has counted the targets
