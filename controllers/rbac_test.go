@@ -42,3 +42,35 @@ func TestManagerRoleIsLeastPrivilege(t *testing.T) {
 	g.Expect(granted["nodetaskschedules/status"]).To(ConsistOf("get", "update", "patch"))
 	g.Expect(granted["nodetasks/status"]).To(ConsistOf("get", "update", "patch"))
 }
+
+// TestHealthCheckReaderIsOptIn: the role through which rollout.healthChecks read objects grants
+// nothing by itself (its rules come only from ClusterRoles an administrator labels), its
+// selector is the label the operator's messages name, and the shipped example never reads
+// Secrets and only reads.
+func TestHealthCheckReaderIsOptIn(t *testing.T) {
+	g := NewWithT(t)
+	read := func(file string) rbacv1.ClusterRole {
+		data, err := os.ReadFile(filepath.Join("..", "config", "rbac", file))
+		g.Expect(err).NotTo(HaveOccurred())
+		var role rbacv1.ClusterRole
+		g.Expect(yaml.Unmarshal(data, &role)).To(Succeed())
+		return role
+	}
+	reader := read("health_check_reader_role.yaml")
+	g.Expect(reader.Rules).To(BeEmpty())
+	g.Expect(reader.AggregationRule.ClusterRoleSelectors).To(HaveLen(1))
+	g.Expect(reader.AggregationRule.ClusterRoleSelectors[0].MatchLabels).To(Equal(map[string]string{HealthCheckReaderLabel: "true"}))
+
+	example := read("health_check_reader_example.yaml")
+	g.Expect(example.Labels).To(HaveKeyWithValue(HealthCheckReaderLabel, "true"))
+	for _, rule := range example.Rules {
+		g.Expect(rule.Verbs).To(ConsistOf("get", "list"))
+		g.Expect(rule.Resources).NotTo(ContainElement("secrets"))
+		g.Expect(rule.Resources).NotTo(ContainElement("*"))
+	}
+
+	kustomization, err := os.ReadFile(filepath.Join("..", "config", "rbac", "kustomization.yaml"))
+	g.Expect(err).NotTo(HaveOccurred())
+	g.Expect(string(kustomization)).To(ContainSubstring("- health_check_reader_role.yaml"))
+	g.Expect(string(kustomization)).NotTo(ContainSubstring("- health_check_reader_example.yaml"), "the example is opt-in")
+}

@@ -95,6 +95,7 @@ func startManager() context.CancelFunc {
 		Pods:                    rollout.PodBuilder{DefaultScriptImage: ntv1.DefaultScriptImage},
 		CreateWorkers:           8,
 		MaxConcurrentReconciles: 4,
+		Health:                  &HealthChecks{Reader: mgr.GetAPIReader(), Mapper: mgr.GetRESTMapper()},
 	}
 	Expect(r.SetupWithManager(mgr)).To(Succeed())
 	ctx, cancel := context.WithCancel(suiteCtx)

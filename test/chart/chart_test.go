@@ -122,6 +122,33 @@ func TestChartMatchesConfig(t *testing.T) {
 		"config/admission/disruption_rights_binding.yaml").Spec.ValidationActions))
 }
 
+// TestChartHealthCheckReader: the aggregated reader role and its binding always; the
+// workloads role and the cluster kinds only by value.
+func TestChartHealthCheckReader(t *testing.T) {
+	g := NewWithT(t)
+	objs := render(t, nil)
+	reader := as[rbacv1.ClusterRole](g, objs["ClusterRole/nodetask-health-check-reader"])
+	want := readFile[rbacv1.ClusterRole](g, "config/rbac/health_check_reader_role.yaml")
+	g.Expect(reader.AggregationRule).To(Equal(want.AggregationRule))
+	g.Expect(reader.Rules).To(BeEmpty())
+	binding := as[rbacv1.ClusterRoleBinding](g, objs["ClusterRoleBinding/nodetask-health-check-reader-binding"])
+	g.Expect(binding.RoleRef.Name).To(Equal("nodetask-health-check-reader"))
+	g.Expect(binding.Subjects[0].Name).To(Equal("nodetask-controller-manager"))
+	g.Expect(objs).NotTo(HaveKey("ClusterRole/nodetask-health-check-reader-workloads"))
+	dep := as[appsv1.Deployment](g, objs["Deployment/nodetask-controller-manager"])
+	for _, arg := range dep.Spec.Template.Spec.Containers[0].Args {
+		g.Expect(arg).NotTo(HavePrefix("--health-check-cluster-kinds"))
+	}
+
+	objs = render(t, map[string]any{"healthChecks": map[string]any{"readWorkloads": true, "clusterKinds": []any{"Deployment.apps", "Node"}}})
+	workloads := as[rbacv1.ClusterRole](g, objs["ClusterRole/nodetask-health-check-reader-workloads"])
+	example := readFile[rbacv1.ClusterRole](g, "config/rbac/health_check_reader_example.yaml")
+	g.Expect(workloads.Rules).To(Equal(example.Rules))
+	g.Expect(workloads.Labels).To(HaveKeyWithValue("nodetask.io/aggregate-to-health-check-reader", "true"))
+	dep = as[appsv1.Deployment](g, objs["Deployment/nodetask-controller-manager"])
+	g.Expect(dep.Spec.Template.Spec.Containers[0].Args).To(ContainElement("--health-check-cluster-kinds=Deployment.apps,Node"))
+}
+
 // TestChartAdmissionPolicy: on by default, and off only by value: never left out silently.
 func TestChartAdmissionPolicy(t *testing.T) {
 	g := NewWithT(t)
