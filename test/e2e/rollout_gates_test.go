@@ -129,4 +129,34 @@ var _ = Describe("Rollout gates", func() {
 		ready := meta.FindStatusCondition(get(task).Status.Conditions, ntv1.ConditionReady)
 		Expect(ready.LastTransitionTime.Time).To(BeTemporally(">=", last.Add(10*time.Second-time.Second)))
 	})
+
+	It("holds a restarted node's slot for rollout.minReadySeconds after it came back with its new boot ID", func() {
+		const pool = "minready-restart"
+		nodes := addPool(pool, 2)
+		ns := namespace(true)
+		task := newTask(ns, "restart-settle", pool, func(t *ntv1.NodeTask) {
+			t.Spec.Reboot = ntv1.RebootAlways
+			t.Spec.Cordon = true
+			t.Spec.Rollout.MaxConcurrent = ptr.To(intstr.FromInt32(1))
+			t.Spec.Rollout.MinReadySeconds = 10
+		})
+		Eventually(func() string { return entry(task, nodes[0]).Reason }, 2*time.Minute).Should(Equal(ntv1.NodeReasonRebooted))
+		back := entry(task, nodes[0]).FinishTime
+		Expect(entry(task, nodes[0]).BootIDAfter).NotTo(Equal(entry(task, nodes[0]).BootIDBefore))
+		Eventually(func() []string {
+			var out []string
+			for _, p := range pods(ns) {
+				if p.Labels[ntv1.LabelRole] != ntv1.RoleReboot {
+					out = append(out, p.Spec.NodeName)
+				}
+			}
+			slices.Sort(out)
+			return out
+		}, 2*time.Minute).Should(Equal(nodes))
+		created := podOn(ns, nodes[1]).CreationTimestamp
+		GinkgoWriter.Printf("%s came back at %s; the pod on %s was created at %s\n", nodes[0], back.UTC(), nodes[1], created.UTC())
+		Expect(created.Time).To(BeTemporally(">=", back.Add(10*time.Second-time.Second)),
+			"the second node starts no earlier than minReadySeconds after the first came back")
+		Eventually(conditionTrue(task, ntv1.ConditionReady), 2*time.Minute).Should(BeTrue())
+	})
 })
