@@ -58,6 +58,23 @@ var invalidCases = []struct {
 	{"both script and container", func(t *ntv1.NodeTask) {
 		t.Spec.Container = &ntv1.ContainerSpec{Image: "example.com/tool:1"}
 	}, "set exactly one of spec.script"},
+	{"a health check with both name and selector", func(t *ntv1.NodeTask) {
+		t.Spec.Rollout.HealthChecks = []ntv1.HealthCheck{{Name: "ingress", Expression: "true", Object: ntv1.HealthCheckObject{
+			APIVersion: "apps/v1", Kind: "Deployment", Name: "ingress",
+			Selector: &metav1.LabelSelector{MatchLabels: map[string]string{"app": "ingress"}}}}}
+	}, "a health check's object needs exactly one of name or selector"},
+	{"a health check with neither name nor selector", func(t *ntv1.NodeTask) {
+		t.Spec.Rollout.HealthChecks = []ntv1.HealthCheck{{Name: "ingress", Expression: "true", Object: ntv1.HealthCheckObject{
+			APIVersion: "apps/v1", Kind: "Deployment"}}}
+	}, "a health check's object needs exactly one of name or selector"},
+	{"a health check of a Secret", func(t *ntv1.NodeTask) {
+		t.Spec.Rollout.HealthChecks = []ntv1.HealthCheck{{Name: "creds", Expression: "true", Object: ntv1.HealthCheckObject{
+			APIVersion: "v1", Kind: "Secret", Name: "db"}}}
+	}, "a health check cannot read Secrets"},
+	{"a health check named with capitals", func(t *ntv1.NodeTask) {
+		t.Spec.Rollout.HealthChecks = []ntv1.HealthCheck{{Name: "Ingress", Expression: "true", Object: ntv1.HealthCheckObject{
+			APIVersion: "apps/v1", Kind: "Deployment", Name: "ingress"}}}
+	}, "spec.rollout.healthChecks[0].name: Invalid value"},
 	{"neither script nor container", func(t *ntv1.NodeTask) {
 		t.Spec.Script = nil
 	}, "set exactly one of spec.script"},
@@ -378,6 +395,18 @@ var _ = Describe("NodeTask validation", func() {
 			// approval an error.
 			"approved-run-without-pause": func(t *ntv1.NodeTask) {
 				t.Spec.Rollout.ApprovedRun = 2
+			},
+			"health-checks-by-name-and-selector": func(t *ntv1.NodeTask) {
+				t.Spec.Rollout.HealthChecks = []ntv1.HealthCheck{
+					{Name: "ingress-available", Expression: "object.status.availableReplicas >= object.spec.replicas",
+						Object: ntv1.HealthCheckObject{APIVersion: "apps/v1", Kind: "Deployment", Name: "ingress"}},
+					{Name: "kube-proxy", Expression: "object.status.numberUnavailable == 0", FailAfterSeconds: ptr.To[int32](600),
+						Object: ntv1.HealthCheckObject{APIVersion: "apps/v1", Kind: "DaemonSet", Namespace: "kube-system",
+							Selector: &metav1.LabelSelector{MatchLabels: map[string]string{"k8s-app": "kube-proxy"}}}},
+					// A ConfigMap is core v1 like a Secret, and allowed.
+					{Name: "flag", Expression: "object.data.enabled == 'true'",
+						Object: ntv1.HealthCheckObject{APIVersion: "v1", Kind: "ConfigMap", Name: "rollout-flag"}},
+				}
 			},
 			"min-ready-without-first-batch": func(t *ntv1.NodeTask) {
 				t.Spec.Rollout.MinReadySeconds = 60
