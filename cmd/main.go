@@ -45,9 +45,9 @@ var version = "dev"
 func main() {
 	var (
 		metricsAddr, probeAddr, pprofAddr, defaultImage, leaseNamespace, clusterKinds string
-		leaderElect, metricsSecure                                      bool
-		qps                                                             float64
-		burst, reconciles, createWorkers                                int
+		leaderElect, metricsSecure                                                    bool
+		qps                                                                           float64
+		burst, reconciles, createWorkers                                              int
 	)
 	flag.StringVar(&metricsAddr, "metrics-bind-address", ":8443", "Address the Prometheus metrics endpoint binds to; 0 disables it.")
 	flag.BoolVar(&metricsSecure, "metrics-secure", true,
