@@ -6,6 +6,7 @@ package healthcheck
 
 import (
 	"fmt"
+	"strings"
 
 	"github.com/google/cel-go/cel"
 	"github.com/google/cel-go/common/types"
@@ -39,6 +40,8 @@ type Program struct {
 	// Name is the check's name.
 	Name string
 	prg  cel.Program
+	// expr is the expression's text: an error may name what it holds (errorMessage).
+	expr string
 }
 
 // Compile compiles a task's health checks. The error names the first check that does not
@@ -58,7 +61,7 @@ func Compile(checks []ntv1.HealthCheck) ([]*Program, error) {
 		if err != nil {
 			return nil, fmt.Errorf("spec.rollout.healthChecks[%s].expression: %v", c.Name, err)
 		}
-		out = append(out, &Program{Name: c.Name, prg: prg})
+		out = append(out, &Program{Name: c.Name, prg: prg, expr: c.Expression})
 	}
 	return out, nil
 }
@@ -84,8 +87,7 @@ func (p *Program) Eval(objects []map[string]any) Result {
 	for _, obj := range objects {
 		v, _, err := p.prg.Eval(map[string]any{"object": obj})
 		if err != nil {
-			// CEL's messages name a missing field or the exceeded cost limit, never a value.
-			r.Message = "the expression failed: " + err.Error()
+			r.Message = errorMessage(err, p.expr)
 			return r
 		}
 		b, ok := v.Value().(bool)
@@ -106,4 +108,30 @@ func (p *Program) Eval(objects []map[string]any) Result {
 		r.Message = fmt.Sprintf("the expression is false for %d of the %d objects selected", falses, len(objects))
 	}
 	return r
+}
+
+// errorMessage says why an evaluation failed without what the object holds. Some of CEL's
+// messages quote a value they were given, and that value may come from the object: a regular
+// expression or URL that does not parse ("error parsing regexp: ...: `value`"), a map key read
+// from the object ("no such key: value"), an index out of range. Only messages known to hold
+// types, the cost limit, or a key the expression itself spells out are shown; any other is
+// replaced by a fixed text.
+func errorMessage(err error, expr string) string {
+	msg := err.Error()
+	const failed = "the expression failed: "
+	switch {
+	case strings.Contains(msg, "cost limit exceeded"):
+		return failed + msg // "operation cancelled: actual cost limit exceeded"
+	case strings.HasPrefix(msg, "no such key: "):
+		if key := strings.TrimPrefix(msg, "no such key: "); key != "" && strings.Contains(expr, key) {
+			return failed + msg // a field the expression names, such as status.numberUnavailable
+		}
+		return failed + "no such key (a key taken from the object, not shown)"
+	case strings.HasPrefix(msg, "type conversion error from "), // types only
+		strings.HasPrefix(msg, "no such overload"), strings.HasPrefix(msg, "no matching overload"),
+		msg == "division by zero", msg == "modulus by zero":
+		return failed + msg
+	}
+	return failed + "an error whose message could show the object's content, so it is not shown " +
+		"(a value from the object that does not parse, an index out of range...)"
 }

@@ -76,6 +76,31 @@ func TestEval(t *testing.T) {
 	g.Expect(r).To(Equal(Result{Name: "dyn", Message: "the expression returned a string, not a bool"}))
 }
 
+// TestErrorsShowNoContent: an evaluation error that would quote a value of the object (a
+// regular expression, a URL or an IP address that does not parse, a map key read from the
+// object) says only that the expression failed; a missing field the expression names, a type
+// conversion and the cost limit are shown as CEL says them.
+func TestErrorsShowNoContent(t *testing.T) {
+	g := NewWithT(t)
+	obj := deployment(3, 3)
+	obj["metadata"].(map[string]any)["annotations"].(map[string]any)["re"] = "hunter2("
+	for _, tc := range []struct{ expr, want string }{
+		{"'x'.matches(object.metadata.annotations['re'])", "the expression failed: an error whose message could show the object's content"},
+		{"url(object.metadata.annotations['re']).getHost() == ''", "the expression failed: an error whose message"},
+		{"ip(object.metadata.annotations['secret-ish']).family() == 4", "the expression failed: an error whose message"},
+		{"object.metadata.annotations[object.metadata.annotations['secret-ish']] == 'x'", "the expression failed: no such key (a key taken from the object, not shown)"},
+		{"object.status.numberUnavailable == 0", "the expression failed: no such key: numberUnavailable"},
+		{"int(object.metadata.annotations['secret-ish']) > 0", "the expression failed: type conversion error from 'string' to 'int'"},
+	} {
+		progs, err := Compile([]ntv1.HealthCheck{check("c", tc.expr)})
+		g.Expect(err).NotTo(HaveOccurred(), tc.expr)
+		r := progs[0].Eval([]map[string]any{obj})
+		g.Expect(r.Healthy).To(BeFalse(), tc.expr)
+		g.Expect(r.Message).To(HavePrefix(tc.want), tc.expr)
+		g.Expect(r.Message).NotTo(ContainSubstring("hunter2"), tc.expr)
+	}
+}
+
 // TestCostLimit: an expression that would run for long is stopped at the API server's
 // per-call limit, and reported as failing, not as healthy.
 func TestCostLimit(t *testing.T) {

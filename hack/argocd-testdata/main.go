@@ -16,6 +16,7 @@ import (
 	"syscall"
 	"time"
 
+	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/api/meta"
@@ -83,6 +84,11 @@ func run(ctx context.Context, opts cluster.Options, manager, out string) error {
 			}
 		}
 	}
+	for i := range 2 {
+		if err := c.AddNode(ctx, fmt.Sprintf("guarded-%d", i), "windows", map[string]string{poolLabel: "guarded"}); err != nil {
+			return err
+		}
+	}
 	if err := c.AddNode(ctx, "waiting-0", "windows", map[string]string{poolLabel: "waiting"}); err != nil {
 		return err
 	}
@@ -91,7 +97,12 @@ func run(ctx context.Context, opts cluster.Options, manager, out string) error {
 		corev1.LabelOSStable: "windows", poolLabel: "waiting"}}}); err != nil {
 		return err
 	}
-	if err := c.WaitNodesReady(ctx, 9*3+1, 2*time.Minute); err != nil {
+	if err := c.WaitNodesReady(ctx, 9*3+2+1, 2*time.Minute); err != nil {
+		return err
+	}
+	// The object the health check of health-check-failing.yaml reads. No scheduler runs, so
+	// its pod stays Pending and status.availableReplicas stays unset: the check never holds.
+	if err := c.Client.Create(ctx, ingressDeployment()); err != nil {
 		return err
 	}
 	mgr, err := c.StartProcess("manager", manager, "--leader-elect", "--leader-election-namespace=nodetask-system",
@@ -125,6 +136,18 @@ func run(ctx context.Context, opts cluster.Options, manager, out string) error {
 			t.Spec.Rollout.FirstBatch = ptr.To(intstr.FromInt32(1))
 			t.Spec.Rollout.PauseAfterFirstBatch = true
 		}), condition(ntv1.ConditionReconciling, ntv1.ReasonAwaitingApproval), nil},
+		{"health-check-failing.yaml", task("rotate-certificates", "guarded", func(t *ntv1.NodeTask) {
+			t.Spec.Rollout.MaxConcurrent = ptr.To(intstr.FromInt32(1))
+			t.Spec.Rollout.HealthChecks = []ntv1.HealthCheck{{
+				Name:       "ingress-available",
+				Object:     ntv1.HealthCheckObject{APIVersion: "apps/v1", Kind: "Deployment", Name: "ingress"},
+				Expression: "has(object.status.availableReplicas) && object.status.availableReplicas >= 1",
+			}}
+		}), func(t *ntv1.NodeTask) bool {
+			// Evaluated (not "not evaluated yet"): the Deployment was read and the expression is false.
+			return condition(ntv1.ConditionReconciling, ntv1.ReasonHealthCheckFailing)(t) && t.Status.Rollout != nil &&
+				len(t.Status.Rollout.HealthChecks) == 1 && t.Status.Rollout.HealthChecks[0].Message == "the expression is false"
+		}, nil},
 		{"retry-backoff.yaml", task("set-registry", "flaky", simulate("sim.nodetask.io/exit-code", "1"), func(t *ntv1.NodeTask) {
 			t.Spec.NodeNames = []string{"flaky-0"}
 			t.Spec.Retries = ptr.To[int32](3)
@@ -202,6 +225,25 @@ func task(name, pool string, mutate ...func(*ntv1.NodeTask)) *ntv1.NodeTask {
 		m(t)
 	}
 	return t
+}
+
+// ingressDeployment is a Deployment in the gitops namespace for a health check to read.
+func ingressDeployment() *appsv1.Deployment {
+	labels := map[string]string{"app": "ingress"}
+	return &appsv1.Deployment{
+		ObjectMeta: metav1.ObjectMeta{Name: "ingress", Namespace: namespace},
+		Spec: appsv1.DeploymentSpec{
+			Replicas: ptr.To[int32](1),
+			Selector: &metav1.LabelSelector{MatchLabels: labels},
+			Template: corev1.PodTemplateSpec{
+				ObjectMeta: metav1.ObjectMeta{Labels: labels},
+				Spec: corev1.PodSpec{
+					NodeSelector: map[string]string{corev1.LabelOSStable: "linux"},
+					Containers:   []corev1.Container{{Name: "ingress", Image: "registry.k8s.io/ingress-nginx/controller:v1.12.0"}},
+				},
+			},
+		},
+	}
 }
 
 // simulate sets pod annotations that choose the simulated outcome (test/kwok/windows-kubelet.yaml).

@@ -210,6 +210,7 @@ var kstatusWant = map[string]status.Status{
 	"suspended.yaml":             status.InProgressStatus,
 	"no-targets.yaml":            status.InProgressStatus,
 	"awaiting-approval.yaml":     status.InProgressStatus, // Reconciling=True: a wait goes on through the pause
+	"health-check-failing.yaml":  status.InProgressStatus, // Reconciling=True until failAfterSeconds makes it Stalled
 	"healthy.yaml":               status.CurrentStatus,
 	"healthy-with-failures.yaml": status.CurrentStatus,
 	"remediated.yaml":            status.CurrentStatus,

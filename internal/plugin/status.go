@@ -207,7 +207,7 @@ func printHeader(w io.Writer, task *ntv1.NodeTask, now time.Time) {
 		fmt.Fprintf(tw, "Compliance:\t%d compliant, %d non-compliant, %d unknown (mode %s)\n", c.Compliant, c.NonCompliant, c.Unknown,
 			cmp.Or(task.Spec.Mode, ntv1.ModeApply))
 	}
-	if r := st.Rollout; r != nil {
+	if r := st.Rollout; r != nil && (len(r.FirstBatch) > 0 || r.Batch != "") {
 		fmt.Fprintf(tw, "Batch:\tfirst batch %s (%s)\n", dash(rollout.NameList(r.FirstBatch)), batchState(task))
 	}
 	if st.StartTime != nil {
@@ -231,6 +231,49 @@ func printHeader(w io.Writer, task *ntv1.NodeTask, now time.Time) {
 			line += ": " + c.Message
 		}
 		fmt.Fprintln(tw, line)
+	}
+	_ = tw.Flush()
+	printHealthChecks(w, task, now)
+}
+
+// printHealthChecks prints the last evaluation of each rollout.healthChecks check, a line
+// each under the header: whether it held and for how long, why not, and when a failing
+// check stalls the run (its failAfterSeconds).
+func printHealthChecks(w io.Writer, task *ntv1.NodeTask, now time.Time) {
+	r := task.Status.Rollout
+	if r == nil || len(r.HealthChecks) == 0 {
+		return
+	}
+	failAfter := map[string]int32{}
+	for _, c := range task.Spec.Rollout.HealthChecks {
+		if c.FailAfterSeconds != nil {
+			failAfter[c.Name] = *c.FailAfterSeconds
+		}
+	}
+	fmt.Fprintln(w, "Health checks:")
+	tw := tabwriter.NewWriter(w, 0, 4, 1, ' ', 0)
+	for _, c := range r.HealthChecks {
+		state := "holds"
+		if !c.Healthy {
+			state = "does not hold"
+		}
+		if c.Since != nil {
+			state += " (for " + age(*c.Since, now) + ")"
+		}
+		if !c.Healthy {
+			if c.Message != "" {
+				state += ": " + c.Message
+			}
+			if f, ok := failAfter[c.Name]; ok && c.Since != nil {
+				left := c.Since.Add(time.Duration(f) * time.Second).Sub(now)
+				if left > 0 {
+					state += fmt.Sprintf("; the run stalls in %s (failAfterSeconds %d)", humanDuration(left), f)
+				} else {
+					state += fmt.Sprintf("; past its failAfterSeconds (%d): the run is stalled until it holds", f)
+				}
+			}
+		}
+		fmt.Fprintf(tw, "  %s:\t%s\n", c.Name, state)
 	}
 	_ = tw.Flush()
 }

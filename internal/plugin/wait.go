@@ -4,12 +4,14 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"strings"
 	"time"
 
 	"github.com/schollz/progressbar/v3"
 	"github.com/spf13/cobra"
 	"golang.org/x/term"
 	"k8s.io/apimachinery/pkg/api/meta"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	ntv1 "github.com/nodetask/nodetask-operator/api/v1alpha1"
@@ -98,6 +100,16 @@ func (o *options) wait(cmd *cobra.Command, name string, timeout, interval time.D
 			if awaitingApproval(task) {
 				err = fmt.Errorf("%w: the run waits for approval after its first batch (kubectl nodetask approve %s -n %s)", err, name, ns)
 			}
+			if healthCheckFailing(task) {
+				what, then := "a health check does not hold", "it holds" // the checks' status not written yet
+				if names := failingChecks(task); len(names) == 1 {
+					what = "health check " + names[0] + " does not hold"
+				} else if len(names) > 1 {
+					what, then = "health checks "+strings.Join(names, ", ")+" do not hold", "they hold"
+				}
+				err = fmt.Errorf("%w: no node starts while %s; the rollout goes on by itself once %s "+
+					"(kubectl nodetask status %s -n %s shows each check)", err, what, then, name, ns)
+			}
 			return &ExitError{Code: ExitTimedOut, Err: err}
 		}
 		select {
@@ -121,14 +133,46 @@ type progressView struct {
 	noted string
 }
 
-// notice is what a person must act on for the task to go on, printed once, under the
-// progress: the AwaitingApproval message, which says how to approve.
+// notice is what holds the task back until a person acts or the cluster changes, printed
+// once, under the progress: the AwaitingApproval message, which says how to approve, or the
+// HealthCheckFailing message without its counts (the progress line has them), which names
+// the checks that do not hold, so that it is printed again only when they change.
 func notice(t *ntv1.NodeTask) string {
-	if !awaitingApproval(t) {
-		return ""
+	switch {
+	case awaitingApproval(t):
+		c := meta.FindStatusCondition(t.Status.Conditions, ntv1.ConditionReconciling)
+		return c.Reason + ": " + c.Message
+	case healthCheckFailing(t):
+		c := meta.FindStatusCondition(t.Status.Conditions, ntv1.ConditionReconciling)
+		msg := c.Message
+		// The controller's message is "N of M nodes succeeded, ...; health check ...".
+		if _, rest, ok := strings.Cut(msg, "; "); ok {
+			msg = rest
+		}
+		return c.Reason + ": " + msg
 	}
+	return ""
+}
+
+// healthCheckFailing reports whether the task's current generation holds its nodes back
+// because a health check does not hold (Reconciling, not yet Stalled).
+func healthCheckFailing(t *ntv1.NodeTask) bool {
 	c := meta.FindStatusCondition(t.Status.Conditions, ntv1.ConditionReconciling)
-	return c.Reason + ": " + c.Message
+	return t.Status.ObservedGeneration == t.Generation && c != nil && c.Status == metav1.ConditionTrue &&
+		c.Reason == ntv1.ReasonHealthCheckFailing
+}
+
+// failingChecks names the health checks whose last evaluation did not hold.
+func failingChecks(t *ntv1.NodeTask) []string {
+	var names []string
+	if r := t.Status.Rollout; r != nil {
+		for _, c := range r.HealthChecks {
+			if !c.Healthy {
+				names = append(names, c.Name)
+			}
+		}
+	}
+	return names
 }
 
 func newProgress(w io.Writer) *progressView {
