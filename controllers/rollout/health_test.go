@@ -141,3 +141,24 @@ func TestHealthCheckFlipsDuringFirstBatch(t *testing.T) {
 	w.reconcile()
 	g.Expect(w.started()).To(Equal([]string{"win-100", "win-101", "win-102"}))
 }
+
+// TestHealthCheckDoesNotHoldAFinishedRun: a check past its failAfterSeconds while the last
+// nodes run stalls nothing once they finished: no node is left to hold back, so the run is
+// done (Ready), not Stalled for good.
+func TestHealthCheckDoesNotHoldAFinishedRun(t *testing.T) {
+	task := healthTask(ptr.To[int32](30))
+	task.Spec.Rollout.MaxConcurrent = ptr.To(intstr.FromString("100%"))
+	w := &healthWorld{maintWorld: newMaintWorld(t, task, nodeNames(2)...), healthy: true}
+	g := w.g
+	w.reconcile()
+	g.Expect(w.started()).To(HaveLen(2))
+	w.healthy = false
+	w.reconcile()
+	w.now = w.now.Add(time.Minute)
+	w.reconcile()
+	g.Expect(w.condition(ntv1.ConditionStalled).Status).To(Equal(metav1.ConditionFalse), "nothing waits to start: nothing to stall")
+	w.finishRuns(0)
+	w.reconcile()
+	g.Expect(w.ready()).To(BeTrue(), "%+v", w.task.Status.Conditions)
+	g.Expect(w.condition(ntv1.ConditionStalled).Status).To(Equal(metav1.ConditionFalse))
+}

@@ -127,7 +127,10 @@ func ComputePlan(obs *Observed) *Plan {
 		p.Problem = &Problem{Reason: ntv1.ReasonInvalidSpec, Message: obs.HealthError}
 	}
 	p.health = healthOf(task, obs.Health, obs.Now)
-	if len(p.health.failing) > 0 && len(asks.starts)+len(asks.claims) > 0 {
+	// The checks hold back only nodes that would start or be claimed: with none left, a
+	// failing check stalls nothing (a finished run is done, not Stalled for good).
+	healthGates := len(asks.starts)+len(asks.claims) > 0
+	if len(p.health.failing) > 0 && healthGates {
 		// Looked at again while nodes wait for it.
 		p.RequeueAfter = Soonest(p.RequeueAfter, p.health.next)
 	}
@@ -156,7 +159,7 @@ func ComputePlan(obs *Observed) *Plan {
 	}
 	p.Gate = gateOf(gateFacts{suspended: task.Spec.Suspend, budgetExceeded: p.BudgetExceeded, firstBatchFailed: len(p.batch.failed) > 0,
 		problem: p.Problem != nil, windowClosed: windowClosed, awaitingApproval: p.batch.awaitingApproval,
-		healthStalled: len(p.health.stalled) > 0, healthFailing: len(p.health.failing) > 0})
+		healthStalled: healthGates && len(p.health.stalled) > 0, healthFailing: healthGates && len(p.health.failing) > 0})
 	p.allot(asks)
 	p.gate(obs)
 	if len(p.Create) == 0 {
