@@ -5,10 +5,8 @@ import (
 	"slices"
 
 	"github.com/spf13/cobra"
-	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	ntv1 "github.com/nodetask/nodetask-operator/api/v1alpha1"
@@ -160,28 +158,8 @@ func firstBatchSucceeded(st *ntv1.NodeTaskStatus) bool {
 
 func isTrue(c *metav1.Condition) bool { return c != nil && c.Status == metav1.ConditionTrue }
 
-// applyApprovedRun sets spec.rollout.approvedRun with a server-side apply that names only
-// that field and the task's UID: the apply changes nothing else, and fails rather than
-// create a task if this one was deleted meanwhile.
+// applyApprovedRun sets spec.rollout.approvedRun with a server-side apply of that field alone.
 func applyApprovedRun(cmd *cobra.Command, c client.Client, task *ntv1.NodeTask, run int64, force bool) error {
-	u := &unstructured.Unstructured{Object: map[string]any{
-		"apiVersion": ntv1.GroupVersion.String(),
-		"kind":       "NodeTask",
-		"metadata":   map[string]any{"name": task.Name, "namespace": task.Namespace, "uid": string(task.UID)},
-		"spec":       map[string]any{"rollout": map[string]any{"approvedRun": run}},
-	}}
-	opts := []client.ApplyOption{client.FieldOwner(ApproveFieldManager)}
-	if force {
-		opts = append(opts, client.ForceOwnership)
-	}
-	err := c.Apply(cmd.Context(), client.ApplyConfigurationFromUnstructured(u), opts...)
-	if apierrors.IsConflict(err) {
-		return fmt.Errorf("another field manager owns spec.rollout.approvedRun of NodeTask %s/%s, most likely your manifests: "+
-			"set approvedRun to %d there, or pass --force-conflicts to take it over. The API server said: %w",
-			task.Namespace, task.Name, run, err)
-	}
-	if err != nil {
-		return fmt.Errorf("setting spec.rollout.approvedRun: %w", err)
-	}
-	return nil
+	return applySpecField(cmd, c, task, ApproveFieldManager, force, map[string]any{"rollout": map[string]any{"approvedRun": run}},
+		"spec.rollout.approvedRun", fmt.Sprintf("set approvedRun to %d there", run))
 }

@@ -89,11 +89,7 @@ func TestStatusHealthChecks(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			task := healthTask()
 			tt.mutate(task)
-			var out bytes.Buffer
-			if err := printStatus(&out, task, statusFlags{}, now); err != nil {
-				t.Fatal(err)
-			}
-			golden(t, tt.name, out.Bytes())
+			statusGolden(t, tt.name, task, statusFlags{})
 		})
 	}
 }

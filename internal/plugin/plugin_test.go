@@ -67,14 +67,18 @@ func TestStatusTables(t *testing.T) {
 		{"status-node", statusFlags{node: "win-b"}},
 		{"status-node-json", statusFlags{node: "win-e", output: "json"}},
 	} {
-		t.Run(tt.name, func(t *testing.T) {
-			var out bytes.Buffer
-			if err := printStatus(&out, halfwayTask(), tt.flags, now); err != nil {
-				t.Fatal(err)
-			}
-			golden(t, tt.name, out.Bytes())
-		})
+		t.Run(tt.name, func(t *testing.T) { statusGolden(t, tt.name, halfwayTask(), tt.flags) })
 	}
+}
+
+// statusGolden compares what `status` prints for the task with testdata/name.golden.
+func statusGolden(t *testing.T, name string, task *ntv1.NodeTask, flags statusFlags) {
+	t.Helper()
+	var out bytes.Buffer
+	if err := printStatus(&out, task, flags, now); err != nil {
+		t.Fatal(err)
+	}
+	golden(t, name, out.Bytes())
 }
 
 func TestStatusUnknownNode(t *testing.T) {
@@ -100,16 +104,8 @@ func TestStatusCompliance(t *testing.T) {
 				Output: "== check ==\nfirewall off\n== fix ==\nenabled\n== recheck ==\nfirewall off", StartTime: ago(9 * time.Minute), FinishTime: ago(8 * time.Minute)},
 		},
 	}
-	var out bytes.Buffer
-	if err := printStatus(&out, task, statusFlags{}, now); err != nil {
-		t.Fatal(err)
-	}
-	golden(t, "status-compliance", out.Bytes())
-	out.Reset()
-	if err := printStatus(&out, task, statusFlags{node: "win-c"}, now); err != nil {
-		t.Fatal(err)
-	}
-	golden(t, "status-node-compliance", out.Bytes())
+	statusGolden(t, "status-compliance", task, statusFlags{})
+	statusGolden(t, "status-node-compliance", task, statusFlags{node: "win-c"})
 }
 
 func TestStatusReady(t *testing.T) {
@@ -119,11 +115,7 @@ func TestStatusReady(t *testing.T) {
 		Conditions: []metav1.Condition{{Type: ntv1.ConditionReady, Status: metav1.ConditionTrue, Reason: "Succeeded", Message: "run 2 succeeded on 1 node"}},
 		Nodes:      []ntv1.NodeStatus{{Name: "win-a", Phase: ntv1.NodeSucceeded, Attempts: 1, ExitCode: ptr.To[int32](0), StartTime: ago(10 * time.Minute), FinishTime: ago(7 * time.Minute)}},
 	}
-	var out bytes.Buffer
-	if err := printStatus(&out, task, statusFlags{}, now); err != nil {
-		t.Fatal(err)
-	}
-	golden(t, "status-ready", out.Bytes())
+	statusGolden(t, "status-ready", task, statusFlags{})
 }
 
 func TestTaskList(t *testing.T) {

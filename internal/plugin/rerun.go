@@ -66,27 +66,36 @@ func confirm(o *options, question string) bool {
 	return answer == "y" || answer == "yes"
 }
 
-// applyRerunToken sets spec.rerunToken with a server-side apply that names only that field
-// and the task's UID: the apply changes nothing else, and fails rather than create a task
-// if this one was deleted meanwhile.
+// applyRerunToken sets spec.rerunToken with a server-side apply of that field alone.
 func applyRerunToken(cmd *cobra.Command, c client.Client, task *ntv1.NodeTask, token string, force bool) error {
+	return applySpecField(cmd, c, task, FieldManager, force, map[string]any{"rerunToken": token}, "spec.rerunToken",
+		"change rerunToken there")
+}
+
+// applySpecField applies one field of the task's spec (spec holds it, path names it) under
+// the field manager, with a server-side apply that names only that field and the task's UID:
+// it changes nothing else, and fails rather than create a task if this one was deleted
+// meanwhile. A conflict says the field belongs to another manager, most likely the user's
+// manifests, and what to do there (fix).
+func applySpecField(cmd *cobra.Command, c client.Client, task *ntv1.NodeTask, manager string, force bool,
+	spec map[string]any, path, fix string) error {
 	u := &unstructured.Unstructured{Object: map[string]any{
 		"apiVersion": ntv1.GroupVersion.String(),
 		"kind":       "NodeTask",
 		"metadata":   map[string]any{"name": task.Name, "namespace": task.Namespace, "uid": string(task.UID)},
-		"spec":       map[string]any{"rerunToken": token},
+		"spec":       spec,
 	}}
-	opts := []client.ApplyOption{client.FieldOwner(FieldManager)}
+	opts := []client.ApplyOption{client.FieldOwner(manager)}
 	if force {
 		opts = append(opts, client.ForceOwnership)
 	}
 	err := c.Apply(cmd.Context(), client.ApplyConfigurationFromUnstructured(u), opts...)
 	if apierrors.IsConflict(err) {
-		return fmt.Errorf("another field manager owns spec.rerunToken of NodeTask %s/%s, most likely your manifests: "+
-			"change rerunToken there, or pass --force-conflicts to take it over. The API server said: %w", task.Namespace, task.Name, err)
+		return fmt.Errorf("another field manager owns %s of NodeTask %s/%s, most likely your manifests: "+
+			"%s, or pass --force-conflicts to take it over. The API server said: %w", path, task.Namespace, task.Name, fix, err)
 	}
 	if err != nil {
-		return fmt.Errorf("setting spec.rerunToken: %w", err)
+		return fmt.Errorf("setting %s: %w", path, err)
 	}
 	return nil
 }
