@@ -150,12 +150,14 @@ func Start(ctx context.Context, opts Options) (c *Cluster, err error) {
 		return c, err
 	}
 
-	c.logf("starting kube-controller-manager (garbage collector, pod garbage collector, disruption, deployment, replicaset)")
+	c.logf("starting kube-controller-manager (garbage collector, pod garbage collector, disruption, deployment, replicaset, clusterrole aggregation)")
 	kcmArgs := []string{"--kubeconfig", c.Kubeconfig,
 		// disruption keeps PodDisruptionBudgets' status, which the Eviction API reads.
 		// deployment and replicaset make the pods of an installed Deployment, so that Pod
 		// Security admission judges them (no scheduler runs: they stay Pending).
-		"--controllers=" + strings.Join(append([]string{"garbagecollector", "podgc", "disruption", "deployment", "replicaset"}, opts.ExtraControllers...), ","),
+		// clusterrole-aggregation fills aggregated ClusterRoles (the health-check reader role).
+		"--controllers=" + strings.Join(append([]string{"garbagecollector", "podgc", "disruption", "deployment", "replicaset",
+			"clusterrole-aggregation"}, opts.ExtraControllers...), ","),
 		"--leader-elect=false",
 		"--secure-port=0",
 		"--use-service-account-credentials=false",

@@ -1,16 +1,21 @@
 package e2e
 
 import (
+	"os"
+	"path/filepath"
 	"slices"
 	"time"
 
 	. "github.com/onsi/ginkgo/v2"
 	. "github.com/onsi/gomega"
+	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
+	rbacv1 "k8s.io/api/rbac/v1"
 	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/intstr"
 	"k8s.io/utils/ptr"
+	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	ntv1 "github.com/nodetask/nodetask-operator/api/v1alpha1"
 )
@@ -158,5 +163,57 @@ var _ = Describe("Rollout gates", func() {
 		Expect(created.Time).To(BeTemporally(">=", back.Add(10*time.Second-time.Second)),
 			"the second node starts no earlier than minReadySeconds after the first came back")
 		Eventually(conditionTrue(task, ntv1.ConditionReady), 2*time.Minute).Should(BeTrue())
+	})
+
+	It("reads a health check's object with the operator's own identity: forbidden until an administrator aggregates a role, then the rollout goes on", func() {
+		const pool = "health-rbac"
+		nodes := addPool(pool, 2)
+		ns := namespace(true)
+		ingress := &appsv1.Deployment{
+			ObjectMeta: metav1.ObjectMeta{Name: "ingress", Namespace: ns},
+			Spec: appsv1.DeploymentSpec{
+				Replicas: ptr.To[int32](2),
+				Selector: &metav1.LabelSelector{MatchLabels: map[string]string{"app": "ingress"}},
+				Template: corev1.PodTemplateSpec{
+					ObjectMeta: metav1.ObjectMeta{Labels: map[string]string{"app": "ingress"}},
+					Spec:       corev1.PodSpec{Containers: []corev1.Container{{Name: "web", Image: "example.com/web:1"}}},
+				},
+			},
+		}
+		Expect(k8s.Create(ctx, ingress)).To(Succeed())
+		task := newTask(ns, "gated-by-ingress", pool, func(t *ntv1.NodeTask) {
+			t.Spec.Rollout.MaxConcurrent = ptr.To(intstr.FromInt32(1))
+			t.Spec.Rollout.HealthChecks = []ntv1.HealthCheck{{Name: "ingress-scaled",
+				Object:     ntv1.HealthCheckObject{APIVersion: "apps/v1", Kind: "Deployment", Name: "ingress"},
+				Expression: "object.spec.replicas >= 1"}}
+		})
+
+		By("the installed role grants nothing to read Deployments: the check does not hold and no node starts")
+		Eventually(reconciling(task), time.Minute).Should(Equal(ntv1.ReasonHealthCheckFailing))
+		Expect(get(task).Status.Rollout.HealthChecks[0].Message).To(Equal("the operator may not read deployments: an administrator " +
+			"grants it with a ClusterRole labelled nodetask.io/aggregate-to-health-check-reader=true (docs/rollout.md)"))
+		taskPodNodes := func() []string {
+			var out []string
+			for _, p := range pods(ns) {
+				if p.Labels[ntv1.LabelTask] == task.Name {
+					out = append(out, p.Spec.NodeName)
+				}
+			}
+			slices.Sort(out)
+			return out
+		}
+		Expect(taskPodNodes()).To(BeEmpty())
+
+		By("the administrator applies the opt-in example role; kube-controller-manager aggregates it")
+		data, err := os.ReadFile(filepath.Join(root, "config", "rbac", "health_check_reader_example.yaml"))
+		Expect(err).NotTo(HaveOccurred())
+		applyAll(data)
+		DeferCleanup(func() {
+			Expect(client.IgnoreNotFound(k8s.Delete(ctx, &rbacv1.ClusterRole{ObjectMeta: metav1.ObjectMeta{
+				Name: "nodetask-health-check-reader-workloads"}}))).To(Succeed())
+		})
+		Eventually(conditionTrue(task, ntv1.ConditionReady), 2*time.Minute).Should(BeTrue())
+		Expect(taskPodNodes()).To(Equal(nodes))
+		Expect(get(task).Status.Rollout.HealthChecks[0].Healthy).To(BeTrue())
 	})
 })
