@@ -102,7 +102,7 @@ type Plan struct {
 	batch batch
 	// health is where the run stands with rollout.healthChecks (health.go).
 	health healthGate
-	// holding names the nodes that hold a rollout slot.
+	// holding names the nodes that hold a rollout slot; only with rollout.firstBatch.
 	holding map[string]bool
 }
 
@@ -214,6 +214,12 @@ func (p *Plan) stepNodes(obs *Observed, stored map[string]ntv1.NodeStatus) slotA
 		podsByNode[pod.Spec.NodeName] = append(podsByNode[pod.Spec.NodeName], pod)
 	}
 	var asks slotAsks
+	// Only a first batch asks which nodes hold a slot: at 5000 nodes in flight the set
+	// would otherwise be built on every pass for nothing.
+	batched := obs.Task.Spec.Rollout.FirstBatch != nil
+	if batched {
+		p.holding = map[string]bool{}
+	}
 	for _, name := range passNodes(p.Targets, stored, podsByNode) {
 		var prev *ntv1.NodeStatus
 		if e, ok := stored[name]; ok {
@@ -228,10 +234,9 @@ func (p *Plan) stepNodes(obs *Observed, stored map[string]ntv1.NodeStatus) slotA
 		}
 		if s.slot != slotNone {
 			p.InFlight++
-			if p.holding == nil {
-				p.holding = map[string]bool{}
+			if batched {
+				p.holding[name] = true
 			}
-			p.holding[name] = true
 		}
 		switch s.slot {
 		case slotReleasing:
