@@ -824,6 +824,15 @@ type NodeTaskStatus struct {
 	// +listMapKey=type
 	Conditions []metav1.Condition `json:"conditions,omitempty"`
 
+	// resultSlices is how many NodeResultSlices hold the per-node results when they are too
+	// many for this object to carry cheaply (more than a few hundred target nodes): nodes is
+	// then empty, and each slice, named <task>-results-<i> and labeled nodetask.io/task,
+	// holds the entries of the nodes whose name hashes to it. Counts and conditions stay
+	// here, so that watchers of the task see progress in a small object. 0: nodes holds them.
+	// `kubectl nodetask status` reads either.
+	// +optional
+	ResultSlices int32 `json:"resultSlices,omitempty"`
+
 	// nodes has one entry per target node, sorted by name. A node that has not started the
 	// current run keeps its previous run's result until it does; a node that stopped
 	// matching keeps the result it reached in the current run. The entry of a deleted node
