@@ -47,7 +47,7 @@ func main() {
 		metricsAddr, probeAddr, pprofAddr, defaultImage, leaseNamespace, clusterKinds string
 		leaderElect, metricsSecure                                                    bool
 		qps                                                                           float64
-		burst, reconciles, createWorkers                                              int
+		burst, reconciles, createWorkers, inlineResults                               int
 	)
 	flag.StringVar(&metricsAddr, "metrics-bind-address", ":8443", "Address the Prometheus metrics endpoint binds to; 0 disables it.")
 	flag.BoolVar(&metricsSecure, "metrics-secure", true,
@@ -66,6 +66,7 @@ func main() {
 	flag.IntVar(&burst, "kube-api-burst", 400, "Burst of queries to the API server.")
 	flag.IntVar(&reconciles, "max-concurrent-reconciles", 4, "NodeTasks reconciled at once.")
 	flag.IntVar(&createWorkers, "pod-create-workers", 16, "Pods one reconcile creates in parallel.")
+	flag.IntVar(&inlineResults, "status-inline-results", rollout.DefaultInlineResults, "How many per-node results a NodeTask's status.nodes holds; a task with more keeps them in NodeResultSlices (status.resultSlices), so that its own status stays small.")
 	flag.StringVar(&clusterKinds, "health-check-cluster-kinds", "",
 		"Kinds (Kind.group, comma-separated, e.g. Deployment.apps,Node) that a NodeTask's rollout.healthChecks may read outside "+
 			"the task's namespace or cluster-scoped. Empty: only objects in the task's own namespace. Secrets never.")
@@ -121,6 +122,7 @@ func main() {
 		Recorder:                mgr.GetEventRecorder("nodetask-controller"),
 		Pods:                    rollout.PodBuilder{DefaultScriptImage: defaultImage},
 		CreateWorkers:           createWorkers,
+		InlineResults:           inlineResults,
 		MaxConcurrentReconciles: reconciles,
 	}
 	if err := r.SetupWithManager(mgr); err != nil {

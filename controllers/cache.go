@@ -37,6 +37,8 @@ func CacheOptions() cache.Options {
 			&corev1.Namespace{}: {Transform: keepLabelsOnly},
 			// Schedules: nothing reads their managedFields either.
 			&ntv1.NodeTaskSchedule{}: {Transform: dropManagedFields},
+			// Result slices: only this controller writes them.
+			&ntv1.NodeResultSlice{}: {Transform: dropManagedFields},
 		},
 	}
 }

@@ -305,7 +305,7 @@ var _ = Describe("NodeTask controller at the edges", func() {
 		w.Stop()
 		// At most one write per second of finishing, plus the write that says Ready and
 		// one that may straddle the start.
-		limit := int(elapsed/statusWriteInterval) + 3
+		limit := int(elapsed/time.Second) + 3 // rollout.ProgressInterval is at least a second
 		AddReportEntry("status writes while 20 pods finished", fmt.Sprintf("%d writes in %s (limit %d)", writes, elapsed.Round(time.Millisecond), limit))
 		Expect(writes).To(BeNumerically("<=", limit))
 		Expect(get(task).Status.Succeeded).To(BeEquivalentTo(20))

@@ -1,6 +1,7 @@
 package controllers
 
 import (
+	"encoding/json"
 	"sync"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -23,6 +24,14 @@ var (
 	statusWriteBytes = prometheus.NewCounter(prometheus.CounterOpts{
 		Name: "nodetask_status_write_bytes_total",
 		Help: "Bytes of the NodeTasks whose status writes the API server accepted (each write sends the whole object to etcd and to every watcher).",
+	})
+	sliceWrites = prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "nodetask_result_slice_writes_total",
+		Help: "Writes of NodeResultSlices (the per-node results of NodeTasks with more nodes than their status holds) that the API server accepted.",
+	})
+	sliceWriteBytes = prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "nodetask_result_slice_write_bytes_total",
+		Help: "Bytes of the NodeResultSlices whose writes the API server accepted.",
 	})
 	taskNodes = prometheus.NewGaugeVec(prometheus.GaugeOpts{
 		Name: "nodetask_nodes",
@@ -68,14 +77,14 @@ const (
 
 func registerMetrics() {
 	registerOnce.Do(func() {
-		metrics.Registry.MustRegister(statusWrites, statusWriteBytes, taskNodes, taskCondition, taskCompliance, nodeRuns,
+		metrics.Registry.MustRegister(statusWrites, statusWriteBytes, sliceWrites, sliceWriteBytes, taskNodes, taskCondition, taskCompliance, nodeRuns,
 			nodeRunDuration, scheduleRuns, scheduleNextRun)
 	})
 }
 
 // recordStatusWrite updates the metrics for one accepted status write: the write itself,
 // the task's phase counts and conditions, and the node results it newly stored (rollout.NewResults).
-func recordStatusWrite(task *ntv1.NodeTask, results []ntv1.NodeStatus) {
+func recordStatusWrite(task *ntv1.NodeTask) {
 	st := &task.Status
 	statusWrites.Inc()
 	statusWriteBytes.Add(float64(rollout.ObjectSize(task, st)))
@@ -102,6 +111,20 @@ func recordStatusWrite(task *ntv1.NodeTask, results []ntv1.NodeStatus) {
 			taskCondition.WithLabelValues(ns, name, c.Type, string(s)).Set(v)
 		}
 	}
+}
+
+// recordSliceWrite counts one accepted write of a NodeResultSlice and its bytes.
+func recordSliceWrite(s *ntv1.NodeResultSlice) {
+	sliceWrites.Inc()
+	if b, err := json.Marshal(s); err == nil {
+		sliceWriteBytes.Add(float64(len(b)))
+	}
+}
+
+// recordResults counts the node results a pass newly stored (rollout.NewResults), in the
+// task object or its slices.
+func recordResults(task *ntv1.NodeTask, results []ntv1.NodeStatus) {
+	ns, name := task.Namespace, task.Name
 	for _, e := range results {
 		nodeRuns.WithLabelValues(ns, name, string(e.Phase), e.Reason).Inc()
 		if e.StartTime != nil && e.FinishTime != nil {

@@ -34,8 +34,10 @@ func TestTaskMetrics(t *testing.T) {
 			{Name: "win-c", Phase: ntv1.NodePending},
 		}}
 	registerMetrics()
-	recordStatusWrite(task, rollout.NewResults(&old, &task.Status))
-	recordStatusWrite(task, rollout.NewResults(&task.Status, &task.Status)) // the same status again counts nothing new
+	recordStatusWrite(task)
+	recordResults(task, rollout.NewResults(&old, &task.Status))
+	recordStatusWrite(task)
+	recordResults(task, rollout.NewResults(&task.Status, &task.Status)) // the same status again counts nothing new
 
 	g.Expect(testutil.ToFloat64(taskNodes.WithLabelValues("metrics-ns", "metrics-task", "Succeeded"))).To(Equal(1.0))
 	g.Expect(testutil.ToFloat64(taskNodes.WithLabelValues("metrics-ns", "metrics-task", "Pending"))).To(Equal(1.0))
@@ -64,7 +66,7 @@ func TestComplianceMetrics(t *testing.T) {
 	task := newTask(func(t *ntv1.NodeTask) { t.Name, t.Namespace = "audit", "metrics-ns" })
 	task.Status = ntv1.NodeTaskStatus{Run: 1, Targets: 5, Succeeded: 4, Pending: 1,
 		Compliance: &ntv1.ComplianceSummary{Compliant: 2, NonCompliant: 2, Unknown: 1}}
-	recordStatusWrite(task, nil)
+	recordStatusWrite(task)
 	value := func(c string) float64 {
 		return testutil.ToFloat64(taskCompliance.WithLabelValues("metrics-ns", "audit", c))
 	}
@@ -74,12 +76,12 @@ func TestComplianceMetrics(t *testing.T) {
 
 	// A task whose check was taken out has no compliance series.
 	task.Status.Compliance = nil
-	recordStatusWrite(task, nil)
+	recordStatusWrite(task)
 	ours := prometheus.Labels{"namespace": "metrics-ns", "name": "audit"}
 	g.Expect(taskCompliance.DeletePartialMatch(ours)).To(BeZero())
 
 	task.Status.Compliance = &ntv1.ComplianceSummary{Compliant: 1}
-	recordStatusWrite(task, nil)
+	recordStatusWrite(task)
 	forgetMetrics(types.NamespacedName{Namespace: "metrics-ns", Name: "audit"})
 	g.Expect(taskCompliance.DeletePartialMatch(ours)).To(BeZero(), "a deleted task's series go")
 }

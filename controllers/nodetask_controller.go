@@ -46,10 +46,6 @@ const (
 	// quotaRetry is how often a task whose pods a ResourceQuota refused tries again, in case
 	// the quota frees up without one of its own pods finishing.
 	quotaRetry = 10 * time.Second
-	// statusWriteInterval is the least time between two status writes of one task while
-	// nothing but progress changes: at 5000 nodes a status is up to 1 MiB, written to etcd
-	// and sent to every watcher. A change of a condition, or a new run, is written at once.
-	statusWriteInterval = time.Second
 )
 
 // NodeTaskReconciler runs NodeTasks: it observes a task, its pods and the Windows nodes,
@@ -72,6 +68,9 @@ type NodeTaskReconciler struct {
 	Now func() time.Time
 	// Health evaluates rollout.healthChecks; nil leaves every check "not evaluated yet".
 	Health *HealthChecks
+	// InlineResults is how many per-node entries status.nodes holds before they move to
+	// NodeResultSlices; 0 means rollout.DefaultInlineResults.
+	InlineResults int
 
 	expectations *expectations
 	// lastWrite holds, by task key, a uidMark with when its status was last written.
@@ -86,6 +85,9 @@ type NodeTaskReconciler struct {
 	// admissions holds, by task key, a uidMark with the API server's last verdict on the
 	// task's pods (an admissionRecord).
 	admissions sync.Map
+	// sliceMemories holds, by task key, a uidMark with what this process wrote of the
+	// task's NodeResultSlices (a *sliceMemory).
+	sliceMemories sync.Map
 	// healthMemos holds, by task key, a uidMark with the compiled health checks and their
 	// last evaluation (a healthMemo).
 	healthMemos sync.Map
@@ -115,6 +117,7 @@ func storeMark[T any](m *sync.Map, task *ntv1.NodeTask, value T) {
 // +kubebuilder:rbac:groups=nodetask.io,resources=nodetasks,verbs=get;list;watch
 // +kubebuilder:rbac:groups=nodetask.io,resources=nodetasks/status,verbs=get;update;patch
 // +kubebuilder:rbac:groups=nodetask.io,resources=nodetasks/finalizers,verbs=update
+// +kubebuilder:rbac:groups=nodetask.io,resources=noderesultslices,verbs=get;list;watch;create;update;delete
 // +kubebuilder:rbac:groups="",resources=pods,verbs=get;list;watch;create;delete
 // +kubebuilder:rbac:groups="",resources=configmaps,verbs=get;list;create;delete
 // +kubebuilder:rbac:groups="",resources=nodes,verbs=get;list;watch
@@ -122,9 +125,8 @@ func storeMark[T any](m *sync.Map, task *ntv1.NodeTask, value T) {
 // +kubebuilder:rbac:groups=events.k8s.io,resources=events,verbs=create;patch
 
 // Reconcile brings one NodeTask one step closer to done: observe, plan, apply, then write
-// the status (at most once a second while only progress changes) and the events it implies.
+// the status under the write budget (writeStatus) and the events it implies.
 func (r *NodeTaskReconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.Result, error) {
-	logger := log.FromContext(ctx)
 	task := &ntv1.NodeTask{}
 	if err := r.Client.Get(ctx, req.NamespacedName, task); err != nil {
 		if apierrors.IsNotFound(err) {
@@ -133,9 +135,15 @@ func (r *NodeTaskReconciler) Reconcile(ctx context.Context, req ctrl.Request) (c
 		return ctrl.Result{}, client.IgnoreNotFound(err)
 	}
 	if !task.DeletionTimestamp.IsZero() {
-		// Pods and ConfigMaps carry owner references: the garbage collector removes them.
+		// Pods, ConfigMaps and result slices carry owner references: the garbage collector
+		// removes them.
 		return ctrl.Result{}, nil
 	}
+	if err := r.loadResults(ctx, task); err != nil {
+		return ctrl.Result{}, err
+	}
+	// The status as read, with the entries from the slices if they hold them.
+	old := *task.Status.DeepCopy()
 
 	obs, adm, awaiting, err := r.observe(ctx, task)
 	if err != nil {
@@ -165,27 +173,15 @@ func (r *NodeTaskReconciler) Reconcile(ctx context.Context, req ctrl.Request) (c
 	if out.Waiting != nil {
 		requeue = rollout.Soonest(requeue, quotaRetry)
 	}
-	if rollout.StatusChanged(&task.Status, &st) {
-		if wait := r.writeDelay(task, &st, obs.Now); wait > 0 {
-			// Progress only: coalesce it with what the next second brings.
-			return ctrl.Result{RequeueAfter: rollout.Soonest(requeue, wait)}, nil
-		}
-		old := task.Status
-		task.Status = st
-		// Update, not patch: the write carries the resourceVersion we read, so a status
-		// computed from a stale cache is refused instead of overwriting newer results.
-		if err := r.Client.Status().Update(ctx, task); err != nil {
-			if apierrors.IsConflict(err) {
-				// The newer object is on its way to the cache and will trigger a reconcile.
-				logger.V(1).Info("status changed meanwhile; will reconcile again", "task", klog.KObj(task))
-				return ctrl.Result{}, nil
-			}
-			return ctrl.Result{}, fmt.Errorf("writing status: %w", err)
-		}
-		storeMark(&r.lastWrite, task, obs.Now)
-		results := rollout.NewResults(&old, &task.Status)
-		recordStatusWrite(task, results)
-		// Events describe what the stored status now says, never a write that failed.
+	w, err := r.writeStatus(ctx, task, &old, &st, obs.Now)
+	if err != nil {
+		return ctrl.Result{}, err
+	}
+	requeue = rollout.Soonest(requeue, w.wait)
+	if w.task || w.slices > 0 {
+		results := rollout.NewResults(&old, &w.after)
+		recordResults(task, results)
+		// Events describe what is now stored, never a write that failed.
 		r.emitEvents(task, &old, plan, results)
 	}
 
@@ -197,33 +193,14 @@ func (r *NodeTaskReconciler) Reconcile(ctx context.Context, req ctrl.Request) (c
 	return ctrl.Result{RequeueAfter: requeue}, nil
 }
 
-// writeDelay returns how long to hold back a status write: zero when a condition changes,
-// a new run starts, or the last write is statusWriteInterval old.
-func (r *NodeTaskReconciler) writeDelay(task *ntv1.NodeTask, st *ntv1.NodeTaskStatus, now time.Time) time.Duration {
-	if st.Run != task.Status.Run || st.ObservedGeneration != task.Status.ObservedGeneration ||
-		!sameConditionStates(task.Status.Conditions, st.Conditions) {
-		return 0
-	}
+// writeDelay returns how long to hold back a progress-only write of the task object of the
+// given size: until rollout.ProgressInterval has passed since the last write.
+func (r *NodeTaskReconciler) writeDelay(task *ntv1.NodeTask, size int, now time.Time) time.Duration {
 	last, ok := loadMark[time.Time](&r.lastWrite, task)
 	if !ok {
 		return 0
 	}
-	return last.Add(statusWriteInterval).Sub(now)
-}
-
-// sameConditionStates reports whether two condition lists hold the same types with the same
-// status and reason; messages (which carry progress counts) may differ.
-func sameConditionStates(a, b []metav1.Condition) bool {
-	if len(a) != len(b) {
-		return false
-	}
-	for i := range b {
-		c := meta.FindStatusCondition(a, b[i].Type)
-		if c == nil || c.Status != b[i].Status || c.Reason != b[i].Reason {
-			return false
-		}
-	}
-	return true
+	return last.Add(rollout.ProgressInterval(size)).Sub(now)
 }
 
 // forget drops what this process remembers of a task that is gone.
@@ -235,6 +212,7 @@ func (r *NodeTaskReconciler) forget(key types.NamespacedName) {
 	r.drainRefusals.Delete(key)
 	r.admissions.Delete(key)
 	r.healthMemos.Delete(key)
+	r.sliceMemories.Delete(key)
 }
 
 // observe reads what the planner needs from the cache, and the remembered admission verdict
@@ -555,7 +533,9 @@ func (r *NodeTaskReconciler) SetupWithManager(mgr ctrl.Manager) error {
 	if err := mgr.GetFieldIndexer().IndexField(ctx, &ntv1.NodeTask{}, taskNodeIndex, func(o client.Object) []string {
 		task := o.(*ntv1.NodeTask)
 		keys := make([]string, 0, len(task.Status.Nodes)+1)
-		if task.Spec.NewNodes != ntv1.NewNodesIgnore {
+		// A task whose entries are in slices is not indexed by its nodes' names: it hears of
+		// every node, as it would of new nodes.
+		if task.Spec.NewNodes != ntv1.NewNodesIgnore || task.Status.ResultSlices > 0 {
 			keys = append(keys, allNodesKey)
 		}
 		for i := range task.Status.Nodes {
@@ -571,6 +551,12 @@ func (r *NodeTaskReconciler) SetupWithManager(mgr ctrl.Manager) error {
 	return ctrl.NewControllerManagedBy(mgr).
 		For(&ntv1.NodeTask{}).
 		Owns(&corev1.Pod{}).
+		// Only this controller writes slices: it hears of one deleted behind its back.
+		Owns(&ntv1.NodeResultSlice{}, builder.WithPredicates(predicate.Funcs{
+			CreateFunc:  func(event.CreateEvent) bool { return false },
+			UpdateFunc:  func(event.UpdateEvent) bool { return false },
+			GenericFunc: func(event.GenericEvent) bool { return false },
+		})).
 		Watches(&corev1.Node{}, handler.EnqueueRequestsFromMapFunc(r.tasksForNode), builder.WithPredicates(nodeChanged)).
 		// A namespace labelled for privileged pods unblocks the tasks Pod Security stalled there.
 		Watches(&corev1.Namespace{}, handler.EnqueueRequestsFromMapFunc(r.tasksInNamespace), builder.WithPredicates(labelsChanged)).

@@ -9,6 +9,8 @@ import (
 	"fmt"
 	"time"
 
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
 	"github.com/spf13/cobra"
 	"k8s.io/apimachinery/pkg/runtime"
 	utilruntime "k8s.io/apimachinery/pkg/util/runtime"
@@ -119,12 +121,32 @@ func (o *options) namespace() (string, error) {
 	return ns, err
 }
 
-// getTask reads one task from the namespace in effect.
+// getTask reads one task from the namespace in effect, with its per-node results in
+// status.nodes also when they are kept in NodeResultSlices (status.resultSlices).
 func (o *options) getTask(cmd *cobra.Command, name string) (*ntv1.NodeTask, error) {
 	task := &ntv1.NodeTask{}
 	if err := o.get(cmd, "NodeTask", name, task); err != nil {
 		return nil, err
 	}
+	if task.Status.ResultSlices == 0 {
+		return task, nil
+	}
+	c, _, err := o.clients()
+	if err != nil {
+		return nil, err
+	}
+	var list ntv1.NodeResultSliceList
+	if err := c.List(cmd.Context(), &list, client.InNamespace(task.Namespace)); err != nil {
+		return nil, fmt.Errorf("reading the NodeResultSlices of NodeTask %s/%s: %w", task.Namespace, name, err)
+	}
+	var from []*ntv1.NodeResultSlice
+	for i := range list.Items {
+		s := &list.Items[i]
+		if s.Task == task.Name && metav1.IsControlledBy(s, task) && s.Index < task.Status.ResultSlices {
+			from = append(from, s)
+		}
+	}
+	task.Status.Nodes = ntv1.MergeResultSlices(&task.Status, from)
 	return task, nil
 }
 
