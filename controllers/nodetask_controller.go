@@ -43,6 +43,10 @@ const (
 	// stalledRetry is how often a stalled task tries again: a missing ConfigMap may appear
 	// at any time, and the operator does not watch ConfigMaps (it would have to cache them all).
 	stalledRetry = time.Minute
+	// createPassBudget is how long one pass feeds pod creations before it writes the status
+	// and goes on in the next pass: a watcher sees the rollout start and progress while
+	// thousands of pods are created.
+	createPassBudget = 2 * time.Second
 	// quotaRetry is how often a task whose pods a ResourceQuota refused tries again, in case
 	// the quota frees up without one of its own pods finishing.
 	quotaRetry = 10 * time.Second
@@ -85,6 +89,9 @@ type NodeTaskReconciler struct {
 	// admissions holds, by task key, a uidMark with the API server's last verdict on the
 	// task's pods (an admissionRecord).
 	admissions sync.Map
+	// ownWrites holds, by task key, a uidMark with the resourceVersion a status write of this
+	// process replaced, until the cache shows a newer one.
+	ownWrites sync.Map
 	// sliceMemories holds, by task key, a uidMark with what this process wrote of the
 	// task's NodeResultSlices (a *sliceMemory).
 	sliceMemories sync.Map
@@ -139,6 +146,11 @@ func (r *NodeTaskReconciler) Reconcile(ctx context.Context, req ctrl.Request) (c
 		// removes them.
 		return ctrl.Result{}, nil
 	}
+	if r.cacheBehindOwnWrite(task) {
+		// The event of our own write will bring the task again; a status computed from
+		// this copy would be refused (a conflict) after a full pass over every node.
+		return ctrl.Result{RequeueAfter: time.Second}, nil
+	}
 	if err := r.loadResults(ctx, task); err != nil {
 		return ctrl.Result{}, err
 	}
@@ -172,6 +184,9 @@ func (r *NodeTaskReconciler) Reconcile(ctx context.Context, req ctrl.Request) (c
 	}
 	if out.Waiting != nil {
 		requeue = rollout.Soonest(requeue, quotaRetry)
+	}
+	if out.Deferred > 0 {
+		requeue = rollout.Soonest(requeue, time.Millisecond)
 	}
 	w, err := r.writeStatus(ctx, task, &old, &st, obs.Now)
 	if err != nil {
@@ -213,6 +228,21 @@ func (r *NodeTaskReconciler) forget(key types.NamespacedName) {
 	r.admissions.Delete(key)
 	r.healthMemos.Delete(key)
 	r.sliceMemories.Delete(key)
+	r.ownWrites.Delete(key)
+}
+
+// cacheBehindOwnWrite reports whether the cached task is still the one this process's last
+// status write replaced.
+func (r *NodeTaskReconciler) cacheBehindOwnWrite(task *ntv1.NodeTask) bool {
+	replaced, ok := loadMark[string](&r.ownWrites, task)
+	if !ok {
+		return false
+	}
+	if task.ResourceVersion == replaced {
+		return true
+	}
+	r.ownWrites.Delete(client.ObjectKeyFromObject(task))
+	return false
 }
 
 // observe reads what the planner needs from the cache, and the remembered admission verdict
@@ -350,11 +380,16 @@ func (r *NodeTaskReconciler) createPods(ctx context.Context, task *ntv1.NodeTask
 			}
 		})
 	}
-	for _, req := range plan.Create {
+	deadline := time.Now().Add(createPassBudget)
+	for i, req := range plan.Create {
 		mu.Lock()
 		halt := stop
 		mu.Unlock()
 		if halt {
+			break
+		}
+		if time.Now().After(deadline) {
+			out.Deferred = len(plan.Create) - i
 			break
 		}
 		work <- req

@@ -147,6 +147,7 @@ func (r *NodeTaskReconciler) writeStatus(ctx context.Context, task *ntv1.NodeTas
 			out.wait = rollout.Soonest(out.wait, wait)
 		} else {
 			task.Status = root
+			replaced := task.ResourceVersion
 			// Update, not patch: the write carries the resourceVersion we read, so a status
 			// computed from a stale cache is refused instead of overwriting newer results.
 			if err := r.Client.Status().Update(ctx, task); err != nil {
@@ -158,6 +159,7 @@ func (r *NodeTaskReconciler) writeStatus(ctx context.Context, task *ntv1.NodeTas
 				return out, fmt.Errorf("writing status: %w", err)
 			}
 			storeMark(&r.lastWrite, task, now)
+			storeMark(&r.ownWrites, task, replaced)
 			recordStatusWrite(task)
 			out.task = true
 			storedRoot = root

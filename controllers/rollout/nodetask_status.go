@@ -26,6 +26,10 @@ type Outcome struct {
 	// Waiting is why some pods could not be created yet though the task goes on (a
 	// ResourceQuota that is full until running pods finish).
 	Waiting *Problem
+	// Deferred is how many of the plan's pods this pass did not get to create, to let the
+	// status out first (at 5000 nodes the API server takes most of a minute for all of
+	// them); the next pass, at once, creates them.
+	Deferred int
 }
 
 // ComputeStatus returns the task's new status. It is a pure function of its arguments.
