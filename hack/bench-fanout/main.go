@@ -694,6 +694,10 @@ func benchNodeTask(ctx context.Context, c *cluster.Cluster, manager string, n, r
 		with = " and " + strings.Join(extra, " ")
 	}
 	fmt.Fprintf(os.Stderr, "[bench] %s: the manager at its defaults%s, maxConcurrent 100%%\n", name, with)
+	apiBefore, err := apiserverMetrics(ctx, cs)
+	if err != nil {
+		return result{}, err
+	}
 	t0 := pw.start()
 	if err := c.Client.Create(ctx, task); err != nil {
 		return result{}, err
@@ -739,6 +743,12 @@ func benchNodeTask(ctx context.Context, c *cluster.Cluster, manager string, n, r
 	reconciles := countDelta(nil, m, "controller_runtime_reconcile_total", byController)["nodetask"]
 	reconcileTime := countDelta(nil, m, "controller_runtime_reconcile_time_seconds_sum", byController)["nodetask"]
 	fmt.Fprintf(os.Stderr, "[bench] %s: %.0f reconciles of the task until Ready, %.1f s in all\n", name, reconciles, reconcileTime)
+	if apiAfter, err := apiserverMetrics(ctx, cs); err == nil {
+		puts, putTime := requestTime(apiBefore, apiAfter, "nodetasks", "status", "PUT")
+		posts, postTime := requestTime(apiBefore, apiAfter, "pods", "", "POST")
+		fmt.Fprintf(os.Stderr, "[bench] %s: the API server until Ready: %.0f PUTs of nodetasks/status, %.0f ms each on average; %.0f POSTs of pods, %.0f ms each\n",
+			name, puts, 1000*putTime/max(puts, 1), posts, 1000*postTime/max(posts, 1))
+	}
 	if profile {
 		if err := saveURL("http://"+pprofAddr+"/debug/pprof/heap?gc=1", filepath.Join(profileDir, "heap.pprof")); err != nil {
 			return result{}, err

@@ -193,6 +193,20 @@ func (tw *taskWatch) printTimeline(w io.Writer, prefix string, created time.Time
 	}
 }
 
+// requestTime returns how many requests of a resource, subresource and verb the API server
+// served between two scrapes of its metrics, and the seconds they took in all.
+func requestTime(before, after map[string]float64, resource, subresource, verb string) (count, seconds float64) {
+	match := func(series string) string {
+		if labelValue(series, "resource") == resource && labelValue(series, "subresource") == subresource && labelValue(series, "verb") == verb {
+			return "match"
+		}
+		return ""
+	}
+	count = countDelta(before, after, "apiserver_request_duration_seconds_count", match)["match"]
+	seconds = countDelta(before, after, "apiserver_request_duration_seconds_sum", match)["match"]
+	return count, seconds
+}
+
 // sliceBytes returns how many NodeResultSlices of the task there are and the sum of their
 // JSON sizes as the API server sends them; none (and no error) if the kind does not exist.
 func sliceBytes(ctx context.Context, rc rest.Interface, ns, task string) (count, size int, err error) {

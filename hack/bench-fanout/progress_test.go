@@ -121,3 +121,24 @@ func TestStatusCostOf(t *testing.T) {
 		t.Errorf("status cost: %+v", s)
 	}
 }
+
+// TestRequestTime: the API server's request durations of one resource, subresource and verb,
+// summed over the other labels, between two scrapes.
+func TestRequestTime(t *testing.T) {
+	before, _ := parseMetrics(strings.NewReader(`apiserver_request_duration_seconds_count{component="apiserver",dry_run="",group="nodetask.io",resource="nodetasks",scope="resource",subresource="status",verb="PUT",version="v1alpha1"} 2
+apiserver_request_duration_seconds_sum{component="apiserver",dry_run="",group="nodetask.io",resource="nodetasks",scope="resource",subresource="status",verb="PUT",version="v1alpha1"} 1
+`))
+	after, _ := parseMetrics(strings.NewReader(`apiserver_request_duration_seconds_count{component="apiserver",dry_run="",group="nodetask.io",resource="nodetasks",scope="resource",subresource="status",verb="PUT",version="v1alpha1"} 6
+apiserver_request_duration_seconds_sum{component="apiserver",dry_run="",group="nodetask.io",resource="nodetasks",scope="resource",subresource="status",verb="PUT",version="v1alpha1"} 4
+apiserver_request_duration_seconds_count{component="apiserver",dry_run="",group="nodetask.io",resource="nodetasks",scope="resource",subresource="",verb="PUT",version="v1alpha1"} 9
+apiserver_request_duration_seconds_count{component="apiserver",dry_run="",group="",resource="pods",scope="resource",subresource="",verb="POST",version="v1"} 10
+apiserver_request_duration_seconds_sum{component="apiserver",dry_run="",group="",resource="pods",scope="resource",subresource="",verb="POST",version="v1"} 2.5
+apiserver_request_duration_seconds_bucket{component="apiserver",dry_run="",group="",resource="pods",scope="resource",subresource="",verb="POST",version="v1",le="1"} 10
+`))
+	if n, s := requestTime(before, after, "nodetasks", "status", "PUT"); n != 4 || s != 3 {
+		t.Errorf("status PUTs: %v in %v s", n, s)
+	}
+	if n, s := requestTime(before, after, "pods", "", "POST"); n != 10 || s != 2.5 {
+		t.Errorf("pod POSTs: %v in %v s", n, s)
+	}
+}
