@@ -471,8 +471,18 @@ func namespace(ctx context.Context, c *cluster.Cluster, name string) error {
 // that the next contender starts on idle nodes and an idle control plane, not while the API
 // server, kwok and kube-controller-manager still work through thousands of deletions.
 func clearPods(ctx context.Context, c *cluster.Cluster, ns string) error {
-	if err := c.Client.DeleteAllOf(ctx, &corev1.Pod{}, client.InNamespace(ns), client.GracePeriodSeconds(0)); err != nil {
-		return err
+	// The collection delete of 5000 pods may outlast the API server's request timeout (the
+	// stream is then reset): ask again, what was deleted stays deleted.
+	for attempt := 1; ; attempt++ {
+		err := c.Client.DeleteAllOf(ctx, &corev1.Pod{}, client.InNamespace(ns), client.GracePeriodSeconds(0))
+		if err == nil {
+			break
+		}
+		if attempt == 3 || ctx.Err() != nil {
+			return err
+		}
+		fmt.Fprintf(os.Stderr, "[bench] deleting the pods of %s: %v; again\n", ns, err)
+		time.Sleep(5 * time.Second)
 	}
 	for deadline := time.Now().Add(2 * time.Minute); ; {
 		var left corev1.PodList
@@ -746,8 +756,13 @@ func benchNodeTask(ctx context.Context, c *cluster.Cluster, manager string, n, r
 	if apiAfter, err := apiserverMetrics(ctx, cs); err == nil {
 		puts, putTime := requestTime(apiBefore, apiAfter, "nodetasks", "status", "PUT")
 		posts, postTime := requestTime(apiBefore, apiAfter, "pods", "", "POST")
-		fmt.Fprintf(os.Stderr, "[bench] %s: the API server until Ready: %.0f PUTs of nodetasks/status, %.0f ms each on average; %.0f POSTs of pods, %.0f ms each\n",
-			name, puts, 1000*putTime/max(puts, 1), posts, 1000*postTime/max(posts, 1))
+		var codes []string
+		byCode := requestCodes(apiBefore, apiAfter, "nodetasks", "status", "PUT")
+		for _, code := range sortedByCount(byCode) {
+			codes = append(codes, fmt.Sprintf("%.0f %s", byCode[code], code))
+		}
+		fmt.Fprintf(os.Stderr, "[bench] %s: the API server until Ready: %.0f PUTs of nodetasks/status (codes: %s), %.0f ms each on average; %.0f POSTs of pods, %.0f ms each\n",
+			name, puts, strings.Join(codes, ", "), 1000*putTime/max(puts, 1), posts, 1000*postTime/max(posts, 1))
 	}
 	if profile {
 		if err := saveURL("http://"+pprofAddr+"/debug/pprof/heap?gc=1", filepath.Join(profileDir, "heap.pprof")); err != nil {

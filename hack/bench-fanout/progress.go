@@ -207,6 +207,17 @@ func requestTime(before, after map[string]float64, resource, subresource, verb s
 	return count, seconds
 }
 
+// requestCodes returns how many requests of a resource, subresource and verb the API server
+// answered between two scrapes of its metrics, by HTTP code.
+func requestCodes(before, after map[string]float64, resource, subresource, verb string) map[string]float64 {
+	return countDelta(before, after, "apiserver_request_total", func(series string) string {
+		if labelValue(series, "resource") == resource && labelValue(series, "subresource") == subresource && labelValue(series, "verb") == verb {
+			return labelValue(series, "code")
+		}
+		return ""
+	})
+}
+
 // sliceBytes returns how many NodeResultSlices of the task there are and the sum of their
 // JSON sizes as the API server sends them; none (and no error) if the kind does not exist.
 func sliceBytes(ctx context.Context, rc rest.Interface, ns, task string) (count, size int, err error) {

@@ -142,3 +142,15 @@ apiserver_request_duration_seconds_bucket{component="apiserver",dry_run="",group
 		t.Errorf("pod POSTs: %v in %v s", n, s)
 	}
 }
+
+// TestRequestCodes: the status PUTs by code, other resources and subresources left out.
+func TestRequestCodes(t *testing.T) {
+	after, _ := parseMetrics(strings.NewReader(`apiserver_request_total{code="200",component="apiserver",dry_run="",group="nodetask.io",resource="nodetasks",scope="resource",subresource="status",verb="PUT",version="v1alpha1"} 14
+apiserver_request_total{code="409",component="apiserver",dry_run="",group="nodetask.io",resource="nodetasks",scope="resource",subresource="status",verb="PUT",version="v1alpha1"} 11
+apiserver_request_total{code="200",component="apiserver",dry_run="",group="nodetask.io",resource="nodetasks",scope="resource",subresource="",verb="PUT",version="v1alpha1"} 3
+`))
+	got := requestCodes(map[string]float64{}, after, "nodetasks", "status", "PUT")
+	if len(got) != 2 || got["200"] != 14 || got["409"] != 11 {
+		t.Errorf("codes: %v", got)
+	}
+}
