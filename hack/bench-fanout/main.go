@@ -3,7 +3,9 @@
 // pods bound by nodeName, 16 workers, no client-side rate limit), a DaemonSet at
 // kube-controller-manager's and kube-scheduler's defaults, and a NodeTask with the manager at
 // its defaults. Times come from watches started (and synced) before each contender's work is
-// applied. It prints one table with each contender's ratio to the bare client.
+// applied. It prints one table with each contender's ratio to the bare client, then what the
+// NodeTask's status writes cost until Ready (writes, bytes written per byte of the final
+// objects, Ready's lag after the last pod, the longest time a watcher saw no new progress).
 // `make bench-fanout N=1000`; not part of CI (it takes minutes).
 //
 // With --schedules K it measures NodeTaskSchedules instead: K schedules that fire at the same
@@ -32,7 +34,6 @@ import (
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
-	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/apimachinery/pkg/util/intstr"
@@ -55,10 +56,12 @@ import (
 // contender with these flags on top, to compare two settings in the same rounds.
 var managerArgs, compareArgs stringList
 
-// roundsFlag is how many times the fast contenders run; skipDaemonSet leaves the DaemonSet out.
+// roundsFlag is how many times the fast contenders run; skipDaemonSet leaves the DaemonSet
+// out, skipBareTaskPods the bare client with the task's pods.
 var (
-	roundsFlag    int
-	skipDaemonSet bool
+	roundsFlag       int
+	skipDaemonSet    bool
+	skipBareTaskPods bool
 )
 
 // profileDir, when set, receives the manager's CPU profile of the first profileSeconds after
@@ -87,6 +90,7 @@ func main() {
 	flag.IntVar(&profileSeconds, "profile-seconds", 15, "Length of the manager's CPU profile, from the task's creation.")
 	flag.IntVar(&roundsFlag, "rounds", 1, "Run the bare clients and the NodeTask this many times and show the medians (single runs on a small machine vary by a third).")
 	flag.BoolVar(&skipDaemonSet, "skip-daemonset", false, "Leave the DaemonSet out (it takes 50 s at 1000 nodes).")
+	flag.BoolVar(&skipBareTaskPods, "skip-bare-taskpods", false, "Leave out the bare client with the task's pods (the bare client with the smallest pod stays: the ratios are to it).")
 	flag.Var(&managerArgs, "manager-arg", "An extra manager flag (repeatable), to compare settings with the defaults.")
 	flag.Var(&compareArgs, "compare-manager-arg", "A manager flag (repeatable) for a second NodeTask contender run in the same rounds.")
 	flag.IntVar(&k, "schedules", 0, "Instead of the fan-out contenders, this many NodeTaskSchedules firing at the same minute on every node (no kube-scheduler needed).")
@@ -128,6 +132,12 @@ type result struct {
 	peakRSS         int64
 	// objectBytes is the NodeTask's size as the API server sends it once Ready.
 	objectBytes int
+	// The NodeTask's status writes: sliceWrites and sliceWritten are the writes of its
+	// NodeResultSlices (and their bytes), slices and sliceBytes the slices it has once Ready
+	// and their size; status is what the writes cost and what a watcher of the task saw.
+	sliceWrites, sliceWritten float64
+	slices, sliceBytes        int
+	status                    statusCost
 	// cpu is the CPU time each process used from the start until the last pod appeared.
 	cpu cpuSample
 	// each lists the creation time of every round, for the median's result.
@@ -154,6 +164,11 @@ func medians(rounds [][]result) []result {
 		m.writes = float64(median(runs, func(r result) time.Duration { return time.Duration(r.writes) }))
 		m.written = float64(median(runs, func(r result) time.Duration { return time.Duration(r.written) }))
 		m.objectBytes = int(median(runs, func(r result) time.Duration { return time.Duration(r.objectBytes) }))
+		m.sliceWrites = float64(median(runs, func(r result) time.Duration { return time.Duration(r.sliceWrites) }))
+		m.sliceWritten = float64(median(runs, func(r result) time.Duration { return time.Duration(r.sliceWritten) }))
+		m.slices = int(median(runs, func(r result) time.Duration { return time.Duration(r.slices) }))
+		m.sliceBytes = int(median(runs, func(r result) time.Duration { return time.Duration(r.sliceBytes) }))
+		m.status = medianStatus(runs)
 		m.cpu = cpuSample{}
 		for name := range first.cpu {
 			m.cpu[name] = median(runs, func(r result) time.Duration { return r.cpu[name] })
@@ -196,8 +211,9 @@ func run(ctx context.Context, opts cluster.Options, manager string, n int) error
 	if err := settle(ctx); err != nil {
 		return err
 	}
-	// Each round runs the bare client, the bare client with the task's pods and the NodeTask
-	// once (the DaemonSet, 50 times slower, runs in the first round only); the table shows
+	// Each round runs the bare client, the bare client with the task's pods (unless
+	// --skip-bare-taskpods) and the NodeTask once (the DaemonSet, 50 times slower, runs in
+	// the first round only); the table shows
 	// each contender's median round, and every round's creation time.
 	var rounds [][]result
 	for round := 1; round <= roundsFlag; round++ {
@@ -207,11 +223,13 @@ func run(ctx context.Context, opts cluster.Options, manager string, n int) error
 			return err
 		}
 		results = append(results, bare)
-		taskPods, err := benchBareTaskPods(ctx, c, n, round)
-		if err != nil {
-			return err
+		if !skipBareTaskPods {
+			taskPods, err := benchBareTaskPods(ctx, c, n, round)
+			if err != nil {
+				return err
+			}
+			results = append(results, taskPods)
 		}
-		results = append(results, taskPods)
 		if round == 1 && !skipDaemonSet {
 			ds, err := benchDaemonSet(ctx, c, n)
 			if err != nil {
@@ -284,6 +302,8 @@ func run(ctx context.Context, opts cluster.Options, manager string, n int) error
 	fmt.Printf("\nNodeTask: %.0f status writes, %.0f KB written, the object %d KB once Ready; manager peak RSS %d MiB\n",
 		nt.writes, nt.written/1024, nt.objectBytes>>10, nt.peakRSS>>20)
 	fmt.Println("(A DaemonSet's pods never finish: its \"finished\" column is the time until all ran.)")
+	fmt.Println()
+	printStatusCost(os.Stdout, results)
 	fmt.Println()
 	printCPU(os.Stdout, results)
 	return nil
@@ -451,8 +471,18 @@ func namespace(ctx context.Context, c *cluster.Cluster, name string) error {
 // that the next contender starts on idle nodes and an idle control plane, not while the API
 // server, kwok and kube-controller-manager still work through thousands of deletions.
 func clearPods(ctx context.Context, c *cluster.Cluster, ns string) error {
-	if err := c.Client.DeleteAllOf(ctx, &corev1.Pod{}, client.InNamespace(ns), client.GracePeriodSeconds(0)); err != nil {
-		return err
+	// The collection delete of 5000 pods may outlast the API server's request timeout (the
+	// stream is then reset): ask again, what was deleted stays deleted.
+	for attempt := 1; ; attempt++ {
+		err := c.Client.DeleteAllOf(ctx, &corev1.Pod{}, client.InNamespace(ns), client.GracePeriodSeconds(0))
+		if err == nil {
+			break
+		}
+		if attempt == 3 || ctx.Err() != nil {
+			return err
+		}
+		fmt.Fprintf(os.Stderr, "[bench] deleting the pods of %s: %v; again\n", ns, err)
+		time.Sleep(5 * time.Second)
 	}
 	for deadline := time.Now().Add(2 * time.Minute); ; {
 		var left corev1.PodList
@@ -663,18 +693,21 @@ func benchNodeTask(ctx context.Context, c *cluster.Cluster, manager string, n, r
 		return result{}, err
 	}
 	task := benchTask(ns)
-	// Ready is timed by a watch, as kubectl wait or Argo CD would see it; polling a
-	// 5000-node task's 800 KB object every few milliseconds would load the API server the
-	// task is waiting on.
-	readyAt, err := watchReady(ctx, c, task)
+	// Ready, and the progress on the way, are timed by a watch (see taskWatch).
+	tw, err := watchTask(ctx, c, task)
 	if err != nil {
 		return result{}, err
 	}
+	defer tw.stop()
 	with := ""
 	if len(extra) > 0 {
 		with = " and " + strings.Join(extra, " ")
 	}
 	fmt.Fprintf(os.Stderr, "[bench] %s: the manager at its defaults%s, maxConcurrent 100%%\n", name, with)
+	apiBefore, err := apiserverMetrics(ctx, cs)
+	if err != nil {
+		return result{}, err
+	}
 	t0 := pw.start()
 	if err := c.Client.Create(ctx, task); err != nil {
 		return result{}, err
@@ -691,31 +724,65 @@ func benchNodeTask(ctx context.Context, c *cluster.Cluster, manager string, n, r
 		return result{}, err
 	}
 	r := pw.result(name)
-	var ready time.Duration
-	select {
-	case at := <-readyAt:
-		ready = at.Sub(t0)
-	case <-time.After(5 * time.Minute):
-		return result{}, fmt.Errorf("the NodeTask is not Ready 5 minutes after its pods finished")
-	}
-	r.ready, r.peakRSS = ready, peakRSS(proc.Pid())
-	if profile {
-		if err := saveURL("http://"+pprofAddr+"/debug/pprof/heap?gc=1", filepath.Join(profileDir, "heap.pprof")); err != nil {
-			return result{}, err
-		}
-		fmt.Fprintf(os.Stderr, "[bench] profiles in %s: go tool pprof -top bin/manager %s/cpu.pprof\n", profileDir, profileDir)
-	}
-	if err := <-cpuProfile; err != nil {
+	readyAt, err := tw.waitReady(ctx, 5*time.Minute)
+	if err != nil {
 		return result{}, err
 	}
-	if raw, err := cs.RESTClient().Get().AbsPath("/apis/nodetask.io/v1alpha1/namespaces", ns, "nodetasks", task.Name).DoRaw(ctx); err == nil {
-		r.objectBytes = len(raw)
-	}
+	r.ready, r.peakRSS = readyAt.Sub(t0), peakRSS(proc.Pid())
+	// The writes until Ready, and the objects as they are then: before the heap profile
+	// and before waiting for the CPU profile to end.
 	m, err := scrape("http://" + metricsAddr + "/metrics")
 	if err != nil {
 		return result{}, err
 	}
 	r.writes, r.written = m["nodetask_status_writes_total"], m["nodetask_status_write_bytes_total"]
+	r.sliceWrites, r.sliceWritten = m["nodetask_result_slice_writes_total"], m["nodetask_result_slice_write_bytes_total"]
+	if raw, err := cs.RESTClient().Get().AbsPath("/apis/nodetask.io/v1alpha1/namespaces", ns, "nodetasks", task.Name).DoRaw(ctx); err == nil {
+		r.objectBytes = len(raw)
+	}
+	if r.slices, r.sliceBytes, err = sliceBytes(ctx, cs.RESTClient(), ns, task.Name); err != nil {
+		return result{}, fmt.Errorf("listing the task's NodeResultSlices: %w", err)
+	}
+	r.status = statusCostOf(r, tw, t0)
+	// What the watcher saw, and the reconciles behind it: on standard error, to read the
+	// table's gap and lag by.
+	fmt.Fprintf(os.Stderr, "[bench] %s: the task's watch events until Ready (time after creation, pending/running/succeeded/failed, conditions, size); pods created at %.2f s, finished at %.2f s:\n",
+		name, r.created.Seconds(), r.ended.Seconds())
+	tw.printTimeline(os.Stderr, "[bench]   ", t0)
+	byController := func(series string) string { return labelValue(series, "controller") }
+	reconciles := countDelta(nil, m, "controller_runtime_reconcile_total", byController)["nodetask"]
+	reconcileTime := countDelta(nil, m, "controller_runtime_reconcile_time_seconds_sum", byController)["nodetask"]
+	fmt.Fprintf(os.Stderr, "[bench] %s: %.0f reconciles of the task until Ready, %.1f s in all\n", name, reconciles, reconcileTime)
+	if apiAfter, err := apiserverMetrics(ctx, cs); err == nil {
+		puts, putTime := requestTime(apiBefore, apiAfter, "nodetasks", "status", "PUT")
+		posts, postTime := requestTime(apiBefore, apiAfter, "pods", "", "POST")
+		var codes []string
+		byCode := requestCodes(apiBefore, apiAfter, "nodetasks", "status", "PUT")
+		for _, code := range sortedByCount(byCode) {
+			codes = append(codes, fmt.Sprintf("%.0f %s", byCode[code], code))
+		}
+		fmt.Fprintf(os.Stderr, "[bench] %s: the API server until Ready: %.0f PUTs of nodetasks/status (codes: %s), %.0f ms each on average; %.0f POSTs of pods, %.0f ms each\n",
+			name, puts, strings.Join(codes, ", "), 1000*putTime/max(puts, 1), posts, 1000*postTime/max(posts, 1))
+	}
+	if profile {
+		if err := saveURL("http://"+pprofAddr+"/debug/pprof/heap?gc=1", filepath.Join(profileDir, "heap.pprof")); err != nil {
+			return result{}, err
+		}
+		// The CPU profile covers the first profileSeconds from the task's creation: the
+		// benchmark waits for it before deleting the task, so that it ends on an idle
+		// manager, not on the deletion's work.
+		if length := time.Duration(profileSeconds) * time.Second; length < r.ready {
+			fmt.Fprintf(os.Stderr, "[bench] the CPU profile ended %.1f s before Ready: it misses the end of the rollout; raise --profile-seconds above %.0f\n", (r.ready - length).Seconds(), r.ready.Seconds())
+		} else if left := length - time.Since(t0); left > 0 {
+			fmt.Fprintf(os.Stderr, "[bench] waiting %s for the CPU profile (--profile-seconds %d; Ready after %.1f s)\n", left.Round(time.Second), profileSeconds, r.ready.Seconds())
+		}
+	}
+	if err := <-cpuProfile; err != nil {
+		return result{}, err
+	}
+	if profile {
+		fmt.Fprintf(os.Stderr, "[bench] profiles in %s: go tool pprof -top bin/manager %s/cpu.pprof\n", profileDir, profileDir)
+	}
 	proc.Stop(10 * time.Second)
 	if err := c.Client.Delete(ctx, task); err != nil {
 		return result{}, err
@@ -753,41 +820,6 @@ func startManager(ctx context.Context, c *cluster.Cluster, manager string, extra
 		return nil, "", "", err
 	}
 	return proc, metricsAddr, pprofAddr, nil
-}
-
-// watchReady watches the task (which need not exist yet) and sends the time its Ready
-// condition is first seen True.
-func watchReady(ctx context.Context, c *cluster.Cluster, task *ntv1.NodeTask) (<-chan time.Time, error) {
-	wc, err := client.NewWithWatch(c.Config, client.Options{Scheme: c.Client.Scheme()})
-	if err != nil {
-		return nil, err
-	}
-	opts := []client.ListOption{client.InNamespace(task.Namespace), client.MatchingFields{"metadata.name": task.Name}}
-	w, err := wc.Watch(ctx, &ntv1.NodeTaskList{}, opts...)
-	if err != nil {
-		return nil, err
-	}
-	out := make(chan time.Time, 1)
-	go func() {
-		defer func() { w.Stop() }()
-		for {
-			for ev := range w.ResultChan() {
-				if t, ok := ev.Object.(*ntv1.NodeTask); ok && meta.IsStatusConditionTrue(t.Status.Conditions, ntv1.ConditionReady) {
-					out <- time.Now()
-					return
-				}
-			}
-			// The API server may end a watch: watch again (a Ready missed meanwhile comes
-			// with the first event, as the watch starts with the current object).
-			if ctx.Err() != nil {
-				return
-			}
-			if w, err = wc.Watch(ctx, &ntv1.NodeTaskList{}, opts...); err != nil {
-				return
-			}
-		}
-	}()
-	return out, nil
 }
 
 // benchTask is the task the benchmark runs: a one-line script on every Windows node at once.
