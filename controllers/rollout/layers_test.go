@@ -30,6 +30,7 @@ var layers = []string{
 	"node_step.go",       // one node's step: shouldStart, the entry, the one action
 	"status_size.go",     // the status's size budget
 	"status_changes.go",  // whether a status write changes anything
+	"write_budget.go",    // when progress is written, and where the entries live
 	"batches.go",         // rollout.firstBatch and the approval after it
 	"health.go",          // rollout.healthChecks: the gate and its status
 	"plan.go",            // ComputePlan: every node's step, cut by slots and one gate

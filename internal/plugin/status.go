@@ -203,6 +203,12 @@ func printHeader(w io.Writer, task *ntv1.NodeTask, now time.Time) {
 	fmt.Fprintf(tw, "Run:\t%d (revision %s)\n", st.Run, dash(st.Revision))
 	fmt.Fprintf(tw, "Targets:\t%d: %d succeeded, %d failed, %d running, %d pending\n",
 		st.Targets, st.Succeeded, st.Failed, st.Running, st.Pending)
+	if st.ResultSlices > 0 {
+		// The counts above are the task's, written every few seconds; the entries below are
+		// the slices', written less often while the run goes on (all of them before Ready).
+		fmt.Fprintf(tw, "Results:	in %d NodeResultSlices (kubectl get noderesultslices -n %s -l %s=%s); while the run goes on they may lag the counts by a minute or more\n",
+			st.ResultSlices, task.Namespace, ntv1.LabelTask, rollout.TaskLabelValue(task.Name))
+	}
 	if c := st.Compliance; c != nil {
 		fmt.Fprintf(tw, "Compliance:\t%d compliant, %d non-compliant, %d unknown (mode %s)\n", c.Compliant, c.NonCompliant, c.Unknown,
 			cmp.Or(task.Spec.Mode, ntv1.ModeApply))

@@ -339,9 +339,35 @@ var _ = Describe("NodeTask on a simulated Windows cluster", func() {
 		Eventually(conditionTrue(task, ntv1.ConditionReady), 5*time.Minute, time.Second).Should(BeTrue())
 		writes, bytes, peak := sw.result()
 		AddReportEntry("500-node rollout status writes", fmt.Sprintf("%d status writes, %d KB sent to a watcher, largest object %d bytes", writes, bytes/1000, peak))
-		st := get(task).Status
+		t := get(task)
+		st := t.Status
 		Expect(st.Succeeded).To(BeEquivalentTo(500))
-		Expect(st.Nodes).To(HaveLen(500))
+		By("the 500 results are in two NodeResultSlices, not in the task")
+		Expect(st.ResultSlices).To(BeEquivalentTo(2))
+		Expect(st.Nodes).To(BeEmpty())
+		Expect(peak).To(BeNumerically("<", 8<<10), "the task object stays small")
+		var slices ntv1.NodeResultSliceList
+		Expect(k8s.List(ctx, &slices, client.InNamespace(ns))).To(Succeed())
+		var from []*ntv1.NodeResultSlice
+		for i := range slices.Items {
+			Expect(metav1.IsControlledBy(&slices.Items[i], t)).To(BeTrue())
+			from = append(from, &slices.Items[i])
+		}
+		entries := ntv1.MergeResultSlices(&st, from)
+		Expect(entries).To(HaveLen(500))
+		for _, e := range entries {
+			Expect(e.Phase).To(Equal(ntv1.NodeSucceeded), e.Name)
+		}
+		By("kubectl nodetask status reads them from the slices")
+		run := plugin("", "status", "fleet", "-n", ns)
+		Expect(run.code).To(BeZero(), run.stderr)
+		rows := 0
+		for _, line := range strings.Split(run.stdout, "\n") {
+			if strings.HasPrefix(line, "big-") && strings.Contains(line, "Succeeded") {
+				rows++
+			}
+		}
+		Expect(rows).To(Equal(500), run.stdout)
 		AddReportEntry("500-node rollout", fmt.Sprintf("Ready after %s (maxConcurrent 50%%, 1s simulated run per node)", time.Since(start).Round(time.Second)))
 		for _, p := range pods(ns) {
 			Expect(strings.HasPrefix(p.Spec.NodeName, "big-")).To(BeTrue())
