@@ -115,6 +115,7 @@ func storeMark[T any](m *sync.Map, task *ntv1.NodeTask, value T) {
 // +kubebuilder:rbac:groups=nodetask.io,resources=nodetasks,verbs=get;list;watch
 // +kubebuilder:rbac:groups=nodetask.io,resources=nodetasks/status,verbs=get;update;patch
 // +kubebuilder:rbac:groups=nodetask.io,resources=nodetasks/finalizers,verbs=update
+// +kubebuilder:rbac:groups=nodetask.io,resources=noderesultslices,verbs=get;list;watch;create;update;delete
 // +kubebuilder:rbac:groups="",resources=pods,verbs=get;list;watch;create;delete
 // +kubebuilder:rbac:groups="",resources=configmaps,verbs=get;list;create;delete
 // +kubebuilder:rbac:groups="",resources=nodes,verbs=get;list;watch
