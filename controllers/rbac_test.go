@@ -3,6 +3,7 @@ package controllers
 import (
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 
 	. "github.com/onsi/gomega"
@@ -41,6 +42,33 @@ func TestManagerRoleIsLeastPrivilege(t *testing.T) {
 	g.Expect(granted["nodetaskschedules"]).To(ConsistOf("get", "list", "watch"))
 	g.Expect(granted["nodetaskschedules/status"]).To(ConsistOf("get", "update", "patch"))
 	g.Expect(granted["nodetasks/status"]).To(ConsistOf("get", "update", "patch"))
+	// NodeResultSlices are the operator's own: it writes them for tasks with many nodes.
+	// No patch, and no status subresource (the kind has none).
+	g.Expect(granted["noderesultslices"]).To(ConsistOf("get", "list", "watch", "create", "update", "delete"))
+	g.Expect(granted).NotTo(HaveKey("noderesultslices/status"))
+}
+
+// TestUsersOnlyReadResultSlices: the roles for people read NodeResultSlices and never write
+// them; only the operator does.
+func TestUsersOnlyReadResultSlices(t *testing.T) {
+	g := NewWithT(t)
+	for _, file := range []string{"nodetask_viewer_role.yaml", "nodetask_editor_role.yaml"} {
+		data, err := os.ReadFile(filepath.Join("..", "config", "rbac", file))
+		g.Expect(err).NotTo(HaveOccurred())
+		var role rbacv1.ClusterRole
+		g.Expect(yaml.Unmarshal(data, &role)).To(Succeed())
+		var verbs []string
+		for _, rule := range role.Rules {
+			for _, res := range rule.Resources {
+				if res == "noderesultslices" || strings.HasPrefix(res, "noderesultslices/") {
+					g.Expect(res).To(Equal("noderesultslices"), file)
+					g.Expect(rule.APIGroups).To(Equal([]string{"nodetask.io"}), file)
+					verbs = append(verbs, rule.Verbs...)
+				}
+			}
+		}
+		g.Expect(verbs).To(ConsistOf("get", "list", "watch"), file)
+	}
 }
 
 // TestHealthCheckReaderIsOptIn: the role through which rollout.healthChecks read objects grants

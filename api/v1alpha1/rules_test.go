@@ -67,6 +67,12 @@ func TestEveryFieldIsDocumented(t *testing.T) {
 	checkDescriptions(t, "nodetask.io_nodetasks.yaml")
 }
 
+// TestEveryResultSliceFieldIsDocumented: the same for each NodeResultSlice field (its nodes'
+// entries are the NodeTask's status.nodes, checked again here).
+func TestEveryResultSliceFieldIsDocumented(t *testing.T) {
+	checkDescriptions(t, "nodetask.io_noderesultslices.yaml")
+}
+
 // checkDescriptions fails the test for each field of the generated CRD
 // config/crd/bases/FILE without a description, except .metadata, .status.conditions (the
 // metav1.Condition schema) and the paths in skip, and what is under them.

@@ -90,6 +90,25 @@ func TestChartMatchesConfig(t *testing.T) {
 	wantSched := readFile[apiextensionsv1.CustomResourceDefinition](g, "config/crd/bases/nodetask.io_nodetaskschedules.yaml")
 	g.Expect(schedCRD.Spec).To(Equal(wantSched.Spec), "the chart's NodeTaskSchedule CRD is config/crd's")
 	g.Expect(schedCRD.Annotations).To(HaveKeyWithValue("helm.sh/resource-policy", "keep"))
+	sliceCRD := as[apiextensionsv1.CustomResourceDefinition](g, objs["CustomResourceDefinition/noderesultslices.nodetask.io"])
+	wantSlice := readFile[apiextensionsv1.CustomResourceDefinition](g, "config/crd/bases/nodetask.io_noderesultslices.yaml")
+	g.Expect(sliceCRD.Spec).To(Equal(wantSlice.Spec), "the chart's NodeResultSlice CRD is config/crd's")
+	g.Expect(sliceCRD.Annotations).To(HaveKeyWithValue("helm.sh/resource-policy", "keep"))
+	// Every CRD that config/crd installs, and no other.
+	kustomization := readFile[struct {
+		Resources []string `json:"resources"`
+	}](g, "config/crd/kustomization.yaml")
+	var wantCRDs, gotCRDs []string
+	for _, res := range kustomization.Resources {
+		wantCRDs = append(wantCRDs, "CustomResourceDefinition/"+readFile[apiextensionsv1.CustomResourceDefinition](g, filepath.Join("config/crd", res)).Name)
+	}
+	for key := range objs {
+		if strings.HasPrefix(key, "CustomResourceDefinition/") {
+			gotCRDs = append(gotCRDs, key)
+		}
+	}
+	g.Expect(wantCRDs).To(HaveLen(3))
+	g.Expect(gotCRDs).To(ConsistOf(wantCRDs), "the chart installs the CRDs of config/crd")
 
 	role := as[rbacv1.ClusterRole](g, objs["ClusterRole/nodetask-manager-role"])
 	g.Expect(role.Rules).To(Equal(readFile[rbacv1.ClusterRole](g, "config/rbac/role.yaml").Rules))
@@ -97,6 +116,10 @@ func TestChartMatchesConfig(t *testing.T) {
 	g.Expect(leader.Rules).To(Equal(readFile[rbacv1.Role](g, "config/rbac/leader_election_role.yaml").Rules))
 	for _, name := range []string{"nodetask-editor-role", "nodetask-viewer-role", "schedule-editor-role", "schedule-viewer-role", "metrics-reader"} {
 		g.Expect(objs).To(HaveKey("ClusterRole/nodetask-"+strings.TrimPrefix(name, "nodetask-")), name)
+	}
+	for file, name := range map[string]string{"nodetask_editor_role.yaml": "nodetask-editor-role", "nodetask_viewer_role.yaml": "nodetask-viewer-role"} {
+		got := as[rbacv1.ClusterRole](g, objs["ClusterRole/"+name])
+		g.Expect(got.Rules).To(Equal(readFile[rbacv1.ClusterRole](g, "config/rbac/"+file).Rules), "the chart's %s is config/rbac's", name)
 	}
 
 	dep := as[appsv1.Deployment](g, objs["Deployment/nodetask-controller-manager"])

@@ -183,7 +183,7 @@ func checkImage(t *testing.T, img v1.Image, platform *v1.Platform, version strin
 	}
 }
 
-// TestInstallBundle: install.yaml runs the released image by its digest, and holds both CRDs.
+// TestInstallBundle: install.yaml runs the released image by its digest, and holds the three CRDs.
 func TestInstallBundle(t *testing.T) {
 	r := built(t)
 	want := r.repo + ":" + r.version + "@" + r.digest(t)
@@ -214,7 +214,7 @@ func TestInstallBundle(t *testing.T) {
 		t.Errorf("the Deployment's images are %v, want [%s]", images, want)
 	}
 	slices.Sort(crds)
-	if !slices.Equal(crds, []string{"nodetasks.nodetask.io", "nodetaskschedules.nodetask.io"}) {
+	if !slices.Equal(crds, []string{"noderesultslices.nodetask.io", "nodetasks.nodetask.io", "nodetaskschedules.nodetask.io"}) {
 		t.Errorf("CRDs %v", crds)
 	}
 }
