@@ -47,6 +47,9 @@ const (
 	// and goes on in the next pass: a watcher sees the rollout start and progress while
 	// thousands of pods are created.
 	createPassBudget = 2 * time.Second
+	// createsBeforeFirstWrite is the most pods the first pass of a run creates before the
+	// run's status is written: more wait for the next pass.
+	createsBeforeFirstWrite = 100
 	// quotaRetry is how often a task whose pods a ResourceQuota refused tries again, in case
 	// the quota frees up without one of its own pods finishing.
 	quotaRetry = 10 * time.Second
@@ -322,6 +325,11 @@ func (r *NodeTaskReconciler) apply(ctx context.Context, task *ntv1.NodeTask, obs
 	}
 	if len(plan.Create) == 0 {
 		return rollout.Outcome{}, nil
+	}
+	if plan.NewRun && len(plan.Create) > createsBeforeFirstWrite {
+		// A large fan-out takes the API server seconds to minutes: let the new run's status
+		// (every target pending) out first, so that watchers see the run start at once.
+		return rollout.Outcome{Deferred: len(plan.Create)}, nil
 	}
 	out, err := r.createPods(ctx, task, obs, plan)
 	if n := len(out.Started); n > 0 {

@@ -134,7 +134,10 @@ func (r *NodeTaskReconciler) writeStatus(ctx context.Context, task *ntv1.NodeTas
 			return out, err
 		}
 	}
-	if n > 0 {
+	// On a flush the slices go first: the task object that counts them, or says Ready, must
+	// find them written. Progress goes the other way round: the task's counts first, as
+	// they are what watchers wait for.
+	if n > 0 && flush {
 		wrote, wait, ok, err := r.writeSlices(ctx, task, st, n, current, flush, now)
 		out.slices, out.wait = wrote, wait
 		if err != nil || !ok {
@@ -163,6 +166,13 @@ func (r *NodeTaskReconciler) writeStatus(ctx context.Context, task *ntv1.NodeTas
 			recordStatusWrite(task)
 			out.task = true
 			storedRoot = root
+		}
+	}
+	if n > 0 && !flush && storedRoot.ResultSlices == n {
+		wrote, wait, ok, err := r.writeSlices(ctx, task, st, n, current, flush, now)
+		out.slices, out.wait = wrote, rollout.Soonest(out.wait, wait)
+		if err != nil || !ok {
+			return out, err
 		}
 	}
 	// Slices the stored task no longer counts are read by nobody: delete them.
@@ -215,7 +225,10 @@ func (r *NodeTaskReconciler) writeSlices(ctx context.Context, task *ntv1.NodeTas
 		}
 		// A slice missing (deleted behind the operator's back) is written at once: its
 		// entries are nowhere else.
-		if w := rollout.SliceWriteWait(mem.writes[i], st.Run, now, failed); cur != nil && !flush && w > 0 {
+		// A slice whose every node has its result of this run is written at once, once:
+		// Ready then finds little left to write.
+		if w := rollout.SliceWriteWait(mem.writes[i], st.Run, now, failed); cur != nil && !flush && w > 0 &&
+			!rollout.AllFinished(parts[i], st.Run) {
 			wait = rollout.Soonest(wait, w)
 			continue
 		}

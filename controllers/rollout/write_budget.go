@@ -164,3 +164,13 @@ func sameConditionStates(a, b []metav1.Condition) bool {
 	}
 	return true
 }
+
+// AllFinished reports whether every entry holds its node's final result of run.
+func AllFinished(entries []ntv1.NodeStatus, run int64) bool {
+	for i := range entries {
+		if runOr(entries[i].Run, run) != run || (entries[i].Phase != ntv1.NodeSucceeded && entries[i].Phase != ntv1.NodeFailed) {
+			return false
+		}
+	}
+	return true
+}

@@ -174,6 +174,19 @@ func TestSplitAndMergeResults(t *testing.T) {
 	}
 }
 
+func TestAllFinished(t *testing.T) {
+	done := []ntv1.NodeStatus{{Name: "a", Phase: ntv1.NodeSucceeded}, {Name: "b", Phase: ntv1.NodeFailed}}
+	if !AllFinished(done, 2) {
+		t.Error("every node has its result")
+	}
+	if AllFinished(append(done, ntv1.NodeStatus{Name: "c", Phase: ntv1.NodeRunning}), 2) {
+		t.Error("a node still runs")
+	}
+	if AllFinished(append(done, ntv1.NodeStatus{Name: "c", Phase: ntv1.NodeSucceeded, Run: 1}), 2) {
+		t.Error("a result of an earlier run is not this run's")
+	}
+}
+
 func TestNewlyFailed(t *testing.T) {
 	ok := []ntv1.NodeStatus{{Name: "a", Phase: ntv1.NodeRunning}, {Name: "b", Phase: ntv1.NodeSucceeded}}
 	failed := []ntv1.NodeStatus{{Name: "a", Phase: ntv1.NodeFailed}, {Name: "b", Phase: ntv1.NodeSucceeded}}
@@ -243,7 +256,7 @@ func simulatedRollout(nodes int, duration, step time.Duration, seed uint64) (rat
 			if SameEntries(stored[i], part) {
 				continue
 			}
-			if !end && SliceWriteWait(mem[i], 1, now, false) > 0 {
+			if !end && SliceWriteWait(mem[i], 1, now, false) > 0 && !AllFinished(part, 1) {
 				continue
 			}
 			stored[i], written, writes = part, written+sliceSize(part), writes+1
