@@ -155,11 +155,12 @@ func (r *NodeTaskReconciler) writeStatus(ctx context.Context, task *ntv1.NodeTas
 			// computed from a stale cache is refused instead of overwriting newer results.
 			if err := r.Client.Status().Update(ctx, task); err != nil {
 				task.Status = *old
-				if apierrors.IsConflict(err) {
-					log.FromContext(ctx).V(1).Info("status changed meanwhile; will reconcile again", "task", klog.KObj(task))
-					return out, nil
+				if !apierrors.IsConflict(err) {
+					return out, fmt.Errorf("writing status: %w", err)
 				}
-				return out, fmt.Errorf("writing status: %w", err)
+				log.FromContext(ctx).V(1).Info("status changed meanwhile; will reconcile again", "task", klog.KObj(task))
+				// The slices this pass wrote hold results all the same: say so.
+				return r.afterWrites(ctx, task, out, storedRoot)
 			}
 			storeMark(&r.lastWrite, task, now)
 			storeMark(&r.ownWrites, task, replaced)
@@ -186,6 +187,12 @@ func (r *NodeTaskReconciler) writeStatus(ctx context.Context, task *ntv1.NodeTas
 			delete(mem.writes, i)
 		}
 	}
+	return r.afterWrites(ctx, task, out, storedRoot)
+}
+
+// afterWrites fills in out.after: the stored task's status with its entries, from the
+// slices where they are.
+func (r *NodeTaskReconciler) afterWrites(ctx context.Context, task *ntv1.NodeTask, out statusWrite, storedRoot ntv1.NodeTaskStatus) (statusWrite, error) {
 	out.after = storedRoot
 	if storedRoot.ResultSlices > 0 {
 		if out.slices == 0 && !out.task {
