@@ -234,14 +234,24 @@ func (r *NodeTaskReconciler) forget(key types.NamespacedName) {
 	r.ownWrites.Delete(key)
 }
 
+// ownWrite is the resourceVersion a status write of this process replaced, and when.
+type ownWrite struct {
+	replaced string
+	at       time.Time
+}
+
+// ownWriteWait is how long a pass waits for the cache to show this process's own write.
+const ownWriteWait = 5 * time.Second
+
 // cacheBehindOwnWrite reports whether the cached task is still the one this process's last
 // status write replaced.
 func (r *NodeTaskReconciler) cacheBehindOwnWrite(task *ntv1.NodeTask) bool {
-	replaced, ok := loadMark[string](&r.ownWrites, task)
+	w, ok := loadMark[ownWrite](&r.ownWrites, task)
 	if !ok {
 		return false
 	}
-	if task.ResourceVersion == replaced {
+	// Within a few seconds only: an event that never comes must not stop the task.
+	if task.ResourceVersion == w.replaced && r.now().Sub(w.at) < ownWriteWait {
 		return true
 	}
 	r.ownWrites.Delete(client.ObjectKeyFromObject(task))

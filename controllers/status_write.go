@@ -163,7 +163,9 @@ func (r *NodeTaskReconciler) writeStatus(ctx context.Context, task *ntv1.NodeTas
 				return r.afterWrites(ctx, task, out, storedRoot)
 			}
 			storeMark(&r.lastWrite, task, now)
-			storeMark(&r.ownWrites, task, replaced)
+			if task.ResourceVersion != replaced {
+				storeMark(&r.ownWrites, task, ownWrite{replaced: replaced, at: r.now()})
+			}
 			recordStatusWrite(task)
 			out.task = true
 			storedRoot = root

@@ -42,3 +42,23 @@ func TestWriteDelay(t *testing.T) {
 		})
 	}
 }
+
+// A pass that reads the task as it was before this process's own status write waits for the
+// newer one (its write would be a conflict), but only for a few seconds.
+func TestCacheBehindOwnWrite(t *testing.T) {
+	g := NewWithT(t)
+	now := t0
+	r := &NodeTaskReconciler{Now: func() time.Time { return now }}
+	task := newTask()
+	task.ResourceVersion = "10"
+	g.Expect(r.cacheBehindOwnWrite(task)).To(BeFalse(), "nothing written yet")
+	storeMark(&r.ownWrites, task, ownWrite{replaced: "10", at: now})
+	g.Expect(r.cacheBehindOwnWrite(task)).To(BeTrue(), "the cache still shows what the write replaced")
+	now = now.Add(ownWriteWait + time.Second)
+	g.Expect(r.cacheBehindOwnWrite(task)).To(BeFalse(), "an event that never comes does not stop the task")
+	now = t0
+	newer := task.DeepCopy()
+	newer.ResourceVersion = "11"
+	g.Expect(r.cacheBehindOwnWrite(newer)).To(BeFalse(), "the cache shows the write")
+	g.Expect(r.cacheBehindOwnWrite(task)).To(BeFalse(), "and the mark is gone once it did")
+}
