@@ -188,14 +188,21 @@ func (r *NodeTaskReconciler) Reconcile(ctx context.Context, req ctrl.Request) (c
 	if out.Waiting != nil {
 		requeue = rollout.Soonest(requeue, quotaRetry)
 	}
-	if out.Deferred > 0 {
-		requeue = rollout.Soonest(requeue, time.Millisecond)
-	}
+
 	w, err := r.writeStatus(ctx, task, &old, &st, obs.Now)
 	if err != nil {
 		return ctrl.Result{}, err
 	}
 	requeue = rollout.Soonest(requeue, w.wait)
+	if out.Deferred > 0 {
+		// The pods left for the next pass: at once, unless a write was refused (the cache
+		// has not the newer object yet, or a slice's name is taken): then not in a hot loop.
+		if w.refused {
+			requeue = rollout.Soonest(requeue, time.Second)
+		} else {
+			requeue = rollout.Soonest(requeue, time.Millisecond)
+		}
+	}
 	if w.task || w.slices > 0 {
 		results := rollout.NewResults(&old, &w.after)
 		recordResults(task, results)

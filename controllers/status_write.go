@@ -109,6 +109,9 @@ type statusWrite struct {
 	after ntv1.NodeTaskStatus
 	// wait is when the pass should run again for what it held back; 0 if nothing.
 	wait time.Duration
+	// refused says the API server refused a write as a conflict: the pass should not be
+	// repeated before the cache has the newer object.
+	refused bool
 }
 
 // writeStatus writes st (entries included, in status.nodes' form) as far as the budget
@@ -135,13 +138,21 @@ func (r *NodeTaskReconciler) writeStatus(ctx context.Context, task *ntv1.NodeTas
 		}
 	}
 	// On a flush the slices go first: the task object that counts them, or says Ready, must
-	// find them written. Progress goes the other way round: the task's counts first, as
-	// they are what watchers wait for.
-	if n > 0 && flush {
-		wrote, wait, ok, err := r.writeSlices(ctx, task, st, n, current, flush, now)
-		out.slices, out.wait = wrote, wait
-		if err != nil || !ok {
+	// find them written. Except when a run or generation starts and the slices stay: the
+	// task must say which run it is before the slices hold that run's entries, or a lost
+	// task write would leave entries of a run the task does not know (a slice written late
+	// is a lost write, which the design tolerates). Progress goes the other way round too:
+	// the task's counts first, as they are what watchers wait for.
+	slicesFirst := flush && (root.ResultSlices != storedRoot.ResultSlices ||
+		(root.Run == storedRoot.Run && root.ObservedGeneration == storedRoot.ObservedGeneration))
+	if n > 0 && slicesFirst {
+		wrote, wait, ok, err := r.writeSlices(ctx, task, st, n, current, true, now)
+		out.slices, out.wait, out.refused = wrote, wait, !ok
+		if err != nil {
 			return out, err
+		}
+		if !ok {
+			return r.afterWrites(ctx, task, out, storedRoot)
 		}
 	}
 	if rollout.StatusChanged(&storedRoot, &root) {
@@ -159,6 +170,7 @@ func (r *NodeTaskReconciler) writeStatus(ctx context.Context, task *ntv1.NodeTas
 					return out, fmt.Errorf("writing status: %w", err)
 				}
 				log.FromContext(ctx).V(1).Info("status changed meanwhile; will reconcile again", "task", klog.KObj(task))
+				out.refused = true
 				// The slices this pass wrote hold results all the same: say so.
 				return r.afterWrites(ctx, task, out, storedRoot)
 			}
@@ -171,11 +183,14 @@ func (r *NodeTaskReconciler) writeStatus(ctx context.Context, task *ntv1.NodeTas
 			storedRoot = root
 		}
 	}
-	if n > 0 && !flush && storedRoot.ResultSlices == n {
+	if n > 0 && !slicesFirst && storedRoot.ResultSlices == n {
 		wrote, wait, ok, err := r.writeSlices(ctx, task, st, n, current, flush, now)
-		out.slices, out.wait = wrote, rollout.Soonest(out.wait, wait)
-		if err != nil || !ok {
+		out.slices, out.wait, out.refused = out.slices+wrote, rollout.Soonest(out.wait, wait), !ok
+		if err != nil {
 			return out, err
+		}
+		if !ok {
+			return r.afterWrites(ctx, task, out, storedRoot)
 		}
 	}
 	// Slices the stored task no longer counts are read by nobody: delete them.
@@ -204,11 +219,10 @@ func (r *NodeTaskReconciler) afterWrites(ctx context.Context, task *ntv1.NodeTas
 		if err != nil {
 			return out, err
 		}
+		// All of them, as loadResults reads them on the next pass.
 		from := make([]*ntv1.NodeResultSlice, 0, len(now))
-		for i, s := range now {
-			if i < storedRoot.ResultSlices {
-				from = append(from, s)
-			}
+		for _, s := range now {
+			from = append(from, s)
 		}
 		out.after.Nodes = ntv1.MergeResultSlices(&storedRoot, from)
 	}
@@ -222,21 +236,23 @@ func (r *NodeTaskReconciler) writeSlices(ctx context.Context, task *ntv1.NodeTas
 	current map[int32]*ntv1.NodeResultSlice, flush bool, now time.Time) (wrote int, wait time.Duration, ok bool, err error) {
 	mem := r.sliceMemoryOf(task)
 	parts := rollout.SplitResults(st.Nodes, n)
+	waitsOnStored := rollout.WaitsOnStoredResults(task)
 	var due []*ntv1.NodeResultSlice
 	for i := range n {
 		cur := current[i]
 		if cur != nil && cur.Run == st.Run && cur.Slices == n && rollout.SameEntries(cur.Nodes, parts[i]) {
 			continue
 		}
-		var failed bool
+		var failed, awaited bool
 		if cur != nil {
 			failed = rollout.NewlyFailed(cur.Nodes, cur.Run, parts[i], st.Run)
+			awaited = waitsOnStored && rollout.NewlyFinished(cur.Nodes, cur.Run, parts[i], st.Run)
 		}
 		// A slice missing (deleted behind the operator's back) is written at once: its
 		// entries are nowhere else.
 		// A slice whose every node has its result of this run is written at once, once:
 		// Ready then finds little left to write.
-		if w := rollout.SliceWriteWait(mem.writes[i], st.Run, now, failed); cur != nil && !flush && w > 0 &&
+		if w := rollout.SliceWriteWait(mem.writes[i], st.Run, now, failed, awaited); cur != nil && !flush && w > 0 &&
 			!rollout.AllFinished(parts[i], st.Run) {
 			wait = rollout.Soonest(wait, w)
 			continue
@@ -270,56 +286,76 @@ func (r *NodeTaskReconciler) writeSlices(ctx context.Context, task *ntv1.NodeTas
 	}
 	var (
 		mu       sync.Mutex
-		wg       sync.WaitGroup
 		firstErr error
 		refused  bool
 	)
-	work := make(chan *ntv1.NodeResultSlice)
-	for range min(len(due), max(1, r.CreateWorkers)) {
-		wg.Go(func() {
-			for s := range work {
-				var err error
-				if s.ResourceVersion == "" {
-					err = r.Client.Create(ctx, s)
-				} else {
-					err = r.Client.Update(ctx, s)
+	put := func(batch []*ntv1.NodeResultSlice) {
+		work := make(chan *ntv1.NodeResultSlice)
+		var wg sync.WaitGroup
+		for range min(len(batch), max(1, r.CreateWorkers)) {
+			wg.Go(func() {
+				for s := range work {
+					var err error
+					if s.ResourceVersion == "" {
+						err = r.Client.Create(ctx, s)
+					} else {
+						err = r.Client.Update(ctx, s)
+					}
+					mu.Lock()
+					switch {
+					case err == nil:
+						w := writtenSlice{slice: s}
+						if prev, ok := mem.written[s.Index]; ok && current[s.Index] == prev.slice {
+							// An update of our own create the cache does not show yet.
+							w.created = prev.created
+						} else if current[s.Index] == nil {
+							w.created = now
+						}
+						mem.written[s.Index] = w
+						sw := mem.writes[s.Index]
+						if sw.Run != st.Run {
+							sw = rollout.SliceWrites{Run: st.Run, First: now}
+						}
+						sw.Last = now
+						mem.writes[s.Index] = sw
+						wrote++
+						recordSliceWrite(s)
+					case apierrors.IsConflict(err) || apierrors.IsAlreadyExists(err) || apierrors.IsNotFound(err):
+						// Someone else's change (a slice deleted behind our back, too), or a
+						// write the cache and this memory do not show: read the slice afresh on
+						// the next pass.
+						delete(mem.written, s.Index)
+						refused = true
+					default:
+						if firstErr == nil {
+							firstErr = fmt.Errorf("writing result slice %s: %w", s.Name, err)
+						}
+					}
+					mu.Unlock()
 				}
-				mu.Lock()
-				switch {
-				case err == nil:
-					w := writtenSlice{slice: s}
-					if current[s.Index] == nil {
-						w.created = now
-					}
-					mem.written[s.Index] = w
-					sw := mem.writes[s.Index]
-					if sw.Run != st.Run {
-						sw = rollout.SliceWrites{Run: st.Run, First: now}
-					}
-					sw.Last = now
-					mem.writes[s.Index] = sw
-					wrote++
-					recordSliceWrite(s)
-				case apierrors.IsConflict(err) || apierrors.IsAlreadyExists(err) || apierrors.IsNotFound(err):
-					// Someone else's change (a slice deleted behind our back, too), or a
-					// write the cache and this memory do not show: read the slice afresh on
-					// the next pass.
-					delete(mem.written, s.Index)
-					refused = true
-				default:
-					if firstErr == nil {
-						firstErr = fmt.Errorf("writing result slice %s: %w", s.Name, err)
-					}
-				}
-				mu.Unlock()
-			}
-		})
+			})
+		}
+		for _, s := range batch {
+			work <- s
+		}
+		close(work)
+		wg.Wait()
 	}
+	// New slices first: when the number of slices grows, the old ones are rewritten without
+	// the nodes that move only once the new ones hold them, so that a failed create never
+	// leaves an entry nowhere.
+	var creates, updates []*ntv1.NodeResultSlice
 	for _, s := range due {
-		work <- s
+		if s.ResourceVersion == "" {
+			creates = append(creates, s)
+		} else {
+			updates = append(updates, s)
+		}
 	}
-	close(work)
-	wg.Wait()
+	put(creates)
+	if firstErr == nil && !refused {
+		put(updates)
+	}
 	if firstErr != nil {
 		return wrote, wait, false, firstErr
 	}

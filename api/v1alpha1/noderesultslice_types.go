@@ -34,8 +34,10 @@ type NodeResultSlice struct {
 	// +kubebuilder:validation:Minimum=1
 	Slices int32 `json:"slices"`
 
-	// run is the task's status.run when the slice was written; an entry whose run is left
-	// out belongs to this run.
+	// run is the run of the task's status the slice was written with (the task's
+	// status.run, or the run the operator was about to record there); an entry whose run is
+	// left out belongs to this run. Entries of a run later than the task's status.run are
+	// ignored: their task write was lost.
 	// +kubebuilder:validation:Minimum=0
 	Run int64 `json:"run"`
 

@@ -3,6 +3,7 @@ package v1alpha1
 import (
 	"hash/fnv"
 	"slices"
+	"strconv"
 	"strings"
 )
 
@@ -17,10 +18,21 @@ func ResultSliceIndex(node string, slices int32) int32 {
 	return int32(h.Sum32() % uint32(slices))
 }
 
-// ResultSliceName is the name of a task's slice with the given index.
+// ResultSliceName is the name of a task's slice with the given index. A task name too long
+// for the suffix is cut and followed by a hash of it, so that names stay unique and valid.
 func ResultSliceName(task string, index int32) string {
-	return task + "-results-" + itoa(int64(index))
+	suffix := "-results-" + itoa(int64(index))
+	if len(task)+len(suffix) <= maxNameLength {
+		return task + suffix
+	}
+	h := fnv.New32a()
+	_, _ = h.Write([]byte(task))
+	tag := "-" + strconv.FormatUint(uint64(h.Sum32()), 16)
+	return strings.TrimRight(task[:maxNameLength-len(suffix)-len(tag)], "-.") + tag + suffix
 }
+
+// maxNameLength is the longest object name (a DNS subdomain).
+const maxNameLength = 253
 
 func itoa(n int64) string {
 	var b [20]byte
@@ -49,6 +61,10 @@ func MergeResultSlices(st *NodeTaskStatus, from []*NodeResultSlice) []NodeStatus
 		for _, e := range s.Nodes {
 			if e.Run == 0 {
 				e.Run = s.Run
+			}
+			if e.Run > st.Run {
+				// Written ahead of the task (its write was lost): as if not written.
+				continue
 			}
 			if f, ok := byName[e.Name]; ok && f.sequence > s.Sequence {
 				continue

@@ -80,14 +80,18 @@ type SliceWrites struct {
 // (at least minSliceInterval): writes at 0, 10, 30, 90, 270 s... so that a rollout of any
 // length writes each slice a few times, a number growing with the logarithm of its length.
 // A slice with a node that newly failed waits only minSliceInterval: failures are what users
-// look for in the entries.
-func SliceWriteWait(w SliceWrites, run int64, now time.Time, newlyFailed bool) time.Duration {
+// look for in the entries. A slice with a node that newly finished, of a task whose next steps
+// wait for stored results (WaitsOnStoredResults), waits minProgressInterval at most.
+func SliceWriteWait(w SliceWrites, run int64, now time.Time, newlyFailed, awaitedResult bool) time.Duration {
 	if w.Run != run || w.Last.IsZero() {
 		return 0
 	}
 	step := max(minSliceInterval, 2*w.Last.Sub(w.First))
 	if newlyFailed {
 		step = minSliceInterval
+	}
+	if awaitedResult {
+		step = minProgressInterval
 	}
 	return w.Last.Add(step).Sub(now)
 }
@@ -114,6 +118,34 @@ func SameEntries(a, b []ntv1.NodeStatus) bool {
 		}
 	}
 	return true
+}
+
+// WaitsOnStoredResults reports whether the task's next steps wait for results to be stored,
+// not only observed: a claimed node is released (uncordoned, its slot freed) once its final
+// result is stored, a finished pod is deleted after podTTLSecondsAfterFinished only then, and
+// a first batch or minReadySeconds counts stored results. Such a task's slices are written
+// when one of their nodes newly finished, not on the backoff: a rollout must not wait for it.
+func WaitsOnStoredResults(task *ntv1.NodeTask) bool {
+	return ClaimsNodes(task) || task.Spec.PodTTLSecondsAfterFinished != nil ||
+		task.Spec.Rollout.FirstBatch != nil || task.Spec.Rollout.MinReadySeconds > 0
+}
+
+// NewlyFinished reports whether entries hold a result of run (succeeded or failed) that old
+// (the slice's stored entries, of oldRun) did not hold.
+func NewlyFinished(old []ntv1.NodeStatus, oldRun int64, entries []ntv1.NodeStatus, run int64) bool {
+	was := make(map[string]ntv1.NodePhase)
+	for i := range old {
+		if runOr(old[i].Run, oldRun) == run {
+			was[old[i].Name] = old[i].Phase
+		}
+	}
+	for i := range entries {
+		e := &entries[i]
+		if runOr(e.Run, run) == run && (e.Phase == ntv1.NodeSucceeded || e.Phase == ntv1.NodeFailed) && was[e.Name] != e.Phase {
+			return true
+		}
+	}
+	return false
 }
 
 // NewlyFailed reports whether entries hold a node failed in run that old (the slice's stored

@@ -3,6 +3,7 @@ package rollout
 import (
 	"fmt"
 	"math/rand/v2"
+	"strings"
 	"testing"
 	"time"
 
@@ -112,16 +113,18 @@ func TestSliceWriteWait(t *testing.T) {
 		w           SliceWrites
 		now         time.Time
 		newlyFailed bool
+		awaited     bool
 		want        time.Duration
 	}{
-		{"never written", SliceWrites{}, t0, false, 0},
-		{"written in another run", SliceWrites{Run: 1, First: first, Last: first}, t0.Add(time.Second), false, 0},
-		{"right after the first write: 10 s", SliceWrites{Run: 2, First: first, Last: first}, t0.Add(time.Second), false, 9 * time.Second},
-		{"the waits grow: twice the time since the first", SliceWrites{Run: 2, First: first, Last: first.Add(30 * time.Second)}, first.Add(30 * time.Second), false, 60 * time.Second},
-		{"a newly failed node waits 10 s at most", SliceWrites{Run: 2, First: first, Last: first.Add(30 * time.Second)}, first.Add(35 * time.Second), true, 5 * time.Second},
-		{"its turn has come", SliceWrites{Run: 2, First: first, Last: first.Add(10 * time.Second)}, first.Add(30 * time.Second), false, 0},
+		{"never written", SliceWrites{}, t0, false, false, 0},
+		{"written in another run", SliceWrites{Run: 1, First: first, Last: first}, t0.Add(time.Second), false, false, 0},
+		{"right after the first write: 10 s", SliceWrites{Run: 2, First: first, Last: first}, t0.Add(time.Second), false, false, 9 * time.Second},
+		{"the waits grow: twice the time since the first", SliceWrites{Run: 2, First: first, Last: first.Add(30 * time.Second)}, first.Add(30 * time.Second), false, false, 60 * time.Second},
+		{"a newly failed node waits 10 s at most", SliceWrites{Run: 2, First: first, Last: first.Add(30 * time.Second)}, first.Add(35 * time.Second), true, false, 5 * time.Second},
+		{"a result a claimed node's release waits for goes within a second", SliceWrites{Run: 2, First: first, Last: first.Add(30 * time.Second)}, first.Add(30*time.Second + 300*time.Millisecond), false, true, 700 * time.Millisecond},
+		{"its turn has come", SliceWrites{Run: 2, First: first, Last: first.Add(10 * time.Second)}, first.Add(30 * time.Second), false, false, 0},
 	} {
-		if got := max(SliceWriteWait(tc.w, 2, tc.now, tc.newlyFailed), 0); got != tc.want {
+		if got := max(SliceWriteWait(tc.w, 2, tc.now, tc.newlyFailed, tc.awaited), 0); got != tc.want {
 			t.Errorf("%s: SliceWriteWait = %s, want %s", tc.name, got, tc.want)
 		}
 	}
@@ -168,6 +171,16 @@ func TestSplitAndMergeResults(t *testing.T) {
 	if e := (&ntv1.NodeTaskStatus{Nodes: got}).Node(changed[0].Name); e == nil || e.Phase != ntv1.NodeFailed {
 		t.Fatalf("the newer slice's entry lost: %+v", e)
 	}
+	// A slice written ahead of its task (the task's write of run 4 was lost) is not read.
+	ahead := &ntv1.NodeResultSlice{Index: 0, Slices: 4, Run: 4, Sequence: 3, Nodes: []ntv1.NodeStatus{{Name: "win-0001", Phase: ntv1.NodeRunning}}}
+	if e := (&ntv1.NodeTaskStatus{Nodes: ntv1.MergeResultSlices(&st, append(from, ahead))}).Node("win-0001"); e == nil || e.Phase != ntv1.NodeSucceeded {
+		t.Fatalf("an entry of a run the task does not know was read: %+v", e)
+	}
+	// Names stay valid however long the task's name.
+	long := strings.Repeat("a", 253)
+	if n := ntv1.ResultSliceName(long, 31); len(n) > 253 || n == ntv1.ResultSliceName(long[:252]+"b", 31) {
+		t.Errorf("slice name %q of a 253-character task", n)
+	}
 	older := ntv1.NodeTaskStatus{Run: 4}
 	if e := (&ntv1.NodeTaskStatus{Nodes: ntv1.MergeResultSlices(&older, from)}).Node("win-0001"); e == nil || e.Run != 3 {
 		t.Fatalf("an entry of run 3 read under run 4: %+v", e)
@@ -184,6 +197,27 @@ func TestAllFinished(t *testing.T) {
 	}
 	if AllFinished(append(done, ntv1.NodeStatus{Name: "c", Phase: ntv1.NodeSucceeded, Run: 1}), 2) {
 		t.Error("a result of an earlier run is not this run's")
+	}
+}
+
+func TestNewlyFinishedAndWhoWaitsForIt(t *testing.T) {
+	running := []ntv1.NodeStatus{{Name: "a", Phase: ntv1.NodeRunning}}
+	done := []ntv1.NodeStatus{{Name: "a", Phase: ntv1.NodeSucceeded}}
+	if !NewlyFinished(running, 1, done, 1) || NewlyFinished(done, 1, done, 1) || !NewlyFinished(done, 1, done, 2) {
+		t.Error("NewlyFinished: a result not stored in this run is new, a stored one is not")
+	}
+	if WaitsOnStoredResults(newTask()) {
+		t.Error("a plain task's rollout does not wait for stored results")
+	}
+	for name, m := range map[string]func(*ntv1.NodeTask){
+		"cordon":   func(t *ntv1.NodeTask) { t.Spec.Cordon = true },
+		"pod TTL":  func(t *ntv1.NodeTask) { t.Spec.PodTTLSecondsAfterFinished = ptr.To[int32](0) },
+		"minReady": func(t *ntv1.NodeTask) { t.Spec.Rollout.MinReadySeconds = 5 },
+		"reboot":   func(t *ntv1.NodeTask) { t.Spec.Reboot = ntv1.RebootIfRequired },
+	} {
+		if !WaitsOnStoredResults(newTask(m)) {
+			t.Errorf("a task with %s waits for stored results", name)
+		}
 	}
 }
 
@@ -256,7 +290,7 @@ func simulatedRollout(nodes int, duration, step time.Duration, seed uint64) (rat
 			if SameEntries(stored[i], part) {
 				continue
 			}
-			if !end && SliceWriteWait(mem[i], 1, now, false) > 0 && !AllFinished(part, 1) {
+			if !end && SliceWriteWait(mem[i], 1, now, false, false) > 0 && !AllFinished(part, 1) {
 				continue
 			}
 			stored[i], written, writes = part, written+sliceSize(part), writes+1

@@ -142,7 +142,9 @@ func (o *options) getTask(cmd *cobra.Command, name string) (*ntv1.NodeTask, erro
 	var from []*ntv1.NodeResultSlice
 	for i := range list.Items {
 		s := &list.Items[i]
-		if s.Task == task.Name && metav1.IsControlledBy(s, task) && s.Index < task.Status.ResultSlices {
+		// Every slice of the task, as the operator reads them: after a change of their
+		// number not yet complete, a node's entry may still be in a slice past the count.
+		if s.Task == task.Name && metav1.IsControlledBy(s, task) {
 			from = append(from, s)
 		}
 	}
